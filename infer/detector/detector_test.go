@@ -1,0 +1,171 @@
+package detector_test
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/onnxrt"
+)
+
+var bundleDir = filepath.Join("..", "..", "assets", "models", "yolox-nano")
+
+func loadDetector(t testing.TB) *detector.Detector {
+	t.Helper()
+	b := onnxrt.New("")
+	if err := b.Available(); err != nil {
+		t.Fatalf("ONNX Runtime is required for this test (run scripts/install-deps): %v", err)
+	}
+	d, err := detector.Load(b, bundleDir, infer.LoadOptions{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func readImage(t testing.TB, name string) gocv.Mat {
+	t.Helper()
+	img := gocv.IMRead(filepath.Join("testdata", name), gocv.IMReadColor)
+	if img.Empty() {
+		t.Fatalf("cannot read testdata/%s", name)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img
+}
+
+// Reference detections (score >= 0.3) from OpenCV 4.6 decode + DNN on yolox_nano.onnx.
+var golden = map[string][]infer.Detection{
+	"dog.jpg": {
+		{Label: "dog", Score: 0.8551, Box: [4]float32{132.8, 206.6, 325.7, 543.1}},
+		{Label: "bicycle", Score: 0.8026, Box: [4]float32{51.7, 137.2, 572.3, 423.6}},
+		{Label: "car", Score: 0.7982, Box: [4]float32{466.3, 78.4, 692.5, 171.3}},
+	},
+	"person.jpg": {
+		{Label: "person", Score: 0.8805, Box: [4]float32{188.4, 97.0, 276.5, 371.1}},
+		{Label: "dog", Score: 0.8716, Box: [4]float32{62.3, 262.9, 200.5, 348.3}},
+		{Label: "horse", Score: 0.8715, Box: [4]float32{404.0, 138.1, 602.4, 342.8}},
+	},
+}
+
+func TestDetectorMatchesReference(t *testing.T) {
+	d := loadDetector(t)
+	for name, want := range golden {
+		t.Run(name, func(t *testing.T) {
+			dets, timing, err := d.Detect(readImage(t, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if timing.Infer <= 0 {
+				t.Errorf("inference time not measured: %+v", timing)
+			}
+			var got []infer.Detection
+			for _, det := range dets {
+				if det.Score >= 0.3 {
+					got = append(got, det)
+				}
+			}
+			if len(got) != len(want) {
+				t.Fatalf("got %d detections >= 0.3, want %d: %v", len(got), len(want), got)
+			}
+			// dog and horse in person.jpg differ by 1e-4: match by label, not order.
+			for _, w := range want {
+				i := slices.IndexFunc(got, func(g infer.Detection) bool { return g.Label == w.Label })
+				if i < 0 {
+					t.Errorf("no %s detected; got %v", w.Label, got)
+					continue
+				}
+				g := got[i]
+				if diff := g.Score - w.Score; diff > 0.02 || diff < -0.02 {
+					t.Errorf("%s score %.4f, want %.4f ± 0.02", w.Label, g.Score, w.Score)
+				}
+				for k := range 4 {
+					if diff := g.Box[k] - w.Box[k]; diff > 3 || diff < -3 {
+						t.Errorf("%s box %v, want %v within 3 px", w.Label, g.Box, w.Box)
+						break
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestDetectorRejectsMismatchedManifest(t *testing.T) {
+	b := onnxrt.New("")
+	m, err := infer.LoadManifest(bundleDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mutate := range map[string]func(*infer.Manifest){
+		"input size": func(m *infer.Manifest) { m.Input.Width, m.Input.Height = 320, 320 },
+		"labels":     func(m *infer.Manifest) { m.Labels = m.Labels[:10] },
+		"layout":     func(m *infer.Manifest) { m.Input.Layout = "NHWC" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			bad := *m
+			mutate(&bad)
+			engine, err := b.Load(bad.Path(bundleDir), infer.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer engine.Close()
+			if _, err := detector.New(engine, &bad); err == nil {
+				t.Fatalf("manifest with wrong %s was accepted", name)
+			}
+		})
+	}
+}
+
+func TestDetectOnGrayFrame(t *testing.T) {
+	d := loadDetector(t)
+	img := readImage(t, "person.jpg")
+	gray := gocv.NewMat()
+	defer gray.Close()
+	gocv.CvtColor(img, &gray, gocv.ColorBGRToGray)
+	dets, _, err := d.Detect(gray)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(dets, func(d infer.Detection) bool { return d.Label == "person" && d.Score > 0.5 }) {
+		t.Errorf("no person found in the gray frame: %v", dets)
+	}
+}
+
+func BenchmarkDetect(b *testing.B) {
+	d := loadDetector(b)
+	img := readImage(b, "dog.jpg")
+	var pre, inf, post float64
+	for b.Loop() {
+		_, t, err := d.Detect(img)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pre += t.Pre.Seconds()
+		inf += t.Infer.Seconds()
+		post += t.Post.Seconds()
+	}
+	n := float64(b.N)
+	b.ReportMetric(pre/n*1e3, "pre-ms/op")
+	b.ReportMetric(inf/n*1e3, "infer-ms/op")
+	b.ReportMetric(post/n*1e3, "post-ms/op")
+}
+
+func ExampleDetector_Detect() {
+	b := onnxrt.New("")
+	d, err := detector.Load(b, bundleDir, infer.LoadOptions{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer d.Close()
+	img := gocv.IMRead("testdata/person.jpg", gocv.IMReadColor)
+	defer img.Close()
+	dets, _, _ := d.Detect(img)
+	fmt.Println(dets[0].Label)
+	// Output: person
+}

@@ -1,0 +1,211 @@
+// Package onnxrt is the onnxruntime backend: ONNX models on ONNX Runtime's C API
+// through github.com/yalue/onnxruntime_go. The runtime library is opened with dlopen
+// when first needed, so the vigil binary starts (and its cameras, actuators and outbox
+// run) on machines without it; Available then says what is missing.
+package onnxrt
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/vigil-edge/vigil/infer"
+)
+
+// DefaultLibraries are tried in order when no library path is configured: the soname
+// that scripts/install-deps registers with ldconfig, then the paths it installs to.
+var DefaultLibraries = []string{"libonnxruntime.so.1", "/usr/local/lib/libonnxruntime.so.1", "/usr/lib/vigil/libonnxruntime.so.1"}
+
+// Backend loads ONNX models. ONNX Runtime keeps one environment per process, so a
+// program should make one Backend and share it.
+type Backend struct {
+	libraries []string
+
+	once    sync.Once
+	initErr error
+	loaded  string // the library that was opened
+}
+
+// New returns a backend that opens library, or DefaultLibraries when library is "".
+func New(library string) *Backend {
+	libs := DefaultLibraries
+	if library != "" {
+		libs = []string{library}
+	}
+	return &Backend{libraries: libs}
+}
+
+// Name is the backend's name in config and model.yaml.
+func (b *Backend) Name() string { return "onnxruntime" }
+
+// Available opens the runtime library on first use and reports whether it worked.
+func (b *Backend) Available() error {
+	b.once.Do(func() { b.initErr = b.initialize() })
+	return b.initErr
+}
+
+// Library is the path or soname of the runtime library that was loaded, and its version.
+func (b *Backend) Library() string {
+	if b.Available() != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s (onnxruntime %s)", b.loaded, ort.GetVersion())
+}
+
+func (b *Backend) initialize() error {
+	if ort.IsInitialized() {
+		// Another Backend in this process already set the environment up.
+		b.loaded = "shared environment"
+		return nil
+	}
+	var errs []string
+	for _, lib := range b.libraries {
+		ort.SetSharedLibraryPath(lib)
+		err := ort.InitializeEnvironment(ort.WithLogLevelError())
+		if err == nil {
+			b.loaded = lib
+			return nil
+		}
+		errs = append(errs, err.Error())
+	}
+	return fmt.Errorf("onnxruntime: cannot load the ONNX Runtime library (tried %s): %s; install it with scripts/install-deps, or set runtimes.onnxruntime to the path of libonnxruntime.so.1",
+		strings.Join(b.libraries, ", "), strings.Join(errs, "; "))
+}
+
+// Load opens an .onnx file. Inputs and outputs must be float32 tensors with fixed
+// shapes (a dynamic batch dimension is run as 1).
+func (b *Backend) Load(path string, opts infer.LoadOptions) (infer.Engine, error) {
+	if err := b.Available(); err != nil {
+		return nil, err
+	}
+	if opts.Device != "" && !strings.EqualFold(opts.Device, "CPU") {
+		return nil, fmt.Errorf("onnxruntime: device %q: this build runs ONNX Runtime on the CPU only", opts.Device)
+	}
+	ins, outs, err := ort.GetInputOutputInfo(path)
+	if err != nil {
+		return nil, fmt.Errorf("onnxruntime: read model %s: %w", path, err)
+	}
+	e := &engine{}
+	if e.inputs, err = describe(ins, "input"); err != nil {
+		return nil, fmt.Errorf("onnxruntime: model %s: %w", path, err)
+	}
+	if e.outputs, err = describe(outs, "output"); err != nil {
+		return nil, fmt.Errorf("onnxruntime: model %s: %w", path, err)
+	}
+
+	so, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("onnxruntime: session options: %w", err)
+	}
+	defer so.Destroy()
+	if opts.Threads > 0 {
+		if err := so.SetIntraOpNumThreads(opts.Threads); err != nil {
+			return nil, fmt.Errorf("onnxruntime: threads: %w", err)
+		}
+	}
+	// One model runs one frame at a time; inter-op parallelism only adds threads.
+	if err := so.SetInterOpNumThreads(1); err != nil {
+		return nil, fmt.Errorf("onnxruntime: inter-op threads: %w", err)
+	}
+	if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelEnableAll); err != nil {
+		return nil, fmt.Errorf("onnxruntime: graph optimisation: %w", err)
+	}
+	names := func(ts []infer.TensorInfo) []string {
+		n := make([]string, len(ts))
+		for i, t := range ts {
+			n[i] = t.Name
+		}
+		return n
+	}
+	e.session, err = ort.NewDynamicAdvancedSession(path, names(e.inputs), names(e.outputs), so)
+	if err != nil {
+		return nil, fmt.Errorf("onnxruntime: load model %s: %w", path, err)
+	}
+	return e, nil
+}
+
+func describe(infos []ort.InputOutputInfo, what string) ([]infer.TensorInfo, error) {
+	ts := make([]infer.TensorInfo, len(infos))
+	for i, info := range infos {
+		if info.OrtValueType != ort.ONNXTypeTensor {
+			return nil, fmt.Errorf("%s %q is a %s; only tensors are supported", what, info.Name, info.OrtValueType)
+		}
+		if info.DataType != ort.TensorElementDataTypeFloat {
+			return nil, fmt.Errorf("%s %q has element type %s; this backend feeds and reads float32 only", what, info.Name, info.DataType)
+		}
+		shape := []int64(info.Dimensions.Clone())
+		for j, d := range shape {
+			if d < 0 && j > 0 {
+				return nil, fmt.Errorf("%s %q has dynamic dimension %d in shape %v; only a dynamic batch is supported", what, info.Name, j, shape)
+			}
+		}
+		ts[i] = infer.TensorInfo{Name: info.Name, Type: infer.Float32, Shape: shape}
+	}
+	return ts, nil
+}
+
+type engine struct {
+	session *ort.DynamicAdvancedSession
+	inputs  []infer.TensorInfo
+	outputs []infer.TensorInfo
+}
+
+func (e *engine) Inputs() []infer.TensorInfo  { return e.inputs }
+func (e *engine) Outputs() []infer.TensorInfo { return e.outputs }
+
+// Run wraps the caller's slices as ORT tensors (no copy) for the duration of the call.
+func (e *engine) Run(in, out [][]float32) error {
+	if len(in) != len(e.inputs) || len(out) != len(e.outputs) {
+		return fmt.Errorf("onnxruntime: run: got %d inputs and %d outputs, the model has %d and %d", len(in), len(out), len(e.inputs), len(e.outputs))
+	}
+	values := make([]ort.Value, 0, len(in)+len(out))
+	defer func() {
+		for _, v := range values {
+			v.Destroy()
+		}
+	}()
+	wrap := func(infos []infer.TensorInfo, data [][]float32) error {
+		for i, info := range infos {
+			if len(data[i]) != info.Elements() {
+				return fmt.Errorf("onnxruntime: run: %s needs %d elements, got %d", info.Name, info.Elements(), len(data[i]))
+			}
+			t, err := ort.NewTensor(staticShape(info.Shape), data[i])
+			if err != nil {
+				return fmt.Errorf("onnxruntime: run: tensor %s: %w", info.Name, err)
+			}
+			values = append(values, t)
+		}
+		return nil
+	}
+	if err := wrap(e.inputs, in); err != nil {
+		return err
+	}
+	if err := wrap(e.outputs, out); err != nil {
+		return err
+	}
+	if err := e.session.Run(values[:len(in)], values[len(in):]); err != nil {
+		return fmt.Errorf("onnxruntime: run: %w", err)
+	}
+	return nil
+}
+
+func (e *engine) Close() error {
+	if e.session == nil {
+		return errors.New("onnxruntime: engine already closed")
+	}
+	err := e.session.Destroy()
+	e.session = nil
+	return err
+}
+
+// staticShape runs a dynamic batch dimension as 1.
+func staticShape(s []int64) ort.Shape {
+	shape := make(ort.Shape, len(s))
+	for i, d := range s {
+		shape[i] = max(d, 1)
+	}
+	return shape
+}
