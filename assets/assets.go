@@ -54,3 +54,13 @@ func Extract(dir string) (string, error) {
 	}
 	return dir, nil
 }
+
+// DefaultManifest is the bundled model's model.yaml, for validating a config before
+// anything is extracted.
+func DefaultManifest() []byte {
+	b, err := files.ReadFile(DefaultBundleDir + "/model.yaml")
+	if err != nil {
+		panic("assets: bundled model.yaml missing from the binary: " + err.Error())
+	}
+	return b
+}

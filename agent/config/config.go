@@ -1,0 +1,162 @@
+// Package config loads and validates Vigil's configuration: one YAML file (or the
+// embedded defaults when there is none) with VIGIL_<SECTION>_<KEY> environment
+// overrides. It is the only package that imports viper; everything after Load works
+// with the typed Config. Only cmd/vigil and agent import it.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole configuration. The key names are a contract with users and
+// their tools (DESIGN.md, Configuration): add keys freely, rename none.
+type Config struct {
+	Device    Device     `mapstructure:"device" json:"device"`
+	Log       Log        `mapstructure:"log" json:"log"`
+	HTTP      HTTP       `mapstructure:"http" json:"http"`
+	Cameras   []Camera   `mapstructure:"cameras" json:"cameras"`
+	Models    []Model    `mapstructure:"models" json:"models"`
+	Actuators []Actuator `mapstructure:"actuators" json:"actuators"`
+	Inputs    []Input    `mapstructure:"inputs" json:"inputs"`
+	Rules     []Rule     `mapstructure:"rules" json:"rules"`
+	MQTT      MQTT       `mapstructure:"mqtt" json:"mqtt"`
+	Outbox    Outbox     `mapstructure:"outbox" json:"outbox"`
+	Trust     Trust      `mapstructure:"trust" json:"trust"`
+	Runtimes  Runtimes   `mapstructure:"runtimes" json:"runtimes"`
+
+	// Source is the file the config came from; "" for the embedded defaults.
+	Source string `mapstructure:"-" json:"source"`
+}
+
+// Device identifies this device.
+type Device struct {
+	ID       string `mapstructure:"id" json:"id"`       // default: hostname
+	Group    string `mapstructure:"group" json:"group"` // optional
+	StateDir string `mapstructure:"state_dir" json:"state_dir"`
+}
+
+// Log sets the logger.
+type Log struct {
+	Level  string `mapstructure:"level" json:"level"`   // debug | info | warn | error
+	Format string `mapstructure:"format" json:"format"` // text | json
+}
+
+// HTTP is the status page and API.
+type HTTP struct {
+	Listen string `mapstructure:"listen" json:"listen"`
+	Token  string `mapstructure:"token" json:"-"`
+}
+
+// Camera is one frame source.
+type Camera struct {
+	Name          string        `mapstructure:"name" json:"name"`
+	URL           string        `mapstructure:"url" json:"url"`
+	RTSPTransport string        `mapstructure:"rtsp_transport" json:"rtsp_transport"`
+	DetectFPS     float64       `mapstructure:"detect_fps" json:"detect_fps"`
+	StallTimeout  time.Duration `mapstructure:"stall_timeout" json:"stall_timeout"`
+	Backoff       Backoff       `mapstructure:"backoff" json:"backoff"`
+	Model         string        `mapstructure:"model" json:"model"`
+}
+
+// Backoff bounds the wait between reconnection attempts.
+type Backoff struct {
+	Min time.Duration `mapstructure:"min" json:"min"`
+	Max time.Duration `mapstructure:"max" json:"max"`
+}
+
+// Model is one loaded model bundle.
+type Model struct {
+	Name    string `mapstructure:"name" json:"name"`
+	Bundle  string `mapstructure:"bundle" json:"bundle"`   // directory with model.yaml; "" = the bundled one
+	Backend string `mapstructure:"backend" json:"backend"` // "" = the bundle's preference
+	Device  string `mapstructure:"device" json:"device"`
+	Threads int    `mapstructure:"threads" json:"threads"`
+}
+
+// Actuator is one output.
+type Actuator struct {
+	Name      string `mapstructure:"name" json:"name"`
+	Driver    string `mapstructure:"driver" json:"driver"` // sim | gpio
+	Chip      string `mapstructure:"chip" json:"chip"`
+	Line      string `mapstructure:"line" json:"line"`
+	ActiveLow bool   `mapstructure:"active_low" json:"active_low"`
+	Safe      string `mapstructure:"safe" json:"safe"` // low | high
+}
+
+// Input is one digital input (an operator's button, an interlock).
+type Input struct {
+	Name     string        `mapstructure:"name" json:"name"`
+	Driver   string        `mapstructure:"driver" json:"driver"` // gpio | sim
+	Chip     string        `mapstructure:"chip" json:"chip"`
+	Line     string        `mapstructure:"line" json:"line"`
+	Debounce time.Duration `mapstructure:"debounce" json:"debounce"`
+}
+
+// Rule turns detections on one camera into an action.
+type Rule struct {
+	Name     string        `mapstructure:"name" json:"name"`
+	Camera   string        `mapstructure:"camera" json:"camera"`
+	Labels   []string      `mapstructure:"labels" json:"labels"` // empty: any label
+	MinScore float64       `mapstructure:"min_score" json:"min_score"`
+	MinArea  float64       `mapstructure:"min_area" json:"min_area"` // fraction of the frame, 0..1
+	Zone     [][]float64   `mapstructure:"zone" json:"zone"`         // normalised polygon; empty: whole frame
+	Frames   Frames        `mapstructure:"frames" json:"frames"`
+	Cooldown time.Duration `mapstructure:"cooldown" json:"cooldown"`
+	Action   Action        `mapstructure:"action" json:"action"`
+	OnStall  string        `mapstructure:"on_stall" json:"on_stall"` // safe | hold
+}
+
+// Frames asks for N matching frames among the last Of.
+type Frames struct {
+	N  int `mapstructure:"n" json:"n"`
+	Of int `mapstructure:"of" json:"of"`
+}
+
+// Action is what a rule does when it fires: pulse an actuator, or set it to a state
+// (optionally latched until an input or an API acknowledge).
+type Action struct {
+	Actuator string        `mapstructure:"actuator" json:"actuator"`
+	Pulse    time.Duration `mapstructure:"pulse" json:"pulse"`
+	State    string        `mapstructure:"state" json:"state"` // low | high
+	Until    string        `mapstructure:"until" json:"until"` // input name, or "ack"
+}
+
+// MQTT is the link to the cloud.
+type MQTT struct {
+	Enabled           bool          `mapstructure:"enabled" json:"enabled"`
+	Brokers           []string      `mapstructure:"brokers" json:"brokers"`
+	Username          string        `mapstructure:"username" json:"username"`
+	Password          string        `mapstructure:"password" json:"-"`
+	CAFile            string        `mapstructure:"ca_file" json:"ca_file"`
+	CertFile          string        `mapstructure:"cert_file" json:"cert_file"`
+	KeyFile           string        `mapstructure:"key_file" json:"key_file"`
+	TopicPrefix       string        `mapstructure:"topic_prefix" json:"topic_prefix"`
+	TelemetryInterval time.Duration `mapstructure:"telemetry_interval" json:"telemetry_interval"`
+}
+
+// Outbox is the durable queue of outgoing messages.
+type Outbox struct {
+	MaxBytes      ByteSize      `mapstructure:"max_bytes" json:"max_bytes"`
+	Fsync         string        `mapstructure:"fsync" json:"fsync"` // always | interval
+	FsyncInterval time.Duration `mapstructure:"fsync_interval" json:"fsync_interval"`
+}
+
+// Trust lists the keys that may sign model deployments.
+type Trust struct {
+	Keys []string `mapstructure:"keys" json:"keys"`
+}
+
+// Runtimes locates inference runtime libraries; empty means the system's search path.
+type Runtimes struct {
+	ONNXRuntime string `mapstructure:"onnxruntime" json:"onnxruntime"`
+}
+
+// ModelNamed returns the model with the given name, or nil.
+func (c *Config) ModelNamed(name string) *Model {
+	for i := range c.Models {
+		if c.Models[i].Name == name {
+			return &c.Models[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,338 @@
+package config
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/vigil-edge/vigil/assets"
+	"github.com/vigil-edge/vigil/infer"
+)
+
+// Names of cameras, models, actuators, inputs and rules appear in URLs, metrics and
+// MQTT topics, so they are kept to a safe alphabet.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// Backends a model may name. Whether one is available on this machine is checked at
+// start, not here: a config stays valid across machines.
+var Backends = []string{"onnxruntime", "tflite", "openvino", "opencv"}
+
+// CameraURL is a camera's url split into its kind and target.
+type CameraURL struct {
+	Kind   string // rtsp | file | v4l2 | pattern
+	Target string // the stream URL (rtsp), the file or device path, or the pattern name
+}
+
+// ParseCameraURL reads rtsp://, rtsps://, file:///path.mp4 (or file:relative.mp4),
+// v4l2:///dev/video0 and pattern:// URLs.
+func ParseCameraURL(raw string) (CameraURL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return CameraURL{}, fmt.Errorf("not a URL: %w", err)
+	}
+	switch u.Scheme {
+	case "rtsp", "rtsps":
+		if u.Host == "" {
+			return CameraURL{}, fmt.Errorf("%s has no host", Redact(raw))
+		}
+		return CameraURL{Kind: "rtsp", Target: raw}, nil
+	case "file", "v4l2":
+		p := u.Path
+		if u.Opaque != "" {
+			p = u.Opaque
+		}
+		if u.Host != "" && u.Host != "localhost" {
+			// file://./clip.mp4 and file://clip.mp4 put the start of a relative path in
+			// the host; take it back.
+			p = u.Host + p
+		}
+		if p == "" {
+			return CameraURL{}, fmt.Errorf("%s has no path", raw)
+		}
+		return CameraURL{Kind: u.Scheme, Target: p}, nil
+	case "pattern":
+		return CameraURL{Kind: "pattern", Target: u.Host + u.Path}, nil
+	case "":
+		return CameraURL{}, fmt.Errorf("%q has no scheme; use rtsp://, rtsps://, file://, v4l2:// or pattern://", raw)
+	}
+	return CameraURL{}, fmt.Errorf("scheme %q is not one of rtsp, rtsps, file, v4l2, pattern", u.Scheme)
+}
+
+// Redact hides the password in a URL, for logs, status and events.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// validate checks what decoding cannot: ranges, choices, references between sections
+// and files that must exist. It returns one Error per problem.
+func (c *Config) validate() Errors {
+	var errs Errors
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, Error{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	oneOf := func(key, v string, choices ...string) {
+		if !slices.Contains(choices, v) {
+			bad(key, "%q is not one of %s", v, strings.Join(choices, ", "))
+		}
+	}
+	topicSegment := func(key, v string, required bool) {
+		if v == "" {
+			if required {
+				bad(key, "must not be empty")
+			}
+			return
+		}
+		if strings.ContainsAny(v, "/+#") || strings.TrimSpace(v) != v {
+			bad(key, "%q cannot be an MQTT topic segment (no '/', '+', '#' or surrounding spaces)", v)
+		}
+	}
+	unique := func(list, key string, names []string) map[string]int {
+		seen := map[string]int{}
+		for i, n := range names {
+			k := fmt.Sprintf("%s[%d].%s", list, i, key)
+			switch {
+			case n == "":
+				bad(k, "missing")
+			case !nameRE.MatchString(n):
+				bad(k, "%q: use letters, digits, '.', '_' and '-' (up to 63)", n)
+			default:
+				if j, dup := seen[n]; dup {
+					bad(k, "%q is already the name of %s[%d]", n, list, j)
+				} else {
+					seen[n] = i
+				}
+			}
+		}
+		return seen
+	}
+	fileExists := func(key, path string) {
+		if path == "" {
+			return
+		}
+		if _, err := os.Stat(path); err != nil {
+			bad(key, "%v", err)
+		}
+	}
+
+	topicSegment("device.id", c.Device.ID, true)
+	topicSegment("device.group", c.Device.Group, false)
+	if c.Device.StateDir == "" {
+		bad("device.state_dir", "must not be empty")
+	}
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "text", "json")
+	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		bad("http.listen", "%q is not host:port: %v", c.HTTP.Listen, err)
+	}
+
+	// Models first: cameras and rules refer to them.
+	modelNames := make([]string, len(c.Models))
+	for i, m := range c.Models {
+		modelNames[i] = m.Name
+	}
+	models := unique("models", "name", modelNames)
+	manifests := map[string]*infer.Manifest{}
+	for i, m := range c.Models {
+		key := fmt.Sprintf("models[%d]", i)
+		if m.Backend != "" {
+			oneOf(key+".backend", m.Backend, Backends...)
+		}
+		if m.Threads < 0 {
+			bad(key+".threads", "%d is negative", m.Threads)
+		}
+		var man *infer.Manifest
+		var err error
+		if m.Bundle == "" {
+			man, err = infer.ParseManifest(assets.DefaultManifest())
+		} else {
+			man, err = infer.LoadManifest(m.Bundle)
+		}
+		if err != nil {
+			bad(key+".bundle", "%v", err)
+			continue
+		}
+		manifests[m.Name] = man
+	}
+
+	camNames := make([]string, len(c.Cameras))
+	for i, cam := range c.Cameras {
+		camNames[i] = cam.Name
+	}
+	cameras := unique("cameras", "name", camNames)
+	for i, cam := range c.Cameras {
+		key := fmt.Sprintf("cameras[%d]", i)
+		if cam.URL == "" {
+			bad(key+".url", "missing")
+		} else if _, err := ParseCameraURL(cam.URL); err != nil {
+			// A file or device that is missing now is not a config error: the camera is
+			// retried like any other that fails, and says why on the status page.
+			bad(key+".url", "%v", err)
+		}
+		oneOf(key+".rtsp_transport", cam.RTSPTransport, "tcp", "udp")
+		if cam.DetectFPS <= 0 {
+			bad(key+".detect_fps", "%v must be greater than 0", cam.DetectFPS)
+		}
+		if cam.StallTimeout <= 0 {
+			bad(key+".stall_timeout", "%v must be greater than 0", cam.StallTimeout)
+		}
+		if cam.Backoff.Min <= 0 {
+			bad(key+".backoff.min", "%v must be greater than 0", cam.Backoff.Min)
+		}
+		if cam.Backoff.Max < cam.Backoff.Min {
+			bad(key+".backoff.max", "%v is less than backoff.min %v", cam.Backoff.Max, cam.Backoff.Min)
+		}
+		if _, ok := models[cam.Model]; !ok {
+			bad(key+".model", "%q is not the name of a model in models", cam.Model)
+		}
+	}
+
+	actNames := make([]string, len(c.Actuators))
+	for i, a := range c.Actuators {
+		actNames[i] = a.Name
+	}
+	actuators := unique("actuators", "name", actNames)
+	for i, a := range c.Actuators {
+		key := fmt.Sprintf("actuators[%d]", i)
+		oneOf(key+".driver", a.Driver, "sim", "gpio")
+		oneOf(key+".safe", a.Safe, "low", "high")
+		if a.Driver == "gpio" {
+			if a.Chip == "" {
+				bad(key+".chip", "the gpio driver needs a chip, e.g. gpiochip0")
+			}
+			if a.Line == "" {
+				bad(key+".line", "the gpio driver needs a line name or offset, e.g. GPIO17")
+			}
+		}
+	}
+
+	inNames := make([]string, len(c.Inputs))
+	for i, in := range c.Inputs {
+		inNames[i] = in.Name
+	}
+	inputs := unique("inputs", "name", inNames)
+	for i, in := range c.Inputs {
+		key := fmt.Sprintf("inputs[%d]", i)
+		oneOf(key+".driver", in.Driver, "sim", "gpio")
+		if in.Debounce < 0 {
+			bad(key+".debounce", "%v is negative", in.Debounce)
+		}
+		if in.Driver == "gpio" && (in.Chip == "" || in.Line == "") {
+			bad(key, "the gpio driver needs chip and line")
+		}
+	}
+
+	ruleNames := make([]string, len(c.Rules))
+	for i, r := range c.Rules {
+		ruleNames[i] = r.Name
+	}
+	unique("rules", "name", ruleNames)
+	for i, r := range c.Rules {
+		key := fmt.Sprintf("rules[%d]", i)
+		if ci, ok := cameras[r.Camera]; !ok {
+			bad(key+".camera", "%q is not the name of a camera in cameras", r.Camera)
+		} else if man := manifests[c.Cameras[ci].Model]; man != nil {
+			for j, l := range r.Labels {
+				if !slices.Contains(man.Labels, l) {
+					bad(fmt.Sprintf("%s.labels[%d]", key, j), "%q is not a label of model %s (%s)", l, c.Cameras[ci].Model, man.Name)
+				}
+			}
+		}
+		if r.MinScore < 0 || r.MinScore > 1 {
+			bad(key+".min_score", "%v is outside 0..1", r.MinScore)
+		}
+		if r.MinArea < 0 || r.MinArea > 1 {
+			bad(key+".min_area", "%v is outside 0..1 (a fraction of the frame)", r.MinArea)
+		}
+		if len(r.Zone) > 0 && len(r.Zone) < 3 {
+			bad(key+".zone", "a polygon needs at least 3 points, got %d", len(r.Zone))
+		}
+		for j, p := range r.Zone {
+			if len(p) != 2 || p[0] < 0 || p[0] > 1 || p[1] < 0 || p[1] > 1 {
+				bad(fmt.Sprintf("%s.zone[%d]", key, j), "%v is not a point [x, y] in normalised coordinates 0..1", p)
+			}
+		}
+		if r.Frames.Of < 1 || r.Frames.N < 1 || r.Frames.N > r.Frames.Of {
+			bad(key+".frames", "n %d of %d: need 1 <= n <= of", r.Frames.N, r.Frames.Of)
+		}
+		if r.Cooldown < 0 {
+			bad(key+".cooldown", "%v is negative", r.Cooldown)
+		}
+		oneOf(key+".on_stall", r.OnStall, "safe", "hold")
+		a := r.Action
+		if _, ok := actuators[a.Actuator]; !ok {
+			bad(key+".action.actuator", "%q is not the name of an actuator in actuators", a.Actuator)
+		}
+		switch {
+		case a.Pulse > 0 && a.State != "":
+			bad(key+".action", "set either pulse or state, not both")
+		case a.Pulse < 0:
+			bad(key+".action.pulse", "%v is negative", a.Pulse)
+		case a.Pulse == 0 && a.State == "":
+			bad(key+".action", "needs pulse (e.g. 500ms) or state (low or high)")
+		case a.State != "":
+			oneOf(key+".action.state", a.State, "low", "high")
+		}
+		if a.Until != "" {
+			if a.State == "" {
+				bad(key+".action.until", "only a state action can be latched")
+			} else if _, ok := inputs[a.Until]; !ok && a.Until != "ack" {
+				bad(key+".action.until", "%q is neither an input in inputs nor \"ack\"", a.Until)
+			}
+		}
+	}
+
+	m := c.MQTT
+	if m.Enabled {
+		// The MQTT link is the next piece of work (the outbox already keeps every message).
+		bad("mqtt.enabled", "the MQTT link is not part of this build yet; messages wait in the outbox under device.state_dir")
+	}
+	if m.Enabled && len(m.Brokers) == 0 {
+		bad("mqtt.brokers", "needs at least one broker URL")
+	}
+	for i, b := range m.Brokers {
+		u, err := url.Parse(b)
+		if err != nil || u.Host == "" || !slices.Contains([]string{"tcp", "ssl", "tls", "ws", "wss", "mqtt", "mqtts"}, u.Scheme) {
+			bad(fmt.Sprintf("mqtt.brokers[%d]", i), "%q is not a broker URL like tcp://host:1883 or ssl://host:8883", b)
+		}
+	}
+	fileExists("mqtt.ca_file", m.CAFile)
+	fileExists("mqtt.cert_file", m.CertFile)
+	fileExists("mqtt.key_file", m.KeyFile)
+	if (m.CertFile == "") != (m.KeyFile == "") {
+		bad("mqtt.key_file", "cert_file and key_file go together")
+	}
+	if m.TopicPrefix == "" || strings.ContainsAny(m.TopicPrefix, "+#") {
+		bad("mqtt.topic_prefix", "%q must be non-empty and free of MQTT wildcards", m.TopicPrefix)
+	}
+	if m.TelemetryInterval <= 0 {
+		bad("mqtt.telemetry_interval", "%v must be greater than 0", m.TelemetryInterval)
+	}
+
+	if c.Outbox.MaxBytes < 1<<20 {
+		bad("outbox.max_bytes", "%v is below the minimum of 1MiB", c.Outbox.MaxBytes)
+	}
+	oneOf("outbox.fsync", c.Outbox.Fsync, "always", "interval")
+	if c.Outbox.FsyncInterval <= 0 {
+		bad("outbox.fsync_interval", "%v must be greater than 0", c.Outbox.FsyncInterval)
+	}
+
+	for i, k := range c.Trust.Keys {
+		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
+			bad(fmt.Sprintf("trust.keys[%d]", i), "not a base64 Ed25519 public key (32 bytes)")
+		}
+	}
+	fileExists("runtimes.onnxruntime", c.Runtimes.ONNXRuntime)
+	return errs
+}
