@@ -1,0 +1,236 @@
+// Package hal drives the hardware Vigil acts on: named outputs (relays, stack lights,
+// a weld robot's pause line) and, later, digital inputs. The root package holds the
+// Actuator contract and Output, the one implementation of its timing and fail-safe
+// logic; drivers (hal/sim, hal/gpio) only move a line. It never imports gocv or an
+// inference runtime, so its tests run anywhere.
+package hal
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Level is a logical output level. Drivers map it to the electrical level
+// (the gpio driver inverts it for active-low lines).
+type Level bool
+
+// The two levels.
+const (
+	Low  Level = false
+	High Level = true
+)
+
+func (l Level) String() string {
+	if l {
+		return "high"
+	}
+	return "low"
+}
+
+// ParseLevel reads "low" or "high".
+func ParseLevel(s string) (Level, error) {
+	switch s {
+	case "low":
+		return Low, nil
+	case "high":
+		return High, nil
+	}
+	return Low, fmt.Errorf("level %q is neither low nor high", s)
+}
+
+// Actuator is a named output. Set and Pulse never block for the pulse's length.
+type Actuator interface {
+	Name() string
+	// Set drives the output to level and cancels a pulse in progress.
+	Set(level Level, reason string) error
+	// Pulse drives the output to the opposite of its safe level for d, then back to
+	// safe. A pulse during a pulse extends it.
+	Pulse(d time.Duration, reason string) error
+	// Safe drives the configured safe level.
+	Safe(reason string) error
+	State() State
+}
+
+// State is what the status page shows of an actuator.
+type State struct {
+	Name        string `json:"name"`
+	Driver      string `json:"driver"`
+	State       string `json:"state"`
+	Safe        string `json:"safe"`
+	Transitions uint64 `json:"transitions"`
+	LastChange  string `json:"last_change,omitempty"`
+	LastReason  string `json:"last_reason,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
+}
+
+// Line is what a driver provides: one output line. Out is called with Output's lock
+// held, so a driver sees one call at a time.
+type Line interface {
+	Driver() string
+	Out(level Level) error
+	Close() error
+}
+
+// Output implements Actuator on a driver's Line.
+type Output struct {
+	name   string
+	line   Line
+	safe   Level
+	logger *slog.Logger
+	now    func() time.Time
+	// onChange, if set, is told about every level change (metrics).
+	onChange func(name string, level Level)
+
+	mu          sync.Mutex // guards the fields below and serialises Out calls
+	level       Level
+	transitions uint64
+	lastChange  time.Time
+	lastReason  string
+	lastErr     error
+	pulseTimer  *time.Timer
+	pulseUntil  time.Time
+	pulseGen    uint64 // bumped whenever a pending pulse end is cancelled or replaced
+	closed      bool
+}
+
+// OutputOptions configure an Output.
+type OutputOptions struct {
+	Safe     Level
+	Logger   *slog.Logger
+	Now      func() time.Time
+	OnChange func(name string, level Level)
+}
+
+// NewOutput drives line to its safe level at once (an actuator is safe before anything
+// else runs) and returns the Output. The Output owns line.
+func NewOutput(name string, line Line, opts OutputOptions) (*Output, error) {
+	o := &Output{name: name, line: line, safe: opts.Safe, logger: opts.Logger, now: opts.Now, onChange: opts.OnChange}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	o.logger = o.logger.With("component", "hal", "actuator", name)
+	if err := line.Out(o.safe); err != nil {
+		return nil, fmt.Errorf("actuator %s: drive safe level %s: %w", name, o.safe, err)
+	}
+	o.level = o.safe
+	o.lastChange = o.now()
+	o.lastReason = "start"
+	return o, nil
+}
+
+// Name is the actuator's name.
+func (o *Output) Name() string { return o.name }
+
+// Set drives level, cancelling any pulse.
+func (o *Output) Set(level Level, reason string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.stopPulseLocked()
+	return o.driveLocked(level, reason)
+}
+
+// Pulse drives the non-safe level for d, then safe again.
+func (o *Output) Pulse(d time.Duration, reason string) error {
+	if d <= 0 {
+		return fmt.Errorf("actuator %s: pulse of %v", o.name, d)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.driveLocked(!o.safe, reason); err != nil {
+		return err
+	}
+	until := o.now().Add(d)
+	if until.After(o.pulseUntil) {
+		o.stopPulseLocked()
+		o.pulseUntil = until
+		gen := o.pulseGen
+		o.pulseTimer = time.AfterFunc(d, func() { o.endPulse(gen) })
+	}
+	return nil
+}
+
+// endPulse returns to safe unless the pulse it ended was cancelled or extended since:
+// a timer that already fired cannot be stopped, so it checks the generation.
+func (o *Output) endPulse(gen uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed || gen != o.pulseGen {
+		return
+	}
+	o.pulseTimer = nil
+	o.pulseUntil = time.Time{}
+	if err := o.driveLocked(o.safe, "pulse end"); err != nil {
+		o.logger.Error("end of pulse: could not return to the safe level", "err", err)
+	}
+}
+
+// Safe drives the safe level and cancels any pulse.
+func (o *Output) Safe(reason string) error {
+	return o.Set(o.safe, reason)
+}
+
+func (o *Output) stopPulseLocked() {
+	o.pulseGen++
+	if o.pulseTimer != nil {
+		o.pulseTimer.Stop()
+		o.pulseTimer = nil
+	}
+	o.pulseUntil = time.Time{}
+}
+
+func (o *Output) driveLocked(level Level, reason string) error {
+	if o.closed {
+		return fmt.Errorf("actuator %s: closed", o.name)
+	}
+	if err := o.line.Out(level); err != nil {
+		o.lastErr = err
+		o.logger.Error("drive output", "level", level, "reason", reason, "err", err)
+		return fmt.Errorf("actuator %s: drive %s: %w", o.name, level, err)
+	}
+	o.lastErr = nil
+	if level == o.level {
+		return nil
+	}
+	o.level = level
+	o.transitions++
+	o.lastChange = o.now()
+	o.lastReason = reason
+	o.logger.Debug("output changed", "level", level, "reason", reason)
+	if o.onChange != nil {
+		o.onChange(o.name, level)
+	}
+	return nil
+}
+
+// State reports the current level and counters.
+func (o *Output) State() State {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := State{
+		Name: o.name, Driver: o.line.Driver(), State: o.level.String(), Safe: o.safe.String(),
+		Transitions: o.transitions, LastChange: o.lastChange.UTC().Format(time.RFC3339Nano), LastReason: o.lastReason,
+	}
+	if o.lastErr != nil {
+		s.LastError = o.lastErr.Error()
+	}
+	return s
+}
+
+// Close drives the safe level, then releases the line. A second Close returns nil.
+func (o *Output) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return nil
+	}
+	o.stopPulseLocked()
+	err := o.driveLocked(o.safe, "shutdown")
+	o.closed = true
+	return errors.Join(err, o.line.Close())
+}
