@@ -1,0 +1,190 @@
+package capture
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Camera states, as shown in /api/status.
+const (
+	StateConnecting = "connecting"
+	StateStreaming  = "streaming"
+	StateStalled    = "stalled"
+	StateBackoff    = "backoff"
+	StateStopped    = "stopped"
+)
+
+// CameraOptions configure a Camera.
+type CameraOptions struct {
+	Name string
+	// Open opens the source; it is called again after every failure.
+	Open         func(ctx context.Context) (Source, error)
+	StallTimeout time.Duration
+	BackoffMin   time.Duration
+	BackoffMax   time.Duration
+	Logger       *slog.Logger
+}
+
+// Status is what the status page and metrics show of a camera.
+type Status struct {
+	Name          string  `json:"name"`
+	State         string  `json:"state"`
+	FPS           float64 `json:"fps"`
+	Frames        uint64  `json:"frames"`
+	Dropped       uint64  `json:"dropped"`
+	Reconnects    uint64  `json:"reconnects"`
+	LastError     string  `json:"last_error"`
+	LastFrameAgeS float64 `json:"last_frame_age_s"`
+	NextRetry     string  `json:"next_retry,omitempty"`
+}
+
+// Camera reads one source into its Slot and keeps it going: a failed open or read is
+// retried with capped exponential backoff and jitter, forever, until ctx ends.
+type Camera struct {
+	opts   CameraOptions
+	slot   *Slot
+	logger *slog.Logger
+
+	mu         sync.Mutex // guards the fields below
+	state      string
+	frames     uint64
+	reconnects uint64
+	lastErr    string
+	lastFrame  time.Time
+	nextRetry  time.Time
+	interval   float64 // smoothed seconds between frames
+}
+
+// NewCamera returns a camera in state connecting; Run starts it.
+func NewCamera(opts CameraOptions) *Camera {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Camera{
+		opts: opts, slot: NewSlot(), state: StateConnecting,
+		logger: logger.With("component", "capture", "camera", opts.Name),
+	}
+}
+
+// Name is the camera's name.
+func (c *Camera) Name() string { return c.opts.Name }
+
+// Slot is where the newest frame waits.
+func (c *Camera) Slot() *Slot { return c.slot }
+
+// Run reads frames until ctx ends, then closes the slot and returns nil.
+func (c *Camera) Run(ctx context.Context) error {
+	defer c.slot.Close()
+	failures := 0
+	for {
+		c.setState(StateConnecting)
+		err := c.stream(ctx, &failures)
+		if ctx.Err() != nil {
+			c.setState(StateStopped)
+			return nil
+		}
+		delay := backoff(c.opts.BackoffMin, c.opts.BackoffMax, failures)
+		failures++
+		c.mu.Lock()
+		c.reconnects++
+		c.lastErr = err.Error()
+		c.nextRetry = time.Now().Add(delay)
+		c.state = StateBackoff
+		c.mu.Unlock()
+		c.logger.Warn("camera failed; retrying", "err", err, "attempt", failures, "retry_in", delay.Round(time.Millisecond))
+		if sleepCtx(ctx, delay) != nil {
+			c.setState(StateStopped)
+			return nil
+		}
+	}
+}
+
+// stream opens the source and reads it until it fails. failures is reset once a
+// frame arrives, so a camera that worked for a while retries quickly.
+func (c *Camera) stream(ctx context.Context, failures *int) error {
+	src, err := c.opts.Open(ctx)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	var seq uint64
+	for {
+		m, err := src.Read(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		now := time.Now()
+		c.mu.Lock()
+		if c.state != StateStreaming {
+			c.state, c.lastErr = StateStreaming, ""
+			*failures = 0
+			c.logger.Info("camera streaming")
+		}
+		c.frames++
+		seq = c.frames
+		if !c.lastFrame.IsZero() {
+			dt := now.Sub(c.lastFrame).Seconds()
+			if c.interval == 0 {
+				c.interval = dt
+			} else {
+				c.interval += 0.1 * (dt - c.interval)
+			}
+		}
+		c.lastFrame = now
+		c.mu.Unlock()
+		c.slot.Put(Frame{Camera: c.opts.Name, Seq: seq, Time: now, Mat: m})
+	}
+}
+
+func (c *Camera) setState(s string) {
+	c.mu.Lock()
+	c.state = s
+	c.mu.Unlock()
+}
+
+// Status reports the camera's state and counters. A streaming camera that has not
+// delivered a frame within its stall timeout is reported stalled.
+func (c *Camera) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Status{
+		Name: c.opts.Name, State: c.state, Frames: c.frames, Dropped: c.slot.Dropped(),
+		Reconnects: c.reconnects, LastError: c.lastErr,
+	}
+	if !c.lastFrame.IsZero() {
+		s.LastFrameAgeS = time.Since(c.lastFrame).Seconds()
+	}
+	if c.interval > 0 && s.State == StateStreaming {
+		s.FPS = 1 / c.interval
+	}
+	if s.State == StateStreaming && c.opts.StallTimeout > 0 && time.Since(c.lastFrame) > c.opts.StallTimeout {
+		s.State, s.FPS = StateStalled, 0
+	}
+	if s.State == StateBackoff {
+		s.NextRetry = c.nextRetry.UTC().Format(time.RFC3339Nano)
+	}
+	return s
+}
+
+// backoff is min * 2^failures, capped at max, with up to 20% jitter either way so that
+// cameras behind one switch do not reconnect in lockstep.
+func backoff(lo, hi time.Duration, failures int) time.Duration {
+	d := lo
+	for range failures {
+		d *= 2
+		if d >= hi {
+			d = hi
+			break
+		}
+	}
+	jitter := 0.8 + 0.4*rand.Float64()
+	return time.Duration(float64(d) * jitter)
+}
+

@@ -1,0 +1,210 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"gocv.io/x/gocv"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var clip = filepath.Join("..", "assets", "footage", "people.mp4")
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestFileSourceReadsAndLoops(t *testing.T) {
+	src, err := OpenFile(clip, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	const clipFrames = 261
+	for i := range clipFrames + 10 {
+		m, err := src.Read(context.Background())
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if m.Cols() != 768 || m.Rows() != 432 || m.Type() != gocv.MatTypeCV8UC3 {
+			t.Fatalf("frame %d: %dx%d type %v", i, m.Cols(), m.Rows(), m.Type())
+		}
+		m.Close()
+	}
+}
+
+func TestFileSourcePlaysOnce(t *testing.T) {
+	src, err := OpenFile(clip, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	n := 0
+	for {
+		m, err := src.Read(context.Background())
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+		n++
+	}
+	if n != 261 {
+		t.Errorf("read %d frames, the clip has 261", n)
+	}
+}
+
+func TestFileSourceErrors(t *testing.T) {
+	if _, err := OpenFile("no/such/clip.mp4", true, true); err == nil {
+		t.Error("missing file opened")
+	}
+	if _, err := OpenFile("testdata", true, true); err == nil {
+		t.Error("directory opened")
+	}
+	if _, err := OpenFile("capture_test.go", true, true); err == nil {
+		t.Error("a Go file opened as video")
+	}
+}
+
+func TestSlotKeepsNewestAndCountsDrops(t *testing.T) {
+	s := NewSlot()
+	for i := range 5 {
+		s.Put(Frame{Seq: uint64(i + 1), Mat: gocv.NewMatWithSize(4, 4, gocv.MatTypeCV8UC3)})
+	}
+	f, err := s.Take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Seq != 5 || s.Dropped() != 4 {
+		t.Errorf("took seq %d with %d dropped, want 5 and 4", f.Seq, s.Dropped())
+	}
+	f.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.Take(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Take on an empty slot: %v", err)
+	}
+
+	got := make(chan uint64)
+	go func() {
+		f, err := s.Take(context.Background())
+		if err != nil {
+			got <- 0
+			return
+		}
+		f.Close()
+		got <- f.Seq
+	}()
+	s.Put(Frame{Seq: 9, Mat: gocv.NewMat()})
+	if seq := <-got; seq != 9 {
+		t.Errorf("waiting Take got %d", seq)
+	}
+	s.Put(Frame{Seq: 10, Mat: gocv.NewMat()})
+	s.Close()
+	if _, err := s.Take(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Take after Close: %v", err)
+	}
+	s.Put(Frame{Seq: 11, Mat: gocv.NewMat()}) // closed: the frame is closed, not kept
+}
+
+func TestCameraStreamsFile(t *testing.T) {
+	cam := NewCamera(CameraOptions{
+		Name: "clip", StallTimeout: 5 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
+		Open: func(ctx context.Context) (Source, error) { return OpenFile(clip, true, false) },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- cam.Run(ctx) }()
+	for range 20 {
+		f, err := cam.Slot().Take(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Camera != "clip" || f.Time.IsZero() || f.Mat.Empty() {
+			t.Errorf("frame %+v", f)
+		}
+		f.Close()
+	}
+	st := cam.Status()
+	if st.State != StateStreaming || st.Frames < 20 || st.LastError != "" {
+		t.Errorf("status %+v", st)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run returned %v on shutdown", err)
+	}
+	if st := cam.Status(); st.State != StateStopped {
+		t.Errorf("after shutdown: %+v", st)
+	}
+}
+
+func TestDeadCameraIsRetried(t *testing.T) {
+	opens := 0
+	cam := NewCamera(CameraOptions{
+		Name: "dead", StallTimeout: time.Second, BackoffMin: time.Millisecond, BackoffMax: 4 * time.Millisecond,
+		Open: func(ctx context.Context) (Source, error) {
+			opens++
+			return OpenFile("no/such/clip.mp4", true, true)
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- cam.Run(ctx) }()
+	waitFor(t, "several retries", func() bool { return cam.Status().Reconnects >= 5 })
+	st := cam.Status()
+	if !strings.Contains(st.LastError, "no such file") || (st.State != StateBackoff && st.State != StateConnecting) {
+		t.Errorf("status %+v", st)
+	}
+	cancel()
+	<-done
+}
+
+func TestBackoffGrowsAndCaps(t *testing.T) {
+	lo, hi := 100*time.Millisecond, 2*time.Second
+	for f, want := range map[int]time.Duration{0: lo, 1: 2 * lo, 3: 8 * lo, 10: hi, 100: hi} {
+		got := backoff(lo, hi, f)
+		if got < want*8/10 || got > want*12/10 {
+			t.Errorf("backoff after %d failures = %v, want %v ± 20%%", f, got, want)
+		}
+	}
+}
+
+func TestPatternSource(t *testing.T) {
+	p := NewPattern(320, 240, 1000)
+	a, err := p.Read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, _ := p.Read(context.Background())
+	defer b.Close()
+	if a.Cols() != 320 || a.Rows() != 240 {
+		t.Fatalf("size %dx%d", a.Cols(), a.Rows())
+	}
+	diff := gocv.NewMat()
+	defer diff.Close()
+	gocv.AbsDiff(a, b, &diff)
+	gray := gocv.NewMat()
+	defer gray.Close()
+	gocv.CvtColor(diff, &gray, gocv.ColorBGRToGray)
+	if gocv.CountNonZero(gray) == 0 {
+		t.Error("consecutive pattern frames are identical")
+	}
+}

@@ -1,0 +1,224 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"io"
+	"os"
+	"time"
+
+	"gocv.io/x/gocv"
+)
+
+// Source is one open stream. Read blocks until the next image and returns it in a new
+// Mat that the caller owns. Read and Close are called from one goroutine.
+type Source interface {
+	Read(ctx context.Context) (gocv.Mat, error)
+	Close() error
+}
+
+// Spec says which source to open.
+type Spec struct {
+	Kind   string // file | pattern | rtsp | v4l2
+	Target string // file path, pattern name, stream URL, device path
+	// Loop replays a file from the start at its end (the default for file cameras).
+	Loop bool
+	// Fast reads a file as fast as it decodes instead of at its own frame rate.
+	Fast bool
+}
+
+// Open opens the source a Spec names.
+func Open(ctx context.Context, s Spec) (Source, error) {
+	switch s.Kind {
+	case "file":
+		return OpenFile(s.Target, s.Loop, !s.Fast)
+	case "pattern":
+		return NewPattern(640, 480, 10), nil
+	case "rtsp":
+		return openVideo(s.Target, gocv.VideoCaptureFFmpeg)
+	case "v4l2":
+		return openVideo(s.Target, gocv.VideoCaptureV4L2)
+	}
+	return nil, fmt.Errorf("unknown source kind %q", s.Kind)
+}
+
+// fileSource plays a video file, looping and paced at its frame rate if asked.
+type fileSource struct {
+	path     string
+	loop     bool
+	realtime bool
+	vc       *gocv.VideoCapture
+	interval time.Duration
+	next     time.Time
+}
+
+// OpenFile opens a video file. With realtime it delivers frames at the file's frame
+// rate, as a camera would; with loop it starts over at the end.
+func OpenFile(path string, loop, realtime bool) (Source, error) {
+	// OpenCV aborts the process on some unreadable inputs; a plain stat first turns
+	// the common mistakes into errors.
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("%s is a directory", path)
+	}
+	f := &fileSource{path: path, loop: loop, realtime: realtime}
+	if err := f.open(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *fileSource) open() error {
+	vc, err := gocv.OpenVideoCaptureWithAPI(f.path, gocv.VideoCaptureFFmpeg)
+	if err != nil {
+		return fmt.Errorf("open video %s: %w", f.path, err)
+	}
+	if !vc.IsOpened() {
+		vc.Close()
+		return fmt.Errorf("open video %s: not a video OpenCV can decode", f.path)
+	}
+	fps := vc.Get(gocv.VideoCaptureFPS)
+	if fps <= 0 || fps > 1000 {
+		fps = 25
+	}
+	f.vc, f.interval = vc, time.Duration(float64(time.Second)/fps)
+	return nil
+}
+
+func (f *fileSource) Read(ctx context.Context) (gocv.Mat, error) {
+	if err := ctx.Err(); err != nil {
+		return gocv.Mat{}, err
+	}
+	if f.vc == nil {
+		return gocv.Mat{}, fmt.Errorf("read video %s: not open", f.path)
+	}
+	if f.realtime {
+		now := time.Now()
+		if f.next.IsZero() || now.Sub(f.next) > time.Second {
+			f.next = now // start, or resynchronise after a long pause
+		}
+		if err := sleepCtx(ctx, f.next.Sub(now)); err != nil {
+			return gocv.Mat{}, err
+		}
+		f.next = f.next.Add(f.interval)
+	}
+	m := gocv.NewMat()
+	for attempt := 0; ; attempt++ {
+		if f.vc.Read(&m) && !m.Empty() {
+			return m, nil
+		}
+		if !f.loop || attempt > 0 {
+			m.Close()
+			if attempt > 0 {
+				return gocv.Mat{}, fmt.Errorf("read video %s: no frame after restarting it", f.path)
+			}
+			return gocv.Mat{}, io.EOF
+		}
+		// End of file: start over. Reopening is more reliable across containers
+		// than seeking back to frame 0.
+		f.vc.Close()
+		if err := f.open(); err != nil {
+			m.Close()
+			f.vc = nil
+			return gocv.Mat{}, err
+		}
+	}
+}
+
+func (f *fileSource) Close() error {
+	if f.vc == nil {
+		return nil
+	}
+	err := f.vc.Close()
+	f.vc = nil
+	return err
+}
+
+// videoSource is a live stream read through OpenCV (RTSP over FFmpeg, V4L2 devices).
+type videoSource struct {
+	target string
+	vc     *gocv.VideoCapture
+}
+
+func openVideo(target string, api gocv.VideoCaptureAPI) (Source, error) {
+	vc, err := gocv.OpenVideoCaptureWithAPI(target, api)
+	if err != nil {
+		return nil, err
+	}
+	if !vc.IsOpened() {
+		vc.Close()
+		return nil, errors.New("stream did not open")
+	}
+	return &videoSource{target: target, vc: vc}, nil
+}
+
+func (v *videoSource) Read(ctx context.Context) (gocv.Mat, error) {
+	if err := ctx.Err(); err != nil {
+		return gocv.Mat{}, err
+	}
+	m := gocv.NewMat()
+	if !v.vc.Read(&m) || m.Empty() {
+		m.Close()
+		return gocv.Mat{}, errors.New("stream ended or returned no frame")
+	}
+	return m, nil
+}
+
+func (v *videoSource) Close() error { return v.vc.Close() }
+
+// Pattern is a synthetic camera: a moving box and a frame counter on a gray
+// background, at a fixed rate. It needs no hardware and no files.
+type Pattern struct {
+	w, h     int
+	interval time.Duration
+	next     time.Time
+	n        int
+}
+
+// NewPattern returns a w x h pattern source at fps frames per second.
+func NewPattern(w, h int, fps float64) *Pattern {
+	return &Pattern{w: w, h: h, interval: time.Duration(float64(time.Second) / fps)}
+}
+
+// Read draws the next pattern frame.
+func (p *Pattern) Read(ctx context.Context) (gocv.Mat, error) {
+	now := time.Now()
+	if p.next.IsZero() || now.Sub(p.next) > time.Second {
+		p.next = now
+	}
+	if err := sleepCtx(ctx, p.next.Sub(now)); err != nil {
+		return gocv.Mat{}, err
+	}
+	p.next = p.next.Add(p.interval)
+	m := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(96, 96, 96, 0), p.h, p.w, gocv.MatTypeCV8UC3)
+	size := p.h / 4
+	x := (p.n * 8) % (p.w - size)
+	gocv.Rectangle(&m, image.Rect(x, p.h/2-size/2, x+size, p.h/2+size/2), color.RGBA{R: 255, G: 160, A: 255}, -1)
+	gocv.PutText(&m, fmt.Sprintf("vigil pattern %06d %s", p.n, time.Now().Format("15:04:05.000")), image.Pt(10, 30),
+		gocv.FontHersheySimplex, 0.7, color.RGBA{R: 255, G: 255, B: 255, A: 255}, 2)
+	p.n++
+	return m, nil
+}
+
+// Close does nothing.
+func (p *Pattern) Close() error { return nil }
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
