@@ -81,8 +81,6 @@ type Output struct {
 	safe   Level
 	logger *slog.Logger
 	now    func() time.Time
-	// onChange, if set, is told about every level change (metrics).
-	onChange func(name string, level Level)
 
 	mu          sync.Mutex // guards the fields below and serialises Out calls
 	level       Level
@@ -98,16 +96,15 @@ type Output struct {
 
 // OutputOptions configure an Output.
 type OutputOptions struct {
-	Safe     Level
-	Logger   *slog.Logger
-	Now      func() time.Time
-	OnChange func(name string, level Level)
+	Safe   Level
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // NewOutput drives line to its safe level at once (an actuator is safe before anything
 // else runs) and returns the Output. The Output owns line.
 func NewOutput(name string, line Line, opts OutputOptions) (*Output, error) {
-	o := &Output{name: name, line: line, safe: opts.Safe, logger: opts.Logger, now: opts.Now, onChange: opts.OnChange}
+	o := &Output{name: name, line: line, safe: opts.Safe, logger: opts.Logger, now: opts.Now}
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
@@ -202,9 +199,6 @@ func (o *Output) driveLocked(level Level, reason string) error {
 	o.lastChange = o.now()
 	o.lastReason = reason
 	o.logger.Debug("output changed", "level", level, "reason", reason)
-	if o.onChange != nil {
-		o.onChange(o.name, level)
-	}
 	return nil
 }
 

@@ -1,0 +1,309 @@
+// Package agent wires Vigil's rooms into one running daemon and owns its lifecycle:
+// cameras (capture) feed detectors (infer), whose detections go through the rules to
+// actuators (hal) and, as events, into the outbox (sync/outbox); the status page,
+// the JSON API and Prometheus metrics show all of it. It is the only package that
+// imports the others; cmd/vigil only parses flags and calls New and Run.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/agent/rules"
+	"github.com/vigil-edge/vigil/assets"
+	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/onnxrt"
+	"github.com/vigil-edge/vigil/sync/outbox"
+)
+
+// Options are what the agent needs besides its config.
+type Options struct {
+	Version string
+	Logger  *slog.Logger
+	// Listener, if set, serves HTTP instead of listening on cfg.HTTP.Listen (tests
+	// pass 127.0.0.1:0).
+	Listener net.Listener
+}
+
+// Agent is one running Vigil.
+type Agent struct {
+	cfg     *config.Config
+	version string
+	logger  *slog.Logger
+	started time.Time
+
+	outbox    *outbox.Outbox
+	actuators map[string]*actuator // by name
+	actOrder  []string
+	models    map[string]*model // by name
+	modOrder  []string
+	cameras   []*camera
+	events    *eventLog
+	metrics   *metrics
+	listener  net.Listener
+	http      *http.Server
+	closeOnce sync.Once
+}
+
+type actuator struct {
+	*hal.Output
+	sim *sim.Line // nil for hardware drivers
+}
+
+type model struct {
+	name     string
+	dir      string
+	backend  string
+	detector *detector.Detector // nil when loading failed
+	err      error
+}
+
+// New builds an agent from a validated config: it prepares the state directory, opens
+// the outbox, drives every actuator to its safe level, loads the models and opens the
+// HTTP listener. Nothing runs until Run. On error, whatever was opened is closed.
+func New(cfg *config.Config, opts Options) (a *Agent, err error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	a = &Agent{
+		cfg: cfg, version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
+		actuators: map[string]*actuator{}, models: map[string]*model{},
+		events: newEventLog(100),
+	}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	a.metrics = newMetrics(a)
+
+	state := cfg.Device.StateDir
+	if err := os.MkdirAll(state, 0o750); err != nil {
+		return a, fmt.Errorf("create state directory (device.state_dir) %s: %w", state, err)
+	}
+	bundled, err := assets.Extract(filepath.Join(state, "bundled"))
+	if err != nil {
+		return a, err
+	}
+
+	// Actuators first: every output is at its safe level before anything else runs.
+	for i, ac := range cfg.Actuators {
+		safe, _ := hal.ParseLevel(ac.Safe)
+		var line hal.Line
+		var simLine *sim.Line
+		switch ac.Driver {
+		case "sim":
+			simLine = sim.New(nil)
+			line = simLine
+		default:
+			return a, fmt.Errorf("actuators[%d] (%s): driver %q is not built into this version; use driver: sim", i, ac.Name, ac.Driver)
+		}
+		out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Logger: logger})
+		if err != nil {
+			return a, err
+		}
+		a.actuators[ac.Name] = &actuator{Output: out, sim: simLine}
+		a.actOrder = append(a.actOrder, ac.Name)
+	}
+
+	a.outbox, err = outbox.Open(outbox.Options{
+		Path: filepath.Join(state, "outbox.db"), Device: cfg.Device.ID,
+		Fsync: outbox.Fsync(cfg.Outbox.Fsync), FsyncInterval: cfg.Outbox.FsyncInterval,
+		Logger: logger.With("component", "outbox"),
+	})
+	if err != nil {
+		return a, err
+	}
+
+	// A model that cannot load is reported on the status page and in /readyz; its
+	// cameras keep streaming without detection and the actuators stay safe.
+	ort := onnxrt.New(cfg.Runtimes.ONNXRuntime)
+	for _, mc := range cfg.Models {
+		m := &model{name: mc.Name, dir: mc.Bundle}
+		if m.dir == "" {
+			m.dir = filepath.Join(bundled, assets.DefaultBundleDir)
+		}
+		m.detector, m.backend, m.err = loadModel(ort, m.dir, mc)
+		if m.err != nil {
+			a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", m.err)
+		} else {
+			man := m.detector.Manifest()
+			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", m.backend, "runtime", ort.Library())
+		}
+		a.models[mc.Name] = m
+		a.modOrder = append(a.modOrder, mc.Name)
+	}
+
+	for _, cc := range cfg.Cameras {
+		cam, err := a.newCamera(cc, logger)
+		if err != nil {
+			return a, err
+		}
+		a.cameras = append(a.cameras, cam)
+	}
+
+	a.listener = opts.Listener
+	if a.listener == nil {
+		a.listener, err = net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil {
+			return a, fmt.Errorf("http.listen %s: %w", cfg.HTTP.Listen, err)
+		}
+	}
+	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	return a, nil
+}
+
+// loadModel picks the backend (the config's choice over the bundle's preference) and
+// loads the bundle with it.
+func loadModel(ort *onnxrt.Backend, dir string, mc config.Model) (*detector.Detector, string, error) {
+	m, err := infer.LoadManifest(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	name := mc.Backend
+	if name == "" {
+		name = m.Backend
+	}
+	if name == "" {
+		name = ort.Name()
+	}
+	var backend infer.Backend
+	switch name {
+	case ort.Name():
+		backend = ort
+	default:
+		return nil, name, fmt.Errorf("backend %s is not built into this version (onnxruntime is)", name)
+	}
+	if err := backend.Available(); err != nil {
+		return nil, name, err
+	}
+	d, err := detector.Load(backend, dir, infer.LoadOptions{Device: mc.Device, Threads: mc.Threads})
+	return d, name, err
+}
+
+func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error) {
+	u, err := config.ParseCameraURL(cc.URL)
+	if err != nil {
+		return nil, fmt.Errorf("camera %s: %w", cc.Name, err)
+	}
+	spec := capture.Spec{Kind: u.Kind, Target: u.Target, Loop: true}
+	cam := &camera{
+		cfg: cc,
+		cap: capture.NewCamera(capture.CameraOptions{
+			Name: cc.Name, StallTimeout: cc.StallTimeout, BackoffMin: cc.Backoff.Min, BackoffMax: cc.Backoff.Max,
+			Logger: logger,
+			Open:   func(ctx context.Context) (capture.Source, error) { return capture.Open(ctx, spec) },
+		}),
+		model:  a.models[cc.Model],
+		logger: logger.With("component", "pipeline", "camera", cc.Name),
+		snap:   &snapshot{},
+		stats:  newDetectStats(),
+	}
+	var camRules []config.Rule
+	for _, r := range a.cfg.Rules {
+		if r.Camera == cc.Name {
+			camRules = append(camRules, r)
+		}
+	}
+	cam.rules = rules.New(camRules, nil)
+	return cam, nil
+}
+
+// Run runs the pipeline, the HTTP server and telemetry until ctx ends or a part fails,
+// then drives the actuators safe and closes everything. It returns nil on a clean
+// shutdown.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	for _, cam := range a.cameras {
+		g.Go(func() error { return cam.cap.Run(ctx) })
+		g.Go(func() error { return a.detectLoop(ctx, cam) })
+	}
+	g.Go(func() error {
+		a.logger.Info("status page listening", "url", "http://"+a.listener.Addr().String())
+		if err := a.http.Serve(a.listener); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		// Shutdown does not wait for server-sent event streams; they end with the
+		// agent's context, which they watch.
+		return a.http.Shutdown(shutdown)
+	})
+	g.Go(func() error { return a.telemetryLoop(ctx) })
+	err := g.Wait()
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// Close drives every actuator to its safe level, flushes and closes the outbox and
+// frees the models. Run calls it; a second call does nothing.
+func (a *Agent) Close() error {
+	var errs []error
+	a.closeOnce.Do(func() {
+		for _, name := range a.actOrder {
+			if err := a.actuators[name].Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if a.listener != nil && a.http == nil {
+			a.listener.Close()
+		}
+		if a.outbox != nil {
+			if err := a.outbox.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for _, name := range a.modOrder {
+			if d := a.models[name].detector; d != nil {
+				d.Close()
+			}
+		}
+		a.logger.Info("stopped; actuators safe, outbox closed")
+	})
+	return errors.Join(errs...)
+}
+
+// Addr is the HTTP listener's address.
+func (a *Agent) Addr() net.Addr { return a.listener.Addr() }
+
+// telemetryLoop puts a summary of the agent's state into the outbox every
+// mqtt.telemetry_interval, whether or not MQTT is enabled: it waits there for the link.
+func (a *Agent) telemetryLoop(ctx context.Context) error {
+	t := time.NewTicker(a.cfg.MQTT.TelemetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			st := a.Status(false)
+			body := map[string]any{"uptime_s": st.UptimeS, "cameras": st.Cameras, "actuators": st.Actuators, "outbox": st.Outbox}
+			if _, err := a.outbox.Enqueue(ctx, "telemetry", outbox.ClassTelemetry, body); err != nil && ctx.Err() == nil {
+				a.logger.Error("telemetry not queued", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/sync/outbox"
+)
+
+//go:embed page.html
+var statusPage []byte
+
+// routes is the HTTP API of DESIGN.md.
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write(statusPage)
+	})
+	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.Status(true))
+	})
+	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("limit"))
+		if err != nil || n <= 0 {
+			n = 100
+		}
+		writeJSON(w, http.StatusOK, a.events.recent(n))
+	})
+	mux.HandleFunc("GET /api/events/stream", a.eventStream)
+	mux.HandleFunc("GET /api/cameras/{name}/snapshot.jpg", a.snapshot)
+	mux.HandleFunc("POST /api/actuators/{name}", a.requireToken(a.commandActuator))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if ok, missing := a.readiness(); !ok {
+			http.Error(w, "not ready: "+strings.Join(missing, "; "), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	for _, cam := range a.cameras {
+		if cam.cfg.Name != name {
+			continue
+		}
+		jpeg, taken := cam.snap.get()
+		if jpeg == nil {
+			writeError(w, http.StatusServiceUnavailable, "camera %s has no frame yet", name)
+			return
+		}
+		w.Header().Set("Content-Type", "image/jpeg")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("X-Frame-Age-Ms", strconv.FormatInt(time.Since(taken).Milliseconds(), 10))
+		w.Write(jpeg)
+		return
+	}
+	writeError(w, http.StatusNotFound, "no camera named %q", name)
+}
+
+// eventStream sends each new event as a server-sent event until the client leaves or
+// the agent stops.
+func (a *Agent) eventStream(w http.ResponseWriter, r *http.Request) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		return
+	}
+	ch, unsubscribe := a.events.subscribe()
+	defer unsubscribe()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+		case e := <-ch:
+			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.Seq, e.Kind, mustJSON(e))
+		}
+		flusher.Flush()
+	}
+}
+
+// requireToken guards a mutating endpoint with http.token. With no token configured
+// every such request is refused: a LAN page must not move a weld robot by default.
+func (a *Agent) requireToken(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		token := a.cfg.HTTP.Token
+		if token == "" {
+			writeError(w, http.StatusForbidden, "set http.token in the config to allow changes over HTTP")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next(w, r)
+	}
+}
+
+// actuatorCommand is the body of POST /api/actuators/<name>: one of state, pulse or safe.
+type actuatorCommand struct {
+	State string `json:"state"` // low | high
+	Pulse string `json:"pulse"` // a duration, e.g. 500ms
+	Safe  bool   `json:"safe"`
+}
+
+func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	act, ok := a.actuators[name]
+	if !ok {
+		writeError(w, http.StatusNotFound, "no actuator named %q", name)
+		return
+	}
+	var cmd actuatorCommand
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cmd); err != nil {
+		writeError(w, http.StatusBadRequest, "body: %v; want {\"state\":\"high\"}, {\"pulse\":\"500ms\"} or {\"safe\":true}", err)
+		return
+	}
+	const reason = "http api"
+	var err error
+	switch {
+	case cmd.Safe && cmd.State == "" && cmd.Pulse == "":
+		err = act.Safe(reason)
+	case cmd.State != "" && cmd.Pulse == "" && !cmd.Safe:
+		level, perr := hal.ParseLevel(cmd.State)
+		if perr != nil {
+			writeError(w, http.StatusBadRequest, "state: %v", perr)
+			return
+		}
+		err = act.Set(level, reason)
+	case cmd.Pulse != "" && cmd.State == "" && !cmd.Safe:
+		d, perr := time.ParseDuration(cmd.Pulse)
+		if perr != nil || d <= 0 || d > time.Hour {
+			writeError(w, http.StatusBadRequest, "pulse: %q is not a duration between 0 and 1h", cmd.Pulse)
+			return
+		}
+		err = act.Pulse(d, reason)
+	default:
+		writeError(w, http.StatusBadRequest, "give exactly one of state, pulse or safe")
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	body := map[string]any{"actuator": name, "command": cmd, "source": "http", "remote": r.RemoteAddr}
+	if env, err := a.outbox.Enqueue(context.WithoutCancel(r.Context()), "actuator", outbox.ClassEvent, body); err == nil {
+		a.events.add(env)
+	} else {
+		a.logger.Error("actuator event not queued", "actuator", name, "err", err)
+	}
+	writeJSON(w, http.StatusOK, act.State())
+}

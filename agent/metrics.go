@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vigil-edge/vigil/infer"
+)
+
+// metrics is the agent's Prometheus registry. Counters that the rooms already keep
+// (camera frames, actuator transitions, outbox depth) are read at scrape time by
+// stateCollector, so the leaf rooms need no Prometheus code; what happens in the
+// pipeline (latencies, detections, firings) is observed as it happens.
+type metrics struct {
+	registry     *prometheus.Registry
+	inference    *prometheus.HistogramVec
+	detectLat    *prometheus.HistogramVec
+	actuateLat   *prometheus.HistogramVec
+	detections   *prometheus.CounterVec
+	detectFrames *prometheus.CounterVec
+	firings      *prometheus.CounterVec
+}
+
+// Latency buckets from 1 ms to about 4 s.
+var latencyBuckets = prometheus.ExponentialBuckets(0.001, 2, 13)
+
+func newMetrics(a *Agent) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		inference: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "vigil_inference_seconds", Help: "Time the inference engine takes for one frame.", Buckets: latencyBuckets,
+		}, []string{"model"}),
+		detectLat: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "vigil_detect_latency_seconds", Help: "Time from frame capture to its detections (pre-processing, inference, decoding).", Buckets: latencyBuckets,
+		}, []string{"camera"}),
+		actuateLat: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "vigil_actuate_latency_seconds", Help: "Time from frame capture to the actuator command of a rule that fired on it.", Buckets: latencyBuckets,
+		}, []string{"rule"}),
+		detections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_detections_total", Help: "Objects detected, by camera and label.",
+		}, []string{"camera", "label"}),
+		detectFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_detect_frames_total", Help: "Frames that went through detection.",
+		}, []string{"camera"}),
+		firings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_rule_firings_total", Help: "Times a rule fired.",
+		}, []string{"rule"}),
+	}
+	m.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.inference, m.detectLat, m.actuateLat, m.detections, m.detectFrames, m.firings,
+		&stateCollector{a: a},
+	)
+	return m
+}
+
+func (m *metrics) observeDetection(camera, model string, inference, latency time.Duration, dets []infer.Detection) {
+	m.inference.WithLabelValues(model).Observe(inference.Seconds())
+	m.detectLat.WithLabelValues(camera).Observe(latency.Seconds())
+	m.detectFrames.WithLabelValues(camera).Inc()
+	for _, d := range dets {
+		m.detections.WithLabelValues(camera, d.Label).Inc()
+	}
+}
+
+func (m *metrics) observeFiring(rule string, latency time.Duration) {
+	m.firings.WithLabelValues(rule).Inc()
+	m.actuateLat.WithLabelValues(rule).Observe(latency.Seconds())
+}
+
+var (
+	descBuild         = prometheus.NewDesc("vigil_build_info", "Vigil's version.", []string{"version"}, nil)
+	descUp            = prometheus.NewDesc("vigil_uptime_seconds", "Seconds since the agent started.", nil, nil)
+	descCamFrames     = prometheus.NewDesc("vigil_camera_frames_total", "Frames captured.", []string{"camera"}, nil)
+	descCamDropped    = prometheus.NewDesc("vigil_camera_dropped_frames_total", "Frames replaced by a newer one before detection took them.", []string{"camera"}, nil)
+	descCamReconnects = prometheus.NewDesc("vigil_camera_reconnects_total", "Times the camera failed and was reopened.", []string{"camera"}, nil)
+	descCamFPS        = prometheus.NewDesc("vigil_camera_fps", "Capture frame rate, smoothed.", []string{"camera"}, nil)
+	descCamAge        = prometheus.NewDesc("vigil_camera_last_frame_age_seconds", "Seconds since the last frame.", []string{"camera"}, nil)
+	descCamState      = prometheus.NewDesc("vigil_camera_state", "1 for the camera's current state.", []string{"camera", "state"}, nil)
+	descActState      = prometheus.NewDesc("vigil_actuator_high", "1 when the actuator is high.", []string{"actuator", "driver"}, nil)
+	descActTrans      = prometheus.NewDesc("vigil_actuator_transitions_total", "Level changes of the actuator.", []string{"actuator", "driver"}, nil)
+	descModelUp       = prometheus.NewDesc("vigil_model_loaded", "1 when the model is loaded and running.", []string{"model", "bundle", "version", "backend"}, nil)
+	descOutDepth      = prometheus.NewDesc("vigil_outbox_depth", "Messages waiting in the outbox.", nil, nil)
+	descOutBytes      = prometheus.NewDesc("vigil_outbox_bytes", "Bytes of the messages waiting in the outbox.", nil, nil)
+	descOutPending    = prometheus.NewDesc("vigil_outbox_pending", "Messages accepted but not yet committed to disk.", nil, nil)
+	descOutDropped    = prometheus.NewDesc("vigil_outbox_dropped_total", "Messages evicted from a full outbox.", nil, nil)
+	descOutSeq        = prometheus.NewDesc("vigil_outbox_next_seq", "Sequence number the next message will get.", nil, nil)
+	descOutError      = prometheus.NewDesc("vigil_outbox_store_error", "1 while the outbox cannot write to disk.", nil, nil)
+	cameraStates      = []string{"connecting", "streaming", "stalled", "backoff", "stopped"}
+)
+
+// stateCollector reads the agent's status at scrape time.
+type stateCollector struct{ a *Agent }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBuild, descUp, descCamFrames, descCamDropped, descCamReconnects, descCamFPS, descCamAge,
+		descCamState, descActState, descActTrans, descModelUp, descOutDepth, descOutBytes, descOutPending, descOutDropped, descOutSeq, descOutError} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.a.Status(false)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(descBuild, 1, st.Version)
+	gauge(descUp, float64(st.UptimeS))
+	for _, cam := range st.Cameras {
+		counter(descCamFrames, float64(cam.Frames), cam.Name)
+		counter(descCamDropped, float64(cam.Dropped), cam.Name)
+		counter(descCamReconnects, float64(cam.Reconnects), cam.Name)
+		gauge(descCamFPS, cam.FPS, cam.Name)
+		gauge(descCamAge, cam.LastFrameAgeS, cam.Name)
+		for _, s := range cameraStates {
+			gauge(descCamState, b2f(cam.State == s), cam.Name, s)
+		}
+	}
+	for _, act := range st.Actuators {
+		gauge(descActState, b2f(act.State.State == "high"), act.Name, act.Driver)
+		counter(descActTrans, float64(act.Transitions), act.Name, act.Driver)
+	}
+	for _, m := range st.Models {
+		gauge(descModelUp, b2f(m.State == "loaded"), m.Name, m.Model, m.Version, m.Backend)
+	}
+	gauge(descOutDepth, float64(st.Outbox.Depth))
+	gauge(descOutBytes, float64(st.Outbox.Bytes))
+	gauge(descOutPending, float64(st.Outbox.Pending))
+	counter(descOutDropped, float64(st.Outbox.Dropped))
+	gauge(descOutSeq, float64(st.Outbox.NextSeq))
+	gauge(descOutError, b2f(st.Outbox.LastError != ""))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

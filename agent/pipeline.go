@@ -1,0 +1,326 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/agent/rules"
+	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/sync/outbox"
+)
+
+// camera is one camera's pipeline: capture, detection, rules.
+type camera struct {
+	cfg    config.Camera
+	cap    *capture.Camera
+	model  *model
+	rules  *rules.Engine // used only by the camera's detect loop
+	logger *slog.Logger
+	snap   *snapshot
+	stats  *detectStats
+}
+
+// detectLoop runs the camera's model on its newest frames, at most detect_fps times a
+// second. It takes each frame the moment it arrives and decides then whether to run
+// on it, so a processed frame never waited for the detector's schedule; frames that
+// arrive while the detector is busy are replaced in the slot (counted as dropped),
+// so a slow model never makes the pipeline fall behind the camera.
+func (a *Agent) detectLoop(ctx context.Context, cam *camera) error {
+	pace := newPacer(cam.cfg.DetectFPS)
+	for {
+		f, err := cam.cap.Slot().Take(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, capture.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("camera %s: take frame: %w", cam.cfg.Name, err)
+		}
+		if pace.admit(time.Now()) {
+			a.process(ctx, cam, f)
+		} else {
+			cam.stats.skip()
+		}
+		f.Close()
+	}
+}
+
+// pacer admits at most fps events a second. An event up to a quarter interval early
+// is admitted, so a camera running at exactly detect_fps is not halved by jitter.
+type pacer struct {
+	interval time.Duration
+	next     time.Time
+}
+
+func newPacer(fps float64) *pacer {
+	return &pacer{interval: time.Duration(float64(time.Second) / fps)}
+}
+
+func (p *pacer) admit(now time.Time) bool {
+	if now.Before(p.next.Add(-p.interval / 4)) {
+		return false
+	}
+	if now.Sub(p.next) >= p.interval {
+		p.next = now // idle for a while: restart the schedule from now
+	}
+	p.next = p.next.Add(p.interval)
+	return true
+}
+
+// process runs one frame through detection, rules and actions.
+func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
+	var dets []infer.Detection
+	if d := cam.model.detector; d != nil {
+		var timing detector.Timing
+		var err error
+		dets, timing, err = d.Detect(f.Mat)
+		if err != nil {
+			cam.stats.fail(err)
+			cam.logger.Error("detection failed", "frame", f.Seq, "err", err)
+			return
+		}
+		detected := time.Now()
+		cam.stats.record(timing.Infer, detected.Sub(f.Time), detected)
+		a.metrics.observeDetection(cam.cfg.Name, cam.model.name, timing.Infer, detected.Sub(f.Time), dets)
+
+		for _, fire := range cam.rules.Evaluate(rules.Frame{
+			Camera: cam.cfg.Name, Width: f.Mat.Cols(), Height: f.Mat.Rows(), Detections: dets, At: f.Time,
+		}) {
+			a.act(ctx, cam, f, fire, detected.Sub(f.Time))
+		}
+	}
+	cam.snap.update(f, dets)
+}
+
+// act carries out a rule's action and records it as an event. The actuator moves
+// first: the event's durability must never delay the output.
+func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rules.Firing, detectLatency time.Duration) {
+	act := a.actuators[fire.Action.Actuator]
+	reason := "rule " + fire.Rule
+	var err error
+	if fire.Action.Pulse > 0 {
+		err = act.Pulse(fire.Action.Pulse, reason)
+	} else {
+		level, _ := hal.ParseLevel(fire.Action.State)
+		err = act.Set(level, reason)
+	}
+	actuated := time.Since(f.Time)
+	a.metrics.observeFiring(fire.Rule, actuated)
+	if err != nil {
+		cam.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", fire.Action.Actuator, "err", err)
+	}
+
+	action := map[string]any{"actuator": fire.Action.Actuator}
+	if fire.Action.Pulse > 0 {
+		action["pulse_ms"] = fire.Action.Pulse.Milliseconds()
+	} else {
+		action["state"] = fire.Action.State
+	}
+	if err != nil {
+		action["error"] = err.Error()
+	}
+	body := detectionEvent{
+		Rule: fire.Rule, Camera: cam.cfg.Name, Frame: f.Seq, Detections: fire.Matches, Action: action,
+		LatencyMS: latencyMS{Detect: ms(detectLatency), Actuate: ms(actuated)},
+	}
+	// The event is queued even if shutdown has begun: the outbox closes only after
+	// every pipeline has returned.
+	env, err := a.outbox.Enqueue(context.WithoutCancel(ctx), "detection", outbox.ClassEvent, body)
+	if err != nil {
+		cam.logger.Error("event not queued", "rule", fire.Rule, "err", err)
+		return
+	}
+	a.events.add(env)
+	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", fire.Action.Actuator, "seq", env.Seq,
+		"detect_ms", body.LatencyMS.Detect, "actuate_ms", body.LatencyMS.Actuate)
+}
+
+type detectionEvent struct {
+	Rule       string            `json:"rule"`
+	Camera     string            `json:"camera"`
+	Frame      uint64            `json:"frame"`
+	Detections []infer.Detection `json:"detections"`
+	Action     map[string]any    `json:"action"`
+	LatencyMS  latencyMS         `json:"latency_ms"`
+}
+
+type latencyMS struct {
+	Detect  float64 `json:"detect"`
+	Actuate float64 `json:"actuate"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// snapshot keeps the newest frame of a camera as JPEG with its detections drawn. JPEG
+// encoding costs a few milliseconds, so it is done only while someone is looking (a
+// request in the last few seconds) and otherwise at most every few seconds.
+type snapshot struct {
+	mu        sync.Mutex // guards the fields below
+	jpeg      []byte
+	taken     time.Time
+	wanted    time.Time
+	encodedAt time.Time
+}
+
+const (
+	snapshotWatchWindow = 5 * time.Second
+	snapshotIdleEvery   = 3 * time.Second
+)
+
+func (s *snapshot) update(f capture.Frame, dets []infer.Detection) {
+	s.mu.Lock()
+	now := time.Now()
+	due := now.Sub(s.wanted) < snapshotWatchWindow || now.Sub(s.encodedAt) >= snapshotIdleEvery
+	if due {
+		s.encodedAt = now
+	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	drawDetections(&f.Mat, dets)
+	buf, err := gocv.IMEncodeWithParams(gocv.JPEGFileExt, f.Mat, []int{gocv.IMWriteJpegQuality, 80})
+	if err != nil {
+		return
+	}
+	b := slices.Clone(buf.GetBytes())
+	buf.Close()
+	s.mu.Lock()
+	s.jpeg, s.taken = b, f.Time
+	s.mu.Unlock()
+}
+
+// get returns the newest JPEG and marks the snapshot as watched.
+func (s *snapshot) get() ([]byte, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wanted = time.Now()
+	return s.jpeg, s.taken
+}
+
+var (
+	boxColor  = color.RGBA{R: 255, G: 200, B: 0, A: 255}
+	textColor = color.RGBA{A: 255}
+)
+
+// drawDetections draws boxes and labels onto the frame (which the caller owns and is
+// about to drop, so drawing in place costs no copy).
+func drawDetections(m *gocv.Mat, dets []infer.Detection) {
+	for _, d := range dets {
+		r := image.Rect(int(d.Box[0]), int(d.Box[1]), int(d.Box[2]), int(d.Box[3]))
+		gocv.Rectangle(m, r, boxColor, 2)
+		label := fmt.Sprintf("%s %.2f", d.Label, d.Score)
+		size := gocv.GetTextSize(label, gocv.FontHersheySimplex, 0.5, 1)
+		top := max(r.Min.Y-size.Y-6, 0)
+		gocv.Rectangle(m, image.Rect(r.Min.X, top, r.Min.X+size.X+6, top+size.Y+6), boxColor, -1)
+		gocv.PutText(m, label, image.Pt(r.Min.X+3, top+size.Y+2), gocv.FontHersheySimplex, 0.5, textColor, 1)
+	}
+}
+
+// detectStats are a camera's detection figures for the status page.
+type detectStats struct {
+	mu       sync.Mutex // guards the fields below
+	frames   uint64
+	last     time.Time
+	interval float64         // smoothed seconds between detections
+	infer    []time.Duration // ring of recent inference times
+	latency  []time.Duration // ring of recent capture-to-detection times
+	pos      int
+	skipped  uint64 // frames left out to keep to detect_fps
+	lastErr  string
+}
+
+const statsWindow = 256
+
+func newDetectStats() *detectStats {
+	return &detectStats{infer: make([]time.Duration, 0, statsWindow), latency: make([]time.Duration, 0, statsWindow)}
+}
+
+func (s *detectStats) record(inferTime, latency time.Duration, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.frames++
+	if !s.last.IsZero() {
+		dt := at.Sub(s.last).Seconds()
+		if s.interval == 0 {
+			s.interval = dt
+		} else {
+			s.interval += 0.1 * (dt - s.interval)
+		}
+	}
+	s.last = at
+	if len(s.infer) < statsWindow {
+		s.infer = append(s.infer, inferTime)
+		s.latency = append(s.latency, latency)
+	} else {
+		s.infer[s.pos], s.latency[s.pos] = inferTime, latency
+		s.pos = (s.pos + 1) % statsWindow
+	}
+	s.lastErr = ""
+}
+
+func (s *detectStats) skip() {
+	s.mu.Lock()
+	s.skipped++
+	s.mu.Unlock()
+}
+
+func (s *detectStats) fail(err error) {
+	s.mu.Lock()
+	s.lastErr = err.Error()
+	s.mu.Unlock()
+}
+
+// detectStatus is the detection part of a camera's status.
+type detectStatus struct {
+	Frames       uint64  `json:"frames"`
+	Skipped      uint64  `json:"skipped"` // left out to keep to detect_fps
+	FPS          float64 `json:"fps"`
+	InferenceP50 float64 `json:"inference_ms_p50"`
+	InferenceP99 float64 `json:"inference_ms_p99"`
+	LatencyP50   float64 `json:"latency_ms_p50"`
+	LatencyP99   float64 `json:"latency_ms_p99"`
+	LastError    string  `json:"last_error,omitempty"`
+}
+
+func (s *detectStats) status() detectStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := detectStatus{Frames: s.frames, Skipped: s.skipped, LastError: s.lastErr}
+	if s.interval > 0 && time.Since(s.last) < 5*time.Second {
+		st.FPS = round(1/s.interval, 2)
+	}
+	st.InferenceP50, st.InferenceP99 = percentiles(s.infer)
+	st.LatencyP50, st.LatencyP99 = percentiles(s.latency)
+	return st
+}
+
+func percentiles(ds []time.Duration) (p50, p99 float64) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	at := func(q float64) float64 { return round(ms(s[int(q*float64(len(s)-1))]), 2) }
+	return at(0.5), at(0.99)
+}
+
+func round(v float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	return float64(int64(v*p+0.5)) / p
+}

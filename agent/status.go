@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/sync/outbox"
+)
+
+// Status is /api/status. Its shape is a contract (DESIGN.md, HTTP): tools read it.
+// Fields are added, never renamed.
+type Status struct {
+	Device    string            `json:"device"`
+	Version   string            `json:"version"`
+	UptimeS   int64             `json:"uptime_s"`
+	Ready     bool              `json:"ready"`
+	Cameras   []CameraStatus    `json:"cameras"`
+	Models    []ModelStatus     `json:"models"`
+	Actuators []ActuatorStatus  `json:"actuators"`
+	Outbox    OutboxStatus      `json:"outbox"`
+	MQTT      MQTTStatus        `json:"mqtt"`
+	Events    []outbox.Envelope `json:"events"`
+}
+
+// CameraStatus is one camera: capture state and counters, and its detection figures.
+type CameraStatus struct {
+	Name          string       `json:"name"`
+	URL           string       `json:"url"` // password redacted
+	Model         string       `json:"model"`
+	State         string       `json:"state"`
+	FPS           float64      `json:"fps"`
+	Frames        uint64       `json:"frames"`
+	Dropped       uint64       `json:"dropped"`
+	Reconnects    uint64       `json:"reconnects"`
+	LastError     string       `json:"last_error"`
+	LastFrameAgeS float64      `json:"last_frame_age_s"`
+	NextRetry     string       `json:"next_retry,omitempty"`
+	Detect        detectStatus `json:"detect"`
+}
+
+// ModelStatus is one configured model.
+type ModelStatus struct {
+	Name    string `json:"name"`
+	Model   string `json:"model"`
+	Version string `json:"version"`
+	Backend string `json:"backend"`
+	Input   string `json:"input,omitempty"`
+	State   string `json:"state"` // loaded | failed
+	Error   string `json:"error,omitempty"`
+}
+
+// ActuatorStatus is one actuator, with its recent transitions when simulated.
+type ActuatorStatus struct {
+	hal.State
+	History []sim.Transition `json:"history,omitempty"`
+}
+
+// OutboxStatus is the durable queue.
+type OutboxStatus struct {
+	Depth     int    `json:"depth"`
+	Bytes     int64  `json:"bytes"`
+	Dropped   uint64 `json:"dropped"`
+	Pending   int    `json:"pending"`
+	NextSeq   uint64 `json:"next_seq"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// MQTTStatus is the cloud link.
+type MQTTStatus struct {
+	State string `json:"state"` // disabled | connecting | connected | backoff
+}
+
+// Status assembles the agent's status. withHistory adds the sim actuators' transitions.
+func (a *Agent) Status(withHistory bool) Status {
+	st := Status{
+		Device: a.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
+		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{},
+		MQTT: MQTTStatus{State: "disabled"}, Events: a.events.recent(20),
+	}
+	st.Ready, _ = a.readiness()
+	for _, cam := range a.cameras {
+		c := cam.cap.Status()
+		st.Cameras = append(st.Cameras, CameraStatus{
+			Name: c.Name, URL: config.Redact(cam.cfg.URL), Model: cam.cfg.Model, State: c.State, FPS: round(c.FPS, 2),
+			Frames: c.Frames, Dropped: c.Dropped, Reconnects: c.Reconnects, LastError: c.LastError,
+			LastFrameAgeS: round(c.LastFrameAgeS, 3), NextRetry: c.NextRetry, Detect: cam.stats.status(),
+		})
+	}
+	for _, name := range a.modOrder {
+		m := a.models[name]
+		ms := ModelStatus{Name: name, Backend: m.backend, State: "loaded"}
+		if m.detector != nil {
+			man := m.detector.Manifest()
+			ms.Model, ms.Version = man.Name, man.Version
+			if ins := m.detector.Inputs(); len(ins) > 0 {
+				ms.Input = ins[0].String()
+			}
+		} else {
+			ms.State = "failed"
+			if m.err != nil {
+				ms.Error = m.err.Error()
+			}
+		}
+		st.Models = append(st.Models, ms)
+	}
+	for _, name := range a.actOrder {
+		act := a.actuators[name]
+		as := ActuatorStatus{State: act.State()}
+		if withHistory && act.sim != nil {
+			as.History = act.sim.History()
+		}
+		st.Actuators = append(st.Actuators, as)
+	}
+	if a.outbox != nil {
+		o := a.outbox.Stats()
+		st.Outbox = OutboxStatus{Depth: o.Depth, Bytes: o.Bytes, Dropped: o.Dropped, Pending: o.Pending, NextSeq: o.NextSeq, LastError: o.LastError}
+	}
+	return st
+}
+
+// readiness is true once every model loaded and every camera with a model has run a
+// detection; otherwise it says what is missing.
+func (a *Agent) readiness() (bool, []string) {
+	var missing []string
+	for _, name := range a.modOrder {
+		if m := a.models[name]; m.detector == nil {
+			missing = append(missing, "model "+name+" not loaded")
+		}
+	}
+	for _, cam := range a.cameras {
+		if cam.model.detector != nil && cam.stats.status().Frames == 0 {
+			missing = append(missing, "camera "+cam.cfg.Name+" has no detection yet")
+		}
+	}
+	return len(missing) == 0, missing
+}
+
+// eventLog keeps the newest events for the status page and fans them out to
+// server-sent-event subscribers.
+type eventLog struct {
+	mu     sync.Mutex // guards the fields below
+	limit  int
+	events []outbox.Envelope
+	subs   map[chan outbox.Envelope]struct{}
+}
+
+func newEventLog(limit int) *eventLog {
+	return &eventLog{limit: limit, subs: map[chan outbox.Envelope]struct{}{}}
+}
+
+func (l *eventLog) add(e outbox.Envelope) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.events) == l.limit {
+		l.events = append(l.events[:0], l.events[1:]...)
+	}
+	l.events = append(l.events, e)
+	for ch := range l.subs {
+		select {
+		case ch <- e:
+		default: // a slow browser misses live events; /api/events still has them
+		}
+	}
+}
+
+// recent returns up to n events, newest first.
+func (l *eventLog) recent(n int) []outbox.Envelope {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]outbox.Envelope, 0, min(n, len(l.events)))
+	for i := len(l.events) - 1; i >= 0 && len(out) < n; i-- {
+		out = append(out, l.events[i])
+	}
+	return out
+}
+
+func (l *eventLog) subscribe() (chan outbox.Envelope, func()) {
+	ch := make(chan outbox.Envelope, 16)
+	l.mu.Lock()
+	l.subs[ch] = struct{}{}
+	l.mu.Unlock()
+	return ch, func() {
+		l.mu.Lock()
+		delete(l.subs, ch)
+		l.mu.Unlock()
+	}
+}
+
+// mustJSON is for values that always encode.
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

@@ -1,0 +1,181 @@
+// Command vigil is the Vigil edge vision agent: `vigil run` starts the daemon,
+// `vigil check-config` validates a config, `vigil version` prints the version.
+// This file only parses flags, loads the config and hands over to package agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/vigil-edge/vigil/agent"
+	"github.com/vigil-edge/vigil/agent/config"
+)
+
+// version is set at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFailed = 1 // the agent stopped with an error
+	exitUsage  = 2 // bad flags or a bad config
+)
+
+const usage = `Vigil: an edge vision agent. Cameras in, detections through rules, actuators out,
+events kept in a durable outbox; status page and metrics on HTTP.
+
+Usage:
+  vigil <command> [flags]
+
+Commands:
+  run            run the agent (embedded defaults when there is no config file)
+  check-config   validate a config file and print every problem
+  version        print the version
+
+Run 'vigil <command> --help' for a command's flags.
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runAgent(rest, stdout, stderr)
+	case "check-config":
+		return checkConfig(rest, stdout, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return exitOK
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "vigil: unknown command %q\n\n%s", cmd, usage)
+	return exitUsage
+}
+
+func newFlags(name, synopsis string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config file (default "+config.DefaultPath+" if it exists, else the embedded defaults); also $VIGIL_CONFIG")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: vigil %s\n\n%s\n\nFlags:\n", name, synopsis)
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nEvery scalar config key can be overridden from the environment as %s_<SECTION>_<KEY>,\ne.g. VIGIL_HTTP_LISTEN=0.0.0.0:8080 or VIGIL_OUTBOX_FSYNC=always.\n", config.EnvPrefix)
+	}
+	return fs, path
+}
+
+func configPath(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	return os.Getenv("VIGIL_CONFIG")
+}
+
+func runAgent(args []string, stdout, stderr io.Writer) int {
+	fs, path := newFlags("run [--config FILE]",
+		"Runs the agent until SIGINT or SIGTERM, then drives every actuator to its safe level,\nflushes the outbox and exits 0.", stderr)
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	cfg, err := config.Load(configPath(*path))
+	if err != nil {
+		printConfigError(stderr, configPath(*path), err)
+		return exitUsage
+	}
+	logger := newLogger(cfg.Log, stderr)
+	source := cfg.Source
+	if source == "" {
+		source = "embedded defaults"
+	}
+	logger.Info("starting vigil", "version", version, "config", source, "device", cfg.Device.ID, "state_dir", cfg.Device.StateDir)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(cfg, agent.Options{Version: version, Logger: logger})
+	if err != nil {
+		logger.Error("cannot start", "err", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stdout, "vigil %s: status page on http://%s\n", version, a.Addr())
+	if err := a.Run(ctx); err != nil {
+		logger.Error("stopped with an error", "err", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) int {
+	fs, path := newFlags("check-config [--config FILE | FILE]",
+		"Validates a config (and the environment overrides) and prints every problem, one per line,\nnaming its key. Exits 0 when the config is valid.", stderr)
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	p := configPath(*path)
+	if fs.NArg() == 1 && *path == "" {
+		p = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		printConfigError(stderr, p, err)
+		return exitUsage
+	}
+	source := cfg.Source
+	if source == "" {
+		source = "embedded defaults"
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d cameras, %d models, %d actuators, %d rules)\n", source, len(cfg.Cameras), len(cfg.Models), len(cfg.Actuators), len(cfg.Rules))
+	return exitOK
+}
+
+func printConfigError(w io.Writer, path string, err error) {
+	if path == "" {
+		path = "embedded defaults"
+	}
+	var errs config.Errors
+	if errors.As(err, &errs) {
+		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(errs))
+		for _, e := range errs {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%v\n", err)
+}
+
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	return exitUsage
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(strings.ToUpper(c.Level)))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
