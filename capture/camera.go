@@ -187,4 +187,3 @@ func backoff(lo, hi time.Duration, failures int) time.Duration {
 	jitter := 0.8 + 0.4*rand.Float64()
 	return time.Duration(float64(d) * jitter)
 }
-

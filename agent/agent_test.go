@@ -1,0 +1,395 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/sync/outbox"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var clip, _ = filepath.Abs(filepath.Join("..", "assets", "footage", "people.mp4"))
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testConfig writes a config for the bundled clip and model into a temp dir and loads it.
+func testConfig(t *testing.T, stateDir, extra string) *config.Config {
+	t.Helper()
+	yaml := fmt.Sprintf(`
+device: {id: test-01, state_dir: %q}
+log: {level: debug}
+http: {token: s3cret}
+cameras:
+  - {name: door, url: "file://%s", detect_fps: 10}
+actuators:
+  - {name: line-stop, driver: sim, safe: low}
+rules:
+  - name: stop-on-person
+    camera: door
+    labels: [person]
+    min_score: 0.5
+    cooldown: 1h
+    action: {actuator: line-stop, pulse: 200ms}
+outbox: {fsync: always}
+mqtt: {telemetry_interval: 1h}
+%s`, stateDir, clip, extra)
+	p := filepath.Join(t.TempDir(), "vigil.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		t.Fatalf("test config rejected:\n%v", err)
+	}
+	return cfg
+}
+
+type running struct {
+	agent *Agent
+	base  string
+	stop  func() error
+}
+
+func start(t *testing.T, cfg *config.Config) *running {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	a, err := New(cfg, Options{Version: "test", Logger: logger, Listener: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	r := &running{agent: a, base: "http://" + ln.Addr().String()}
+	stopped := false
+	r.stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("agent did not stop within 10s of cancellation")
+			return nil
+		}
+	}
+	t.Cleanup(func() { r.stop() })
+	return r
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func (r *running) get(t *testing.T, path string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(r.base + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func (r *running) status(t *testing.T) Status {
+	t.Helper()
+	code, b := r.get(t, "/api/status")
+	if code != http.StatusOK {
+		t.Fatalf("/api/status: %d %s", code, b)
+	}
+	var st Status
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("/api/status is not the Status shape: %v\n%s", err, b)
+	}
+	return st
+}
+
+// The walking skeleton end to end: the bundled clip through the real detector, a rule
+// pulses the sim relay, the event lands in the outbox on disk, and the status API and
+// metrics show it all.
+func TestEndToEnd(t *testing.T) {
+	mats := matCount()
+	state := t.TempDir()
+	r := start(t, testConfig(t, state, ""))
+
+	var st Status
+	waitFor(t, 30*time.Second, "a detection event and the end of the relay pulse", func() bool {
+		st = r.status(t)
+		return len(st.Events) > 0 && len(st.Actuators) == 1 && st.Actuators[0].Transitions >= 2
+	})
+
+	// The contract shape of /api/status (DESIGN.md), with the figures of this run.
+	if st.Device != "test-01" || st.Version != "test" || !st.Ready {
+		t.Errorf("status header: %+v", st)
+	}
+	cam := st.Cameras[0]
+	if cam.Name != "door" || cam.State != "streaming" || cam.Frames == 0 || cam.FPS <= 0 || cam.Detect.Frames == 0 || cam.Detect.InferenceP50 <= 0 {
+		t.Errorf("camera status: %+v", cam)
+	}
+	if m := st.Models[0]; m.Model != "yolox-nano" || m.Backend != "onnxruntime" || m.State != "loaded" {
+		t.Errorf("model status: %+v", m)
+	}
+	relay := st.Actuators[0]
+	if relay.Name != "line-stop" || relay.Driver != "sim" || len(relay.History) < 3 ||
+		relay.History[0].Level != "low" || relay.History[1].Level != "high" || relay.History[2].Level != "low" {
+		t.Errorf("relay did not pulse from its safe level: %+v", relay)
+	} else {
+		hi, _ := time.Parse(time.RFC3339Nano, relay.History[1].At.Format(time.RFC3339Nano))
+		lo := relay.History[2].At
+		if w := lo.Sub(hi); w < 200*time.Millisecond {
+			t.Errorf("pulse lasted %v, configured 200ms", w)
+		}
+	}
+	if st.Outbox.Depth < 1 || st.Outbox.Bytes <= 0 || st.MQTT.State != "disabled" {
+		t.Errorf("outbox/mqtt: %+v %+v", st.Outbox, st.MQTT)
+	}
+	ev := st.Events[0]
+	checkDetectionEvent(t, ev)
+
+	// Snapshot, metrics, health.
+	code, jpeg := r.get(t, "/api/cameras/door/snapshot.jpg")
+	if code != http.StatusOK || len(jpeg) < 1000 || jpeg[0] != 0xFF || jpeg[1] != 0xD8 {
+		t.Errorf("snapshot: %d, %d bytes", code, len(jpeg))
+	}
+	if code, _ := r.get(t, "/api/cameras/nope/snapshot.jpg"); code != http.StatusNotFound {
+		t.Errorf("unknown camera snapshot: %d", code)
+	}
+	_, metrics := r.get(t, "/metrics")
+	for _, want := range []string{
+		`vigil_detections_total{camera="door",label="person"}`,
+		`vigil_camera_frames_total{camera="door"}`,
+		`vigil_actuator_transitions_total{actuator="line-stop",driver="sim"}`,
+		`vigil_rule_firings_total{rule="stop-on-person"}`,
+		`vigil_outbox_depth`,
+		`vigil_inference_seconds_count{model="default"}`,
+		`vigil_actuate_latency_seconds_count{rule="stop-on-person"}`,
+	} {
+		if v := metricValue(t, metrics, want); v <= 0 {
+			t.Errorf("metric %s = %v, want > 0", want, v)
+		}
+	}
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/": 200} {
+		if code, _ := r.get(t, path); code != want {
+			t.Errorf("%s: %d", path, code)
+		}
+	}
+
+	if err := r.stop(); err != nil {
+		t.Fatalf("Run returned %v on a clean shutdown", err)
+	}
+	if s := r.agent.actuators["line-stop"].State(); s.State != "low" {
+		t.Errorf("actuator not safe after shutdown: %+v", s)
+	}
+
+	// The event is on disk with the same envelope.
+	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(state, "outbox.db"), Device: "test-01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := ob.Peek(0, 10)
+	ob.Close()
+	if err != nil || len(stored) == 0 || stored[0].ID != ev.ID || stored[0].Seq != ev.Seq || stored[0].Kind != "detection" {
+		t.Fatalf("outbox on disk: %v %+v, want the event %s", err, stored, ev.ID)
+	}
+	if n := matCount(); n != mats {
+		t.Errorf("gocv Mats: %d before, %d after the agent stopped", mats, n)
+	}
+}
+
+func checkDetectionEvent(t *testing.T, ev outbox.Envelope) {
+	t.Helper()
+	if ev.ID == "" || ev.Seq < 1 || ev.TS.IsZero() || ev.Device != "test-01" || ev.Kind != "detection" {
+		t.Errorf("envelope: %+v", ev)
+	}
+	var body detectionEvent
+	if err := json.Unmarshal(ev.Body, &body); err != nil {
+		t.Fatalf("event body: %v", err)
+	}
+	if body.Rule != "stop-on-person" || body.Camera != "door" || len(body.Detections) == 0 ||
+		body.Detections[0].Label != "person" || body.Detections[0].Score < 0.5 || body.Action["actuator"] != "line-stop" {
+		t.Errorf("event body: %+v", body)
+	}
+	if body.LatencyMS.Detect <= 0 || body.LatencyMS.Actuate < body.LatencyMS.Detect {
+		t.Errorf("latencies: %+v", body.LatencyMS)
+	}
+}
+
+// metricValue sums the samples of a series whose line starts with prefix.
+func metricValue(t *testing.T, exposition []byte, prefix string) float64 {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(prefix) + `(?:\{[^}]*\})? ([0-9.e+-]+)$`)
+	var sum float64
+	for _, m := range re.FindAllSubmatch(exposition, -1) {
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		sum += v
+	}
+	return sum
+}
+
+// Events survive a restart and seq continues from where it was.
+func TestRestartKeepsEventsAndSeq(t *testing.T) {
+	state := t.TempDir()
+	first := start(t, testConfig(t, state, ""))
+	waitFor(t, 30*time.Second, "the first event", func() bool { return len(first.status(t).Events) > 0 })
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ob, _ := outbox.Open(outbox.Options{Path: filepath.Join(state, "outbox.db"), Device: "test-01"})
+	before, _ := ob.Peek(0, 100)
+	ob.Close()
+	if len(before) == 0 {
+		t.Fatal("no event stored by the first run")
+	}
+	last := before[len(before)-1].Seq
+
+	second := start(t, testConfig(t, state, ""))
+	var st Status
+	waitFor(t, 30*time.Second, "an event after the restart", func() bool {
+		st = second.status(t)
+		return len(st.Events) > 0
+	})
+	if got := st.Events[len(st.Events)-1].Seq; got != last+1 {
+		t.Errorf("first event after restart has seq %d, want %d", got, last+1)
+	}
+	if st.Outbox.Depth != len(before)+len(st.Events) {
+		t.Errorf("outbox depth %d after restart, want the %d old messages plus %d new", st.Outbox.Depth, len(before), len(st.Events))
+	}
+}
+
+func TestActuatorAPI(t *testing.T) {
+	r := start(t, testConfig(t, t.TempDir(), ""))
+	post := func(token, body string) int {
+		req, _ := http.NewRequest("POST", r.base+"/api/actuators/line-stop", strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for name, tc := range map[string]struct {
+		token, body string
+		want        int
+	}{
+		"no token":      {"", `{"state":"high"}`, 401},
+		"wrong token":   {"guess", `{"state":"high"}`, 401},
+		"bad level":     {"s3cret", `{"state":"on"}`, 400},
+		"two commands":  {"s3cret", `{"state":"high","pulse":"1s"}`, 400},
+		"unknown field": {"s3cret", `{"level":"high"}`, 400},
+	} {
+		if got := post(tc.token, tc.body); got != tc.want {
+			t.Errorf("%s: %d, want %d", name, got, tc.want)
+		}
+	}
+	if got := post("s3cret", `{"state":"high"}`); got != 200 {
+		t.Fatalf("set high: %d", got)
+	}
+	if s := r.agent.actuators["line-stop"].State(); s.State != "high" || s.LastReason != "http api" {
+		t.Errorf("after API set: %+v", s)
+	}
+	if got := post("s3cret", `{"safe":true}`); got != 200 {
+		t.Fatalf("safe: %d", got)
+	}
+	if s := r.agent.actuators["line-stop"].State(); s.State != "low" {
+		t.Errorf("after API safe: %+v", s)
+	}
+}
+
+func TestMutatingEndpointsForbiddenWithoutToken(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.HTTP.Token = ""
+	r := start(t, cfg)
+	resp, err := http.Post(r.base+"/api/actuators/line-stop", "application/json", strings.NewReader(`{"state":"high"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("with no http.token: %d, want 403", resp.StatusCode)
+	}
+}
+
+// A camera whose file is missing is retried and reported, while the agent keeps
+// serving and the model stays loaded.
+func TestDeadCameraIsReportedAndRetried(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.Cameras[0].URL = "file:///no/such/clip.mp4"
+	cfg.Cameras[0].Backoff = config.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	r := start(t, cfg)
+	var cam CameraStatus
+	waitFor(t, 10*time.Second, "reconnect attempts", func() bool {
+		cam = r.status(t).Cameras[0]
+		return cam.Reconnects >= 3
+	})
+	if !strings.Contains(cam.LastError, "no such file") {
+		t.Errorf("last_error %q", cam.LastError)
+	}
+	if code, body := r.get(t, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(string(body), "camera door has no detection yet") {
+		t.Errorf("/readyz with a dead camera: %d %s", code, body)
+	}
+}
+
+// A model that cannot load leaves the agent running with the error visible. ONNX
+// Runtime is loaded once per process, so this runs in a child test process that has
+// not loaded it.
+func TestMissingRuntimeIsReported(t *testing.T) {
+	if os.Getenv("AGENT_TEST_CHILD") != "1" {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestMissingRuntimeIsReported$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "AGENT_TEST_CHILD=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestMissingRuntimeIsReported") {
+			t.Fatalf("child test failed: %v\n%s", err, out)
+		}
+		return
+	}
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.Runtimes.ONNXRuntime = "/no/such/libonnxruntime.so"
+	r := start(t, cfg)
+	st := r.status(t)
+	if m := st.Models[0]; m.State != "failed" || !strings.Contains(m.Error, "libonnxruntime") || !strings.Contains(m.Error, "scripts/install-deps") {
+		t.Errorf("model status without the runtime: %+v", m)
+	}
+	if st.Ready {
+		t.Error("ready without a model")
+	}
+}
