@@ -203,3 +203,15 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func TestExampleConfigs(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("..", "..", "configs", "*.yaml"))
+	if len(files) == 0 {
+		t.Fatal("no example configs found in configs/")
+	}
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%s:\n%v", f, err)
+		}
+	}
+}

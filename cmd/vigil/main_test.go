@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestVersion(t *testing.T) {
@@ -56,5 +60,65 @@ func TestRunRefusesBadConfig(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"run", "--config", bad}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "htp: unknown key") {
 		t.Errorf("run with a bad config: %d %q", code, errb.String())
+	}
+}
+
+// TestMain lets a test run this binary as the vigil command (RUN_VIGIL_MAIN=1), so the
+// lifecycle test drives a real process with real signals.
+func TestMain(m *testing.M) {
+	if os.Getenv("RUN_VIGIL_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// SIGTERM stops the daemon cleanly: exit 0, actuators driven safe, outbox closed.
+func TestSignalShutdown(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vigil.yaml")
+	os.WriteFile(cfg, []byte(`
+device: {state_dir: `+filepath.Join(dir, "state")+`}
+http: {listen: "127.0.0.1:0"}
+cameras:
+  - {name: synthetic, url: "pattern://"}
+actuators:
+  - {name: relay, driver: sim, safe: high}
+`), 0o644)
+	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
+	cmd.Env = append(os.Environ(), "RUN_VIGIL_MAIN=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		started <- line
+	}()
+	select {
+	case line := <-started:
+		if !strings.Contains(line, "status page on http://127.0.0.1:") {
+			t.Fatalf("first line %q; stderr:\n%s", line, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("vigil did not start within 30s; stderr:\n%s", stderr.String())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("vigil did not exit within 10s of SIGTERM; stderr:\n%s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "stopped; actuators safe, outbox closed") {
+		t.Errorf("no clean-shutdown line in the log:\n%s", stderr.String())
 	}
 }

@@ -1,0 +1,46 @@
+# The verbs a newcomer types. `make run` and `make test` are the README's quick start.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+CONFIG  ?=
+
+.PHONY: all deps build run test test-mats bench check-config fmt vet clean
+
+all: build
+
+## deps: install apt packages, the ONNX Runtime library, the locale (idempotent; needs root or sudo)
+deps:
+	scripts/install-deps
+
+## build: build bin/vigil
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vigil ./cmd/vigil
+
+## run: install what is missing, build, and run the agent (embedded defaults unless CONFIG=file)
+run: deps build
+	./bin/vigil run $(if $(CONFIG),--config $(CONFIG))
+
+## test: install what is missing and run every test (real ONNX Runtime, OpenCV, files)
+test:
+	scripts/test
+
+## test-mats: the pipeline tests with gocv's Mat leak counter
+test-mats:
+	$(GO) test -count=1 -tags matprofile ./capture ./agent
+
+## bench: detector and pipeline benchmarks (decode-only, inference-only and pipeline in one run)
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 60x ./infer/detector ./agent
+
+## check-config: validate CONFIG (or the embedded defaults)
+check-config: build
+	./bin/vigil check-config $(CONFIG)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin dist

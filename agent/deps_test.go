@@ -1,0 +1,26 @@
+package agent
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The rooms that must build and test anywhere never depend on cgo vision or inference
+// code (STYLE.md §1, §7): a change that pulls gocv or a runtime into them fails here.
+func TestLeafRoomsStayFreeOfCgo(t *testing.T) {
+	forbidden := []string{"gocv.io/x/gocv", "github.com/yalue/onnxruntime_go"}
+	for _, pkg := range []string{"../sync/...", "../hal/...", "./rules", "./config", "../infer"} {
+		out, err := exec.Command("go", "list", "-deps", pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			for _, f := range forbidden {
+				if strings.HasPrefix(dep, f) {
+					t.Errorf("%s depends on %s", pkg, dep)
+				}
+			}
+		}
+	}
+}
