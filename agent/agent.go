@@ -202,13 +202,13 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
-	spec := capture.Spec{Kind: u.Kind, Target: u.Target, Loop: true}
+	spec := capture.Spec{Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime}
 	cam := &camera{
 		cfg: cc,
 		cap: capture.NewCamera(capture.CameraOptions{
 			Name: cc.Name, StallTimeout: cc.StallTimeout, BackoffMin: cc.Backoff.Min, BackoffMax: cc.Backoff.Max,
-			Logger: logger,
-			Open:   func(ctx context.Context) (capture.Source, error) { return capture.Open(ctx, spec) },
+			Lossless: spec.Fast, Logger: logger,
+			Open: func(ctx context.Context) (capture.Source, error) { return capture.Open(ctx, spec) },
 		}),
 		model:  a.models[cc.Model],
 		logger: logger.With("component", "pipeline", "camera", cc.Name),

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var clip, _ = filepath.Abs(filepath.Join("..", "assets", "footage", "people.mp4"))
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -39,7 +39,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // testConfig writes a config for the bundled clip and model into a temp dir and loads it.
-func testConfig(t *testing.T, stateDir, extra string) *config.Config {
+func testConfig(t testing.TB, stateDir, extra string) *config.Config {
 	t.Helper()
 	yaml := fmt.Sprintf(`
 device: {id: test-01, state_dir: %q}
@@ -76,7 +76,7 @@ type running struct {
 	stop  func() error
 }
 
-func start(t *testing.T, cfg *config.Config) *running {
+func start(t testing.TB, cfg *config.Config) *running {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -110,7 +110,7 @@ func start(t *testing.T, cfg *config.Config) *running {
 	return r
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))

@@ -25,7 +25,10 @@ type CameraOptions struct {
 	StallTimeout time.Duration
 	BackoffMin   time.Duration
 	BackoffMax   time.Duration
-	Logger       *slog.Logger
+	// Lossless waits for each frame to be taken instead of replacing it: for files
+	// read as fast as they decode, where detection sets the pace and every frame counts.
+	Lossless bool
+	Logger   *slog.Logger
 }
 
 // Status is what the status page and metrics show of a camera.
@@ -139,7 +142,12 @@ func (c *Camera) stream(ctx context.Context, failures *int) error {
 		}
 		c.lastFrame = now
 		c.mu.Unlock()
-		c.slot.Put(Frame{Camera: c.opts.Name, Seq: seq, Time: now, Mat: m})
+		f := Frame{Camera: c.opts.Name, Seq: seq, Time: now, Mat: m}
+		if !c.opts.Lossless {
+			c.slot.Put(f)
+		} else if err := c.slot.PutWait(ctx, f); err != nil {
+			return err
+		}
 	}
 }
 

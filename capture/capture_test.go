@@ -208,3 +208,34 @@ func TestPatternSource(t *testing.T) {
 		t.Error("consecutive pattern frames are identical")
 	}
 }
+
+func TestSlotPutWaitLosesNothing(t *testing.T) {
+	s := NewSlot()
+	const n = 50
+	go func() {
+		for i := range n {
+			if err := s.PutWait(context.Background(), Frame{Seq: uint64(i + 1), Mat: gocv.NewMat()}); err != nil {
+				return
+			}
+		}
+	}()
+	for want := uint64(1); want <= n; want++ {
+		f, err := s.Take(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if f.Seq != want {
+			t.Fatalf("took seq %d, want %d", f.Seq, want)
+		}
+	}
+	if d := s.Dropped(); d != 0 {
+		t.Errorf("%d frames dropped", d)
+	}
+	s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.PutWait(ctx, Frame{Mat: gocv.NewMat()}); err == nil {
+		t.Error("PutWait on a closed slot succeeded")
+	}
+}

@@ -35,6 +35,7 @@ var ErrClosed = errors.New("capture: slot closed")
 // is replaced, closed and counted as dropped.
 type Slot struct {
 	ready chan struct{} // has a token while a frame is waiting
+	taken chan struct{} // has a token after a Take emptied the slot
 
 	mu      sync.Mutex // guards the fields below
 	frame   Frame
@@ -45,7 +46,7 @@ type Slot struct {
 
 // NewSlot returns an empty slot.
 func NewSlot() *Slot {
-	return &Slot{ready: make(chan struct{}, 1)}
+	return &Slot{ready: make(chan struct{}, 1), taken: make(chan struct{}, 1)}
 }
 
 // Put stores f, taking ownership of it. The frame it replaces is closed and counted.
@@ -71,6 +72,36 @@ func (s *Slot) Put(f Frame) {
 	}
 }
 
+// PutWait stores f once the slot is empty, so no frame is dropped: for sources read as
+// fast as they decode, where the consumer sets the pace. It takes ownership of f even
+// when ctx ends first (then f is closed).
+func (s *Slot) PutWait(ctx context.Context, f Frame) error {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			f.Close()
+			return ErrClosed
+		}
+		if !s.full {
+			s.frame, s.full = f, true
+			s.mu.Unlock()
+			select {
+			case s.ready <- struct{}{}:
+			default:
+			}
+			return nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return ctx.Err()
+		case <-s.taken:
+		}
+	}
+}
+
 // Take waits for a frame newer than the last one taken and hands it to the caller.
 func (s *Slot) Take(ctx context.Context) (Frame, error) {
 	for {
@@ -83,6 +114,10 @@ func (s *Slot) Take(ctx context.Context) (Frame, error) {
 			f := s.frame
 			s.frame, s.full = Frame{}, false
 			s.mu.Unlock()
+			select {
+			case s.taken <- struct{}{}:
+			default:
+			}
 			return f, nil
 		}
 		s.mu.Unlock()
@@ -110,8 +145,10 @@ func (s *Slot) Close() {
 	if full {
 		f.Close()
 	}
-	select {
-	case s.ready <- struct{}{}:
-	default:
+	for _, ch := range []chan struct{}{s.ready, s.taken} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }

@@ -215,3 +215,24 @@ func TestExampleConfigs(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCameraURL(t *testing.T) {
+	for raw, want := range map[string]CameraURL{
+		"file:///srv/clip.mp4":                    {Kind: "file", Target: "/srv/clip.mp4", Loop: true, Realtime: true},
+		"file://var/clip.mp4":                     {Kind: "file", Target: "var/clip.mp4", Loop: true, Realtime: true},
+		"file:clip.mp4?loop=false&realtime=false": {Kind: "file", Target: "clip.mp4"},
+		"v4l2:///dev/video0":                      {Kind: "v4l2", Target: "/dev/video0", Loop: true, Realtime: true},
+		"rtsp://u:p@10.0.0.5:554/s":               {Kind: "rtsp", Target: "rtsp://u:p@10.0.0.5:554/s"},
+		"pattern://":                              {Kind: "pattern"},
+	} {
+		got, err := ParseCameraURL(raw)
+		if err != nil || got != want {
+			t.Errorf("ParseCameraURL(%q) = %+v, %v; want %+v", raw, got, err, want)
+		}
+	}
+	for _, raw := range []string{"file:///a.mp4?speed=2", "file:///a.mp4?loop=maybe", "rtsp:///nohost", "clip.mp4", "http://x/y"} {
+		if _, err := ParseCameraURL(raw); err == nil {
+			t.Errorf("ParseCameraURL(%q) accepted", raw)
+		}
+	}
+}

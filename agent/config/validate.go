@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/vigil-edge/vigil/assets"
@@ -26,10 +27,13 @@ var Backends = []string{"onnxruntime", "tflite", "openvino", "opencv"}
 type CameraURL struct {
 	Kind   string // rtsp | file | v4l2 | pattern
 	Target string // the stream URL (rtsp), the file or device path, or the pattern name
+	// For files: Loop starts over at the end (default true); Realtime delivers frames
+	// at the file's own rate (default true), or as fast as they decode.
+	Loop, Realtime bool
 }
 
-// ParseCameraURL reads rtsp://, rtsps://, file:///path.mp4 (or file:relative.mp4),
-// v4l2:///dev/video0 and pattern:// URLs.
+// ParseCameraURL reads rtsp://, rtsps://, file:///path.mp4 (or file:relative.mp4, with
+// ?loop=false and ?realtime=false), v4l2:///dev/video0 and pattern:// URLs.
 func ParseCameraURL(raw string) (CameraURL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -54,7 +58,22 @@ func ParseCameraURL(raw string) (CameraURL, error) {
 		if p == "" {
 			return CameraURL{}, fmt.Errorf("%s has no path", raw)
 		}
-		return CameraURL{Kind: u.Scheme, Target: p}, nil
+		c := CameraURL{Kind: u.Scheme, Target: p, Loop: true, Realtime: true}
+		for key, vals := range u.Query() {
+			if u.Scheme != "file" || (key != "loop" && key != "realtime") {
+				return CameraURL{}, fmt.Errorf("%s: unknown option %q (file URLs take loop and realtime)", raw, key)
+			}
+			b, err := strconv.ParseBool(vals[0])
+			if err != nil {
+				return CameraURL{}, fmt.Errorf("%s: %s=%q is not true or false", raw, key, vals[0])
+			}
+			if key == "loop" {
+				c.Loop = b
+			} else {
+				c.Realtime = b
+			}
+		}
+		return c, nil
 	case "pattern":
 		return CameraURL{Kind: "pattern", Target: u.Host + u.Path}, nil
 	case "":
