@@ -235,6 +235,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return cam.cap.Run(ctx) })
 		g.Go(func() error { return a.detectLoop(ctx, cam) })
 	}
+	// Requests inherit the agent's context, so event streams end when it stops
+	// (Shutdown waits for active requests and would otherwise wait for them).
+	a.http.BaseContext = func(net.Listener) context.Context { return ctx }
 	g.Go(func() error {
 		a.logger.Info("status page listening", "url", "http://"+a.listener.Addr().String())
 		if err := a.http.Serve(a.listener); !errors.Is(err, http.ErrServerClosed) {
@@ -268,8 +271,8 @@ func (a *Agent) Close() error {
 				errs = append(errs, err)
 			}
 		}
-		if a.listener != nil && a.http == nil {
-			a.listener.Close()
+		if a.listener != nil {
+			a.listener.Close() // already closed after Run; needed when Run never ran
 		}
 		if a.outbox != nil {
 			if err := a.outbox.Close(); err != nil {

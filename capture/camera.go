@@ -2,6 +2,8 @@ package capture
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -88,6 +90,18 @@ func (c *Camera) Run(ctx context.Context) error {
 		err := c.stream(ctx, &failures)
 		if ctx.Err() != nil {
 			c.setState(StateStopped)
+			return nil
+		}
+		if errors.Is(err, io.EOF) {
+			// A file played once has ended: nothing to retry. A lossless camera hands
+			// over its last frame before the slot closes.
+			if c.opts.Lossless {
+				c.slot.Drain(ctx)
+			}
+			c.mu.Lock()
+			c.state, c.lastErr = StateStopped, "end of file"
+			c.mu.Unlock()
+			c.logger.Info("camera source ended")
 			return nil
 		}
 		delay := backoff(c.opts.BackoffMin, c.opts.BackoffMax, failures)

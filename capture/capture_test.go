@@ -239,3 +239,31 @@ func TestSlotPutWaitLosesNothing(t *testing.T) {
 		t.Error("PutWait on a closed slot succeeded")
 	}
 }
+
+func TestCameraStopsAtEndOfFilePlayedOnce(t *testing.T) {
+	cam := NewCamera(CameraOptions{
+		Name: "once", StallTimeout: time.Minute, BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, Lossless: true,
+		Open: func(ctx context.Context) (Source, error) { return OpenFile(clip, false, false) },
+	})
+	done := make(chan error, 1)
+	go func() { done <- cam.Run(context.Background()) }()
+	n := 0
+	for {
+		f, err := cam.Slot().Take(context.Background())
+		if errors.Is(err, ErrClosed) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		n++
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := cam.Status()
+	if n != 261 || st.Dropped != 0 || st.State != StateStopped || st.Reconnects != 0 || st.LastError != "end of file" {
+		t.Errorf("took %d frames of 261; status %+v", n, st)
+	}
+}

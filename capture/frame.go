@@ -102,6 +102,23 @@ func (s *Slot) PutWait(ctx context.Context, f Frame) error {
 	}
 }
 
+// Drain waits until the waiting frame, if any, has been taken.
+func (s *Slot) Drain(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		empty := !s.full || s.closed
+		s.mu.Unlock()
+		if empty {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.taken:
+		}
+	}
+}
+
 // Take waits for a frame newer than the last one taken and hands it to the caller.
 func (s *Slot) Take(ctx context.Context) (Frame, error) {
 	for {
