@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -28,18 +29,10 @@ type Status struct {
 
 // CameraStatus is one camera: capture state and counters, and its detection figures.
 type CameraStatus struct {
-	Name          string       `json:"name"`
-	URL           string       `json:"url"` // password redacted
-	Model         string       `json:"model"`
-	State         string       `json:"state"`
-	FPS           float64      `json:"fps"`
-	Frames        uint64       `json:"frames"`
-	Dropped       uint64       `json:"dropped"`
-	Reconnects    uint64       `json:"reconnects"`
-	LastError     string       `json:"last_error"`
-	LastFrameAgeS float64      `json:"last_frame_age_s"`
-	NextRetry     string       `json:"next_retry,omitempty"`
-	Detect        detectStatus `json:"detect"`
+	capture.Status
+	URL    string       `json:"url"` // password redacted
+	Model  string       `json:"model"`
+	Detect detectStatus `json:"detect"`
 }
 
 // ModelStatus is one configured model.
@@ -83,11 +76,8 @@ func (a *Agent) Status(withHistory bool) Status {
 	}
 	st.Ready, _ = a.readiness()
 	for _, cam := range a.cameras {
-		c := cam.cap.Status()
 		st.Cameras = append(st.Cameras, CameraStatus{
-			Name: c.Name, URL: config.Redact(cam.cfg.URL), Model: cam.cfg.Model, State: c.State, FPS: round(c.FPS, 2),
-			Frames: c.Frames, Dropped: c.Dropped, Reconnects: c.Reconnects, LastError: c.LastError,
-			LastFrameAgeS: round(c.LastFrameAgeS, 3), NextRetry: c.NextRetry, Detect: cam.stats.status(),
+			Status: cam.cap.Status(), URL: config.Redact(cam.cfg.URL), Model: cam.cfg.Model, Detect: cam.stats.status(),
 		})
 	}
 	for _, name := range a.modOrder {

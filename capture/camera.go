@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -181,10 +182,10 @@ func (c *Camera) Status() Status {
 		Reconnects: c.reconnects, LastError: c.lastErr,
 	}
 	if !c.lastFrame.IsZero() {
-		s.LastFrameAgeS = time.Since(c.lastFrame).Seconds()
+		s.LastFrameAgeS = math.Round(time.Since(c.lastFrame).Seconds()*1000) / 1000
 	}
 	if c.interval > 0 && s.State == StateStreaming {
-		s.FPS = 1 / c.interval
+		s.FPS = math.Round(100/c.interval) / 100
 	}
 	if s.State == StateStreaming && c.opts.StallTimeout > 0 && time.Since(c.lastFrame) > c.opts.StallTimeout {
 		s.State, s.FPS = StateStalled, 0

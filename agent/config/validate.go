@@ -157,11 +157,7 @@ func (c *Config) validate() Errors {
 	}
 
 	// Models first: cameras and rules refer to them.
-	modelNames := make([]string, len(c.Models))
-	for i, m := range c.Models {
-		modelNames[i] = m.Name
-	}
-	models := unique("models", "name", modelNames)
+	models := unique("models", "name", namesOf(c.Models, func(m Model) string { return m.Name }))
 	manifests := map[string]*infer.Manifest{}
 	for i, m := range c.Models {
 		key := fmt.Sprintf("models[%d]", i)
@@ -185,11 +181,7 @@ func (c *Config) validate() Errors {
 		manifests[m.Name] = man
 	}
 
-	camNames := make([]string, len(c.Cameras))
-	for i, cam := range c.Cameras {
-		camNames[i] = cam.Name
-	}
-	cameras := unique("cameras", "name", camNames)
+	cameras := unique("cameras", "name", namesOf(c.Cameras, func(c Camera) string { return c.Name }))
 	for i, cam := range c.Cameras {
 		key := fmt.Sprintf("cameras[%d]", i)
 		if cam.URL == "" {
@@ -217,11 +209,7 @@ func (c *Config) validate() Errors {
 		}
 	}
 
-	actNames := make([]string, len(c.Actuators))
-	for i, a := range c.Actuators {
-		actNames[i] = a.Name
-	}
-	actuators := unique("actuators", "name", actNames)
+	actuators := unique("actuators", "name", namesOf(c.Actuators, func(a Actuator) string { return a.Name }))
 	for i, a := range c.Actuators {
 		key := fmt.Sprintf("actuators[%d]", i)
 		oneOf(key+".driver", a.Driver, "sim", "gpio")
@@ -236,11 +224,7 @@ func (c *Config) validate() Errors {
 		}
 	}
 
-	inNames := make([]string, len(c.Inputs))
-	for i, in := range c.Inputs {
-		inNames[i] = in.Name
-	}
-	inputs := unique("inputs", "name", inNames)
+	inputs := unique("inputs", "name", namesOf(c.Inputs, func(in Input) string { return in.Name }))
 	for i, in := range c.Inputs {
 		key := fmt.Sprintf("inputs[%d]", i)
 		oneOf(key+".driver", in.Driver, "sim", "gpio")
@@ -252,11 +236,7 @@ func (c *Config) validate() Errors {
 		}
 	}
 
-	ruleNames := make([]string, len(c.Rules))
-	for i, r := range c.Rules {
-		ruleNames[i] = r.Name
-	}
-	unique("rules", "name", ruleNames)
+	unique("rules", "name", namesOf(c.Rules, func(r Rule) string { return r.Name }))
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rules[%d]", i)
 		if ci, ok := cameras[r.Camera]; !ok {
@@ -354,4 +334,12 @@ func (c *Config) validate() Errors {
 	}
 	fileExists("runtimes.onnxruntime", c.Runtimes.ONNXRuntime)
 	return errs
+}
+
+func namesOf[T any](items []T, name func(T) string) []string {
+	names := make([]string, len(items))
+	for i, it := range items {
+		names[i] = name(it)
+	}
+	return names
 }
