@@ -228,8 +228,8 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 // Run runs the pipeline, the HTTP server and telemetry until ctx ends or a part fails,
 // then drives the actuators safe and closes everything. It returns nil on a clean
 // shutdown.
-func (a *Agent) Run(ctx context.Context) error {
-	defer a.Close()
+func (a *Agent) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, a.Close()) }()
 	g, ctx := errgroup.WithContext(ctx)
 	for _, cam := range a.cameras {
 		g.Go(func() error { return cam.cap.Run(ctx) })
@@ -247,18 +247,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		<-ctx.Done()
+		// Outputs go safe first, before waiting for anything: a camera stuck in a
+		// blocking read must not keep a relay energised while the rest shuts down.
+		a.safeAll("shutdown")
 		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		// Shutdown does not wait for server-sent event streams; they end with the
-		// agent's context, which they watch.
-		return a.http.Shutdown(shutdown)
+		if err := a.http.Shutdown(shutdown); err != nil {
+			a.http.Close() // requests still running after 2s are cut off
+		}
+		return nil
 	})
 	g.Go(func() error { return a.telemetryLoop(ctx) })
-	err := g.Wait()
+	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
+}
+
+// safeAll drives every actuator to its safe level, logging what fails.
+func (a *Agent) safeAll(reason string) {
+	for _, name := range a.actOrder {
+		if err := a.actuators[name].Safe(reason); err != nil {
+			a.logger.Error("actuator not safe", "actuator", name, "reason", reason, "err", err)
+		}
+	}
 }
 
 // Close drives every actuator to its safe level, flushes and closes the outbox and
@@ -284,7 +297,9 @@ func (a *Agent) Close() error {
 				d.Close()
 			}
 		}
-		a.logger.Info("stopped; actuators safe, outbox closed")
+		if len(errs) == 0 {
+			a.logger.Info("stopped; actuators safe, outbox closed")
+		}
 	})
 	return errors.Join(errs...)
 }

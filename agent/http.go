@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
@@ -14,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vigil-edge/vigil/hal"
-	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
 //go:embed page.html
@@ -183,10 +181,12 @@ func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := map[string]any{"actuator": name, "command": cmd, "source": "http", "remote": r.RemoteAddr}
-	if env, err := a.outbox.Enqueue(context.WithoutCancel(r.Context()), "actuator", outbox.ClassEvent, body); err == nil {
+	env, err := a.enqueueEvent(r.Context(), "actuator", body)
+	if err != nil {
+		a.logger.Error("actuator event not committed", "actuator", name, "seq", env.Seq, "err", err)
+	}
+	if env.Seq != 0 {
 		a.events.add(env)
-	} else {
-		a.logger.Error("actuator event not queued", "actuator", name, "err", err)
 	}
 	writeJSON(w, http.StatusOK, act.State())
 }

@@ -87,8 +87,9 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		var err error
 		dets, timing, err = d.Detect(f.Mat)
 		if err != nil {
-			cam.stats.fail(err)
-			cam.logger.Error("detection failed", "frame", f.Seq, "err", err)
+			if cam.stats.fail(err) {
+				cam.logger.Error("detection failed", "frame", f.Seq, "err", err)
+			}
 			return
 		}
 		detected := time.Now()
@@ -135,16 +136,29 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 		Rule: fire.Rule, Camera: cam.cfg.Name, Frame: f.Seq, Detections: fire.Matches, Action: action,
 		LatencyMS: latencyMS{Detect: ms(detectLatency), Actuate: ms(actuated)},
 	}
-	// The event is queued even if shutdown has begun: the outbox closes only after
-	// every pipeline has returned.
-	env, err := a.outbox.Enqueue(context.WithoutCancel(ctx), "detection", outbox.ClassEvent, body)
+	env, err := a.enqueueEvent(ctx, "detection", body)
 	if err != nil {
-		cam.logger.Error("event not queued", "rule", fire.Rule, "err", err)
-		return
+		cam.logger.Error("event not committed", "rule", fire.Rule, "seq", env.Seq, "err", err)
+		if env.Seq == 0 {
+			return
+		}
 	}
 	a.events.add(env)
 	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", fire.Action.Actuator, "seq", env.Seq,
 		"detect_ms", body.LatencyMS.Detect, "actuate_ms", body.LatencyMS.Actuate)
+}
+
+// eventCommitWait bounds how long a pipeline waits for an event to reach the disk: a
+// failing disk must not stop detection and actuation. The event stays queued in the
+// outbox, which keeps retrying and reports the disk's error.
+const eventCommitWait = time.Second
+
+// enqueueEvent puts an event into the outbox. It is queued even if shutdown has begun
+// (the outbox closes only after every pipeline has returned).
+func (a *Agent) enqueueEvent(ctx context.Context, kind string, body any) (outbox.Envelope, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), eventCommitWait)
+	defer cancel()
+	return a.outbox.Enqueue(ctx, kind, outbox.ClassEvent, body)
 }
 
 type detectionEvent struct {
@@ -197,6 +211,9 @@ func (s *snapshot) update(f capture.Frame, dets []infer.Detection) {
 	}
 	b := slices.Clone(buf.GetBytes())
 	buf.Close()
+	if len(b) == 0 {
+		return // OpenCV reports encoding failures only as an empty buffer
+	}
 	s.mu.Lock()
 	s.jpeg, s.taken = b, f.Time
 	s.mu.Unlock()
@@ -277,10 +294,14 @@ func (s *detectStats) skip() {
 	s.mu.Unlock()
 }
 
-func (s *detectStats) fail(err error) {
+// fail records a failed detection and reports whether it is a new error, so that a
+// model failing on every frame is logged once, not per frame.
+func (s *detectStats) fail(err error) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	isNew := s.lastErr != err.Error()
 	s.lastErr = err.Error()
-	s.mu.Unlock()
+	return isNew
 }
 
 // detectStatus is the detection part of a camera's status.

@@ -27,7 +27,7 @@ func TestGoodConfig(t *testing.T) {
 	if r := cfg.Rules[0]; r.MinScore != 0 || r.Frames != (Frames{3, 5}) || len(r.Zone) != 4 {
 		t.Errorf("an explicit min_score 0 must stay 0, frames and zone read: %+v", r)
 	}
-	if r := cfg.Rules[1]; r.MinScore != 0.5 || r.Frames != (Frames{1, 1}) || r.Action.Until != "ack" || r.OnStall != "hold" {
+	if r := cfg.Rules[1]; r.MinScore != 0.5 || r.Frames != (Frames{1, 1}) || r.Action.State != "low" || r.OnStall != "hold" {
 		t.Errorf("rule defaults: %+v", r)
 	}
 	if cfg.Outbox.MaxBytes != 64<<20 || cfg.Outbox.Fsync != "always" {
@@ -113,6 +113,11 @@ var badConfigs = map[string][]string{
 		"rules[1].frames: n 4 of 2: need 1 <= n <= of",
 		"rules[1].zone: a polygon needs at least 3 points, got 2",
 		"rules[1].zone[1]: [2 0] is not a point [x, y] in normalised coordinates 0..1",
+	},
+	"not-in-this-build": {
+		"actuators[0].driver: the gpio driver is not part of this build yet; use sim",
+		"mqtt.enabled: the MQTT link is not part of this build yet; messages wait in the outbox under device.state_dir",
+		"rules[0].action.until: latching until an input or acknowledge is not part of this build yet",
 	},
 	"bad-scalars": {
 		`cameras[0].name: "my door": use letters, digits, '.', '_' and '-' (up to 63)`,

@@ -152,8 +152,10 @@ func (c *Config) validate() Errors {
 	}
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
-	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+	if _, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		bad("http.listen", "%q is not host:port: %v", c.HTTP.Listen, err)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad("http.listen", "port %q is not a number from 0 to 65535", port)
 	}
 
 	// Models first: cameras and rules refer to them.
@@ -215,6 +217,8 @@ func (c *Config) validate() Errors {
 		oneOf(key+".driver", a.Driver, "sim", "gpio")
 		oneOf(key+".safe", a.Safe, "low", "high")
 		if a.Driver == "gpio" {
+			// Not yet: refuse here rather than pass check-config and fail at start.
+			bad(key+".driver", "the gpio driver is not part of this build yet; use sim")
 			if a.Chip == "" {
 				bad(key+".chip", "the gpio driver needs a chip, e.g. gpiochip0")
 			}
@@ -284,6 +288,7 @@ func (c *Config) validate() Errors {
 			oneOf(key+".action.state", a.State, "low", "high")
 		}
 		if a.Until != "" {
+			bad(key+".action.until", "latching until an input or acknowledge is not part of this build yet")
 			if a.State == "" {
 				bad(key+".action.until", "only a state action can be latched")
 			} else if _, ok := inputs[a.Until]; !ok && a.Until != "ack" {

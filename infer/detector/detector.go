@@ -27,6 +27,8 @@ func (t Timing) Total() time.Duration { return t.Pre + t.Infer + t.Post }
 // serialised, because the engine and the buffers below are used by one call at a time.
 type Detector struct {
 	manifest *infer.Manifest
+	inputs   []infer.TensorInfo
+	outputs  []infer.TensorInfo
 	decoder  infer.Decoder
 	nchw     bool
 	// lut maps a pixel value 0..255 to the model's input value, per model channel.
@@ -82,7 +84,10 @@ func New(engine infer.Engine, m *infer.Manifest) (*Detector, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Detector{manifest: m, decoder: dec, nchw: nchw, engine: engine, resized: gocv.NewMat(), color: gocv.NewMat()}
+	d := &Detector{
+		manifest: m, inputs: ins, outputs: engine.Outputs(), decoder: dec, nchw: nchw,
+		engine: engine, resized: gocv.NewMat(), color: gocv.NewMat(),
+	}
 	d.src = [3]int{0, 1, 2}
 	if m.Input.Color == "RGB" {
 		d.src = [3]int{2, 1, 0}
@@ -102,9 +107,9 @@ func New(engine infer.Engine, m *infer.Manifest) (*Detector, error) {
 // Manifest is the bundle's model.yaml.
 func (d *Detector) Manifest() *infer.Manifest { return d.manifest }
 
-// Inputs and Outputs describe the engine's tensors.
-func (d *Detector) Inputs() []infer.TensorInfo  { return d.engine.Inputs() }
-func (d *Detector) Outputs() []infer.TensorInfo { return d.engine.Outputs() }
+// Inputs and Outputs describe the engine's tensors (still after Close).
+func (d *Detector) Inputs() []infer.TensorInfo  { return d.inputs }
+func (d *Detector) Outputs() []infer.TensorInfo { return d.outputs }
 
 // Detect runs the model on a frame (8-bit BGR, gray or BGRA). The frame is only read;
 // the caller keeps ownership.
