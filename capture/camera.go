@@ -6,9 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/vigil-edge/vigil/internal/backoff"
 )
 
 // Camera states, as shown in /api/status.
@@ -105,7 +106,7 @@ func (c *Camera) Run(ctx context.Context) error {
 			c.logger.Info("camera source ended")
 			return nil
 		}
-		delay := backoff(c.opts.BackoffMin, c.opts.BackoffMax, failures)
+		delay := backoff.Delay(c.opts.BackoffMin, c.opts.BackoffMax, failures)
 		failures++
 		c.mu.Lock()
 		c.reconnects++
@@ -194,19 +195,4 @@ func (c *Camera) Status() Status {
 		s.NextRetry = c.nextRetry.UTC().Format(time.RFC3339Nano)
 	}
 	return s
-}
-
-// backoff is min * 2^failures, capped at max, with up to 20% jitter either way so that
-// cameras behind one switch do not reconnect in lockstep.
-func backoff(lo, hi time.Duration, failures int) time.Duration {
-	d := lo
-	for range failures {
-		d *= 2
-		if d >= hi {
-			d = hi
-			break
-		}
-	}
-	jitter := 0.8 + 0.4*rand.Float64()
-	return time.Duration(float64(d) * jitter)
 }

@@ -176,16 +176,6 @@ func TestDeadCameraIsRetried(t *testing.T) {
 	<-done
 }
 
-func TestBackoffGrowsAndCaps(t *testing.T) {
-	lo, hi := 100*time.Millisecond, 2*time.Second
-	for f, want := range map[int]time.Duration{0: lo, 1: 2 * lo, 3: 8 * lo, 10: hi, 100: hi} {
-		got := backoff(lo, hi, f)
-		if got < want*8/10 || got > want*12/10 {
-			t.Errorf("backoff after %d failures = %v, want %v ± 20%%", f, got, want)
-		}
-	}
-}
-
 func TestPatternSource(t *testing.T) {
 	p := NewPattern(320, 240, 1000)
 	a, err := p.Read(context.Background())
