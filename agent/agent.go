@@ -28,6 +28,7 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
+	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -48,6 +49,7 @@ type Agent struct {
 	started time.Time
 
 	outbox    *outbox.Outbox
+	link      *mqttlink.Link       // nil when mqtt.enabled is false
 	actuators map[string]*actuator // by name
 	actOrder  []string
 	models    map[string]*model // by name
@@ -123,12 +125,17 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	}
 
 	a.outbox, err = outbox.Open(outbox.Options{
-		Path: filepath.Join(state, "outbox.db"), Device: cfg.Device.ID,
+		Path: filepath.Join(state, "outbox"), Device: cfg.Device.ID, MaxBytes: int64(cfg.Outbox.MaxBytes),
 		Fsync: outbox.Fsync(cfg.Outbox.Fsync), FsyncInterval: cfg.Outbox.FsyncInterval,
-		Logger: logger.With("component", "outbox"),
+		Logger: logger, OnFault: a.events.add,
 	})
 	if err != nil {
 		return a, err
+	}
+	if cfg.MQTT.Enabled {
+		if a.link, err = a.newLink(logger); err != nil {
+			return a, err
+		}
 	}
 
 	// A model that cannot load is reported on the status page and in /readyz; its
@@ -258,6 +265,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return nil
 	})
 	g.Go(func() error { return a.telemetryLoop(ctx) })
+	if a.link != nil {
+		g.Go(func() error { return a.link.Run(ctx) })
+	}
 	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
@@ -306,22 +316,3 @@ func (a *Agent) Close() error {
 
 // Addr is the HTTP listener's address.
 func (a *Agent) Addr() net.Addr { return a.listener.Addr() }
-
-// telemetryLoop puts a summary of the agent's state into the outbox every
-// mqtt.telemetry_interval, whether or not MQTT is enabled: it waits there for the link.
-func (a *Agent) telemetryLoop(ctx context.Context) error {
-	t := time.NewTicker(a.cfg.MQTT.TelemetryInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			st := a.Status(false)
-			body := map[string]any{"uptime_s": st.UptimeS, "cameras": st.Cameras, "actuators": st.Actuators, "outbox": st.Outbox}
-			if _, err := a.outbox.Enqueue(ctx, "telemetry", outbox.ClassTelemetry, body); err != nil && ctx.Err() == nil {
-				a.logger.Error("telemetry not queued", "err", err)
-			}
-		}
-	}
-}

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -57,7 +58,8 @@ rules:
     cooldown: 1h
     action: {actuator: line-stop, pulse: 200ms}
 outbox: {fsync: always}
-mqtt: {telemetry_interval: 1h}
+mqtt:
+  telemetry_interval: 1h
 %s`, stateDir, clip, extra)
 	p := filepath.Join(t.TempDir(), "vigil.yaml")
 	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
@@ -219,7 +221,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// The event is on disk with the same envelope.
-	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(state, "outbox.db"), Device: "test-01"})
+	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(state, "outbox"), Device: "test-01"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +273,7 @@ func TestRestartKeepsEventsAndSeq(t *testing.T) {
 	if err := first.stop(); err != nil {
 		t.Fatal(err)
 	}
-	ob, _ := outbox.Open(outbox.Options{Path: filepath.Join(state, "outbox.db"), Device: "test-01"})
+	ob, _ := outbox.Open(outbox.Options{Path: filepath.Join(state, "outbox"), Device: "test-01"})
 	before, _ := ob.Peek(0, 100)
 	ob.Close()
 	if len(before) == 0 {
@@ -391,5 +393,61 @@ func TestMissingRuntimeIsReported(t *testing.T) {
 	}
 	if st.Ready {
 		t.Error("ready without a model")
+	}
+}
+
+// With MQTT enabled, events reach a real broker as envelopes, the retained status says
+// online with the version and models, and the link shows on /api/status and /metrics.
+func TestEventsReachTheBroker(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	sub := b.Subscribe(t, "cloud", "vigil/test-01/#")
+	cfg := testConfig(t, t.TempDir(), fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  backoff: {min: 50ms, max: 500ms}\n", b.URL))
+	r := start(t, cfg)
+	var ev outbox.Envelope
+	waitFor(t, 30*time.Second, "a detection event at the broker", func() bool {
+		for _, m := range sub.Messages() {
+			if m.Topic == "vigil/test-01/events" && json.Unmarshal(m.Payload, &ev) == nil && ev.Kind == "detection" {
+				return true
+			}
+		}
+		return false
+	})
+	checkDetectionEvent(t, ev)
+	var online map[string]any
+	for _, m := range sub.Messages() {
+		if m.Topic == "vigil/test-01/status" {
+			json.Unmarshal(m.Payload, &online)
+		}
+	}
+	if online["state"] != "online" || online["version"] != "test" || !strings.Contains(fmt.Sprint(online["models"]), "yolox-nano") {
+		t.Errorf("retained status %v", online)
+	}
+	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return r.status(t).Outbox.Depth == 0 })
+	st := r.status(t)
+	if st.MQTT.State != "connected" || st.MQTT.Broker != b.URL || st.MQTT.Acked == 0 {
+		t.Errorf("mqtt status %+v", st.MQTT)
+	}
+	_, metrics := r.get(t, "/metrics")
+	if metricValue(t, metrics, "vigil_mqtt_connected") != 1 || metricValue(t, metrics, "vigil_mqtt_acked_total") == 0 {
+		t.Errorf("mqtt metrics missing:\n%s", regexp.MustCompile(`(?m)^vigil_mqtt.*$`).FindAll(metrics, -1))
+	}
+}
+
+// A corrupt outbox at start is set aside; the daemon starts and says so with a fault
+// event, on the status page and in the new outbox.
+func TestCorruptOutboxIsSetAside(t *testing.T) {
+	state := t.TempDir()
+	dir := filepath.Join(state, "outbox")
+	os.MkdirAll(filepath.Join(dir, "events"), 0o755)
+	os.WriteFile(filepath.Join(dir, "state"), []byte("this is not an outbox state file"), 0o644)
+	os.WriteFile(filepath.Join(dir, "events", "00000000000000000001.seg"), []byte("garbage garbage garbage garbage"), 0o644)
+	r := start(t, testConfig(t, state, ""))
+	st := r.status(t)
+	if len(st.Events) == 0 || st.Events[len(st.Events)-1].Kind != "fault" || !strings.Contains(string(st.Events[len(st.Events)-1].Body), "outbox_corrupt") {
+		t.Fatalf("no outbox_corrupt fault event on the status page: %+v", st.Events)
+	}
+	moved, _ := filepath.Glob(filepath.Join(state, "outbox.corrupt-*"))
+	if len(moved) != 1 {
+		t.Errorf("corrupt outbox not moved aside: %v", moved)
 	}
 }

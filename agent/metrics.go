@@ -89,6 +89,15 @@ var (
 	descOutDropped    = prometheus.NewDesc("vigil_outbox_dropped_total", "Messages evicted from a full outbox.", nil, nil)
 	descOutSeq        = prometheus.NewDesc("vigil_outbox_next_seq", "Sequence number the next message will get.", nil, nil)
 	descOutError      = prometheus.NewDesc("vigil_outbox_store_error", "1 while the outbox cannot write to disk.", nil, nil)
+	descOutEvicted    = prometheus.NewDesc("vigil_outbox_evicted_telemetry_total", "Telemetry messages evicted to stay within outbox.max_bytes.", nil, nil)
+	descOutDisk       = prometheus.NewDesc("vigil_outbox_disk_bytes", "Bytes the outbox uses on disk.", nil, nil)
+	descMQTTUp        = prometheus.NewDesc("vigil_mqtt_connected", "1 while the MQTT link is connected.", nil, nil)
+	descMQTTState     = prometheus.NewDesc("vigil_mqtt_state", "1 for the MQTT link's current state.", []string{"state"}, nil)
+	descMQTTConnects  = prometheus.NewDesc("vigil_mqtt_connects_total", "Successful MQTT connections.", nil, nil)
+	descMQTTPub       = prometheus.NewDesc("vigil_mqtt_published_total", "Messages published (republished after a reconnect included).", nil, nil)
+	descMQTTAcked     = prometheus.NewDesc("vigil_mqtt_acked_total", "Messages the broker acknowledged and the outbox deleted.", nil, nil)
+	descMQTTInflight  = prometheus.NewDesc("vigil_mqtt_inflight", "Messages published and not yet acknowledged.", nil, nil)
+	mqttStates        = []string{"disabled", "connecting", "connected", "backoff", "stopped"}
 	cameraStates      = []string{"connecting", "streaming", "stalled", "backoff", "stopped"}
 )
 
@@ -97,7 +106,8 @@ type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descUp, descCamFrames, descCamDropped, descCamReconnects, descCamFPS, descCamAge,
-		descCamState, descActState, descActTrans, descModelUp, descOutDepth, descOutBytes, descOutPending, descOutDropped, descOutSeq, descOutError} {
+		descCamState, descActState, descActTrans, descModelUp, descOutDepth, descOutBytes, descOutPending, descOutDropped, descOutSeq, descOutError,
+		descOutEvicted, descOutDisk, descMQTTUp, descMQTTState, descMQTTConnects, descMQTTPub, descMQTTAcked, descMQTTInflight} {
 		ch <- d
 	}
 }
@@ -135,6 +145,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descOutDropped, float64(st.Outbox.Dropped))
 	gauge(descOutSeq, float64(st.Outbox.NextSeq))
 	gauge(descOutError, b2f(st.Outbox.LastError != ""))
+	counter(descOutEvicted, float64(st.Outbox.Evicted))
+	gauge(descOutDisk, float64(st.Outbox.DiskBytes))
+	gauge(descMQTTUp, b2f(st.MQTT.State == "connected"))
+	for _, s := range mqttStates {
+		gauge(descMQTTState, b2f(st.MQTT.State == s), s)
+	}
+	counter(descMQTTConnects, float64(st.MQTT.Connects))
+	counter(descMQTTPub, float64(st.MQTT.Published))
+	counter(descMQTTAcked, float64(st.MQTT.Acked))
+	gauge(descMQTTInflight, float64(st.MQTT.InFlight))
 }
 
 func b2f(b bool) float64 {

@@ -7,6 +7,7 @@ import (
 	"image"
 	"image/color"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -93,7 +94,7 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 			return
 		}
 		detected := time.Now()
-		cam.stats.record(timing.Infer, detected.Sub(f.Time), detected)
+		cam.stats.record(timing.Infer, detected.Sub(f.Time), detected, dets)
 		a.metrics.observeDetection(cam.cfg.Name, cam.model.name, timing.Infer, detected.Sub(f.Time), dets)
 
 		for _, fire := range cam.rules.Evaluate(rules.Frame{
@@ -255,20 +256,27 @@ type detectStats struct {
 	infer    []time.Duration // ring of recent inference times
 	latency  []time.Duration // ring of recent capture-to-detection times
 	pos      int
-	skipped  uint64 // frames left out to keep to detect_fps
+	skipped  uint64            // frames left out to keep to detect_fps
+	byLabel  map[string]uint64 // detections since start
 	lastErr  string
 }
 
 const statsWindow = 256
 
 func newDetectStats() *detectStats {
-	return &detectStats{infer: make([]time.Duration, 0, statsWindow), latency: make([]time.Duration, 0, statsWindow)}
+	return &detectStats{
+		infer: make([]time.Duration, 0, statsWindow), latency: make([]time.Duration, 0, statsWindow),
+		byLabel: map[string]uint64{},
+	}
 }
 
-func (s *detectStats) record(inferTime, latency time.Duration, at time.Time) {
+func (s *detectStats) record(inferTime, latency time.Duration, at time.Time, dets []infer.Detection) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.frames++
+	for _, d := range dets {
+		s.byLabel[d.Label]++
+	}
 	if !s.last.IsZero() {
 		dt := at.Sub(s.last).Seconds()
 		if s.interval == 0 {
@@ -286,6 +294,13 @@ func (s *detectStats) record(inferTime, latency time.Duration, at time.Time) {
 		s.pos = (s.pos + 1) % statsWindow
 	}
 	s.lastErr = ""
+}
+
+// labels returns the detections by label since start.
+func (s *detectStats) labels() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.byLabel)
 }
 
 func (s *detectStats) skip() {

@@ -9,6 +9,7 @@ import (
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -23,7 +24,7 @@ type Status struct {
 	Models    []ModelStatus     `json:"models"`
 	Actuators []ActuatorStatus  `json:"actuators"`
 	Outbox    OutboxStatus      `json:"outbox"`
-	MQTT      MQTTStatus        `json:"mqtt"`
+	MQTT      mqttlink.State    `json:"mqtt"`
 	Events    []outbox.Envelope `json:"events"`
 }
 
@@ -54,17 +55,16 @@ type ActuatorStatus struct {
 
 // OutboxStatus is the durable queue.
 type OutboxStatus struct {
-	Depth     int    `json:"depth"`
-	Bytes     int64  `json:"bytes"`
-	Dropped   uint64 `json:"dropped"`
-	Pending   int    `json:"pending"`
-	NextSeq   uint64 `json:"next_seq"`
+	Depth   int    `json:"depth"`
+	Bytes   int64  `json:"bytes"`
+	Dropped uint64 `json:"dropped"`
+	Pending int    `json:"pending"`
+	NextSeq uint64 `json:"next_seq"`
+	// Evicted counts telemetry removed to stay within outbox.max_bytes; Dropped the
+	// events (only when events alone fill the budget).
+	Evicted   uint64 `json:"evicted_telemetry"`
+	DiskBytes int64  `json:"disk_bytes"`
 	LastError string `json:"last_error,omitempty"`
-}
-
-// MQTTStatus is the cloud link.
-type MQTTStatus struct {
-	State string `json:"state"` // disabled | connecting | connected | backoff
 }
 
 // Status assembles the agent's status. withHistory adds the sim actuators' transitions.
@@ -72,7 +72,10 @@ func (a *Agent) Status(withHistory bool) Status {
 	st := Status{
 		Device: a.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
 		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{},
-		MQTT: MQTTStatus{State: "disabled"}, Events: a.events.recent(20),
+		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20),
+	}
+	if a.link != nil {
+		st.MQTT = a.link.State()
 	}
 	st.Ready, _ = a.readiness()
 	for _, cam := range a.cameras {
@@ -107,7 +110,10 @@ func (a *Agent) Status(withHistory bool) Status {
 	}
 	if a.outbox != nil {
 		o := a.outbox.Stats()
-		st.Outbox = OutboxStatus{Depth: o.Depth, Bytes: o.Bytes, Dropped: o.Dropped, Pending: o.Pending, NextSeq: o.NextSeq, LastError: o.LastError}
+		st.Outbox = OutboxStatus{
+			Depth: o.Depth, Bytes: o.Bytes, Dropped: o.Dropped, Pending: o.Pending, NextSeq: o.NextSeq,
+			Evicted: o.EvictedTelemetry, DiskBytes: o.DiskBytes, LastError: o.LastError,
+		}
 	}
 	return st
 }

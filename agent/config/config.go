@@ -130,8 +130,12 @@ type MQTT struct {
 	CAFile            string        `mapstructure:"ca_file" json:"ca_file"`
 	CertFile          string        `mapstructure:"cert_file" json:"cert_file"`
 	KeyFile           string        `mapstructure:"key_file" json:"key_file"`
+	ServerName        string        `mapstructure:"server_name" json:"server_name"` // TLS name to verify; default: the broker's host
 	TopicPrefix       string        `mapstructure:"topic_prefix" json:"topic_prefix"`
 	TelemetryInterval time.Duration `mapstructure:"telemetry_interval" json:"telemetry_interval"`
+	KeepAlive         time.Duration `mapstructure:"keepalive" json:"keepalive"`
+	Backoff           Backoff       `mapstructure:"backoff" json:"backoff"`
+	Inflight          int           `mapstructure:"inflight" json:"inflight"` // messages published and not yet acknowledged
 }
 
 // Outbox is the durable queue of outgoing messages.

@@ -116,7 +116,6 @@ var badConfigs = map[string][]string{
 	},
 	"not-in-this-build": {
 		"actuators[0].driver: the gpio driver is not part of this build yet; use sim",
-		"mqtt.enabled: the MQTT link is not part of this build yet; messages wait in the outbox under device.state_dir",
 		"rules[0].action.until: latching until an input or acknowledge is not part of this build yet",
 	},
 	"bad-scalars": {

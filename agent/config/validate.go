@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/infer"
@@ -298,10 +299,6 @@ func (c *Config) validate() Errors {
 	}
 
 	m := c.MQTT
-	if m.Enabled {
-		// The MQTT link is the next piece of work (the outbox already keeps every message).
-		bad("mqtt.enabled", "the MQTT link is not part of this build yet; messages wait in the outbox under device.state_dir")
-	}
 	if m.Enabled && len(m.Brokers) == 0 {
 		bad("mqtt.brokers", "needs at least one broker URL")
 	}
@@ -322,6 +319,18 @@ func (c *Config) validate() Errors {
 	}
 	if m.TelemetryInterval <= 0 {
 		bad("mqtt.telemetry_interval", "%v must be greater than 0", m.TelemetryInterval)
+	}
+	if m.KeepAlive < time.Second {
+		bad("mqtt.keepalive", "%v is below 1s", m.KeepAlive)
+	}
+	if m.Backoff.Min <= 0 {
+		bad("mqtt.backoff.min", "%v must be greater than 0", m.Backoff.Min)
+	}
+	if m.Backoff.Max < m.Backoff.Min {
+		bad("mqtt.backoff.max", "%v is less than backoff.min %v", m.Backoff.Max, m.Backoff.Min)
+	}
+	if m.Inflight < 1 || m.Inflight > 65535 {
+		bad("mqtt.inflight", "%d is outside 1..65535", m.Inflight)
 	}
 
 	if c.Outbox.MaxBytes < 1<<20 {

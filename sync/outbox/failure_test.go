@@ -4,44 +4,53 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
-
-	"go.etcd.io/bbolt"
 )
 
-// faultyStore makes commits fail on demand. A full disk or an I/O error cannot be
-// produced here without root and a dedicated mount, so the tests swap the commit
-// function through open's unexported parameter; everything around it (queueing,
-// retries, backoff, waking callers, counters) is the real code.
-type faultyStore struct {
-	failing  atomic.Bool
-	attempts atomic.Int64 // commits attempted while failing
+// faultyDisk makes record writes fail on demand. A full disk or an I/O error cannot
+// be produced for an ordinary test without root and a dedicated mount (see
+// TestFullFilesystem for the real thing when that is possible), so these tests swap
+// the write function through open's unexported parameter; everything around it
+// (cutting partial records, eviction, pending, retries, backoff, waking callers,
+// counters) is the real code.
+type faultyDisk struct {
+	err      atomic.Pointer[error] // non-nil: fail with it
+	partial  atomic.Bool           // write half the record before failing
+	attempts atomic.Int64          // writes attempted while failing
+	once     atomic.Bool           // stop failing after one failure
 }
 
-// errDiskFull wraps the errno a full disk gives, as bbolt would report it.
-var errDiskFull = fmt.Errorf("write outbox.db: %w", syscall.ENOSPC)
+func (d *faultyDisk) fail(err error) { d.err.Store(&err) }
+func (d *faultyDisk) heal()          { d.err.Store(nil) }
 
-func (f *faultyStore) commit(db *bbolt.DB, recs []*record) error {
-	if f.failing.Load() {
-		f.attempts.Add(1)
-		return errDiskFull
+func (d *faultyDisk) writeAt(f *os.File, b []byte, off int64) (int, error) {
+	if p := d.err.Load(); p != nil {
+		d.attempts.Add(1)
+		if d.once.Load() {
+			d.heal()
+		}
+		n := 0
+		if d.partial.Load() {
+			n, _ = f.WriteAt(b[:len(b)/2], off)
+		}
+		return n, fmt.Errorf("injected: %w", *p)
 	}
-	return commitBatch(db, recs)
+	return f.WriteAt(b, off)
 }
 
-func openFaulty(t *testing.T, opts Options) (*Outbox, *faultyStore) {
+func openFaulty(t *testing.T, opts Options) (*Outbox, *faultyDisk) {
 	t.Helper()
-	f := &faultyStore{}
-	o, err := open(opts, f.commit)
+	d := &faultyDisk{}
+	o, err := open(opts, d.writeAt)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
-	return o, f
+	return o, d
 }
 
 type enqueueResult struct {
@@ -49,25 +58,25 @@ type enqueueResult struct {
 	err error
 }
 
-func TestCommitFailure(t *testing.T) {
+func TestWriteFailure(t *testing.T) {
 	const maxPending = 5
 	forEachPolicy(t, func(t *testing.T, p Fsync) {
-		logs := &logBuffer{}
+		logger, logs := captureLog()
 		opts := testOptions(t, p)
 		opts.MaxPending = maxPending
-		opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
-		o, f := openFaulty(t, opts)
+		opts.Logger = logger
+		o, d := openFaulty(t, opts)
 		defer func() {
 			if err := o.Close(); err != nil {
 				t.Errorf("Close: %v", err)
 			}
 		}()
-		mustEnqueue(t, o, "telemetry", ClassTelemetry, 0) // seq 1, committed while healthy
-		waitCommitted(t, o)
+		mustEnqueue(t, o, "telemetry", ClassTelemetry, 0) // seq 1, written while healthy
 
-		f.failing.Store(true)
+		d.partial.Store(true) // each failed write leaves half a record to cut
+		d.fail(syscall.EIO)
 		// Each Enqueue runs in its own goroutine: under always they wait for a
-		// commit that cannot happen yet.
+		// write that cannot happen yet.
 		results := make(chan enqueueResult, maxPending)
 		for i := range maxPending {
 			go func() {
@@ -75,61 +84,86 @@ func TestCommitFailure(t *testing.T) {
 				results <- enqueueResult{env, err}
 			}()
 		}
-		waitFor(t, "all messages pending and the commit error reported", func() bool {
+		waitFor(t, "all messages pending and the write error reported", func() bool {
 			st := o.Stats()
 			return st.Pending == maxPending && st.LastError != ""
 		})
-		if st := o.Stats(); !strings.Contains(st.LastError, syscall.ENOSPC.Error()) || st.Depth != maxPending+1 {
-			t.Errorf("while failing Stats = %+v, want LastError naming ENOSPC and Depth %d", st, maxPending+1)
+		if st := o.Stats(); !strings.Contains(st.LastError, syscall.EIO.Error()) || st.Depth != maxPending+1 {
+			t.Errorf("while failing Stats = %+v, want LastError naming EIO and Depth %d", st, maxPending+1)
 		}
 
 		returned := 0
 		if p == FsyncInterval {
-			// The interval promise is "queued in memory", which still holds.
+			// Under interval a message held in memory is accepted.
 			for range maxPending {
 				if r := <-results; r.err != nil {
-					t.Errorf("Enqueue under interval with a failing store: %v", r.err)
+					t.Errorf("Enqueue under interval with a failing disk: %v", r.err)
 				}
 				returned++
 			}
 		} else if len(results) != 0 {
-			t.Errorf("Enqueue under always returned while the store could not be written: %+v", <-results)
+			t.Errorf("Enqueue under always returned while the disk could not be written: %+v", <-results)
 		}
 
-		// MaxPending reached: the next message is refused at once, and the error
-		// says why.
+		// MaxPending reached: the next message is refused at once, and says why.
 		_, err := o.Enqueue(context.Background(), "fault", ClassEvent, "one too many")
 		if err == nil {
 			t.Fatal("Enqueue past MaxPending succeeded")
 		}
-		if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "cannot be written") || !strings.Contains(err.Error(), opts.Path) {
-			t.Errorf("Enqueue past MaxPending = %v, want an error naming the file, saying it cannot be written and why", err)
+		if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "cannot be written") || !strings.Contains(err.Error(), opts.Path) {
+			t.Errorf("Enqueue past MaxPending = %v, want an error naming the outbox, saying it cannot be written and why", err)
 		}
 
 		// Several retries, one log line for the streak.
-		waitFor(t, "at least 3 commit attempts", func() bool { return f.attempts.Load() >= 3 })
-		if n := strings.Count(logs.String(), "commit failed"); n != 1 {
-			t.Errorf("%d 'commit failed' log lines after %d attempts, want 1:\n%s", n, f.attempts.Load(), logs)
+		waitFor(t, "at least 3 write attempts", func() bool { return d.attempts.Load() >= 3 })
+		if n := strings.Count(logs.String(), "cannot write to the outbox"); n != 1 {
+			t.Errorf("%d 'cannot write' log lines after %d attempts, want 1:\n%s", n, d.attempts.Load(), logs)
 		}
 
-		f.failing.Store(false)
+		d.heal()
 		for ; returned < maxPending; returned++ {
 			if r := <-results; r.err != nil {
-				t.Errorf("Enqueue after the store recovered: %v", r.err)
+				t.Errorf("Enqueue after the disk recovered: %v", r.err)
 			}
 		}
-		waitCommitted(t, o)
+		waitWritten(t, o)
 		if st := o.Stats(); st.LastError != "" || st.Depth != maxPending+1 {
 			t.Errorf("after recovery Stats = %+v, want no LastError and Depth %d", st, maxPending+1)
 		}
-		if !strings.Contains(logs.String(), "commit succeeded again") {
+		if !strings.Contains(logs.String(), "outbox writes succeed again") {
 			t.Errorf("recovery not logged:\n%s", logs)
 		}
 		// The refused message took no seq: the next one follows without a gap.
 		mustEnqueue(t, o, "fault", ClassEvent, "after recovery")
-		waitCommitted(t, o)
 		if got := seqsOf(peekAll(t, o)); !slices.Equal(got, seqRange(1, maxPending+2)) {
 			t.Errorf("Peek = %v, want %v", got, seqRange(1, maxPending+2))
+		}
+		// The halves of records written by the failed attempts were cut.
+		for _, path := range segFiles(t, opts.Path, "events") {
+			parseSegment(t, path)
+		}
+	})
+}
+
+// TestNoSpaceEvictsTelemetry: ENOSPC on a disk shared with others (the outbox is
+// within MaxBytes) evicts the oldest telemetry and retries once.
+func TestNoSpaceEvictsTelemetry(t *testing.T) {
+	forEachPolicy(t, func(t *testing.T, p Fsync) {
+		opts := testOptions(t, p)
+		o, d := openFaulty(t, opts)
+		defer o.Close()
+		for i := range 10 {
+			mustEnqueue(t, o, "telemetry", ClassTelemetry, i)
+		}
+		d.once.Store(true)
+		d.fail(syscall.ENOSPC)
+		env := mustEnqueue(t, o, "detection", ClassEvent, "must fit")
+		st := o.Stats()
+		if st.EvictedTelemetry != 10 || st.Pending != 0 || st.Depth != 1 || st.Dropped != 0 {
+			t.Errorf("Stats = %+v, want the 10 telemetry messages evicted and the event written", st)
+		}
+		if got := peekAll(t, o); len(got) != 1 || got[0].ID != env.ID {
+			t.Errorf("Peek = %+v, want the event only", got)
 		}
 	})
 }
@@ -137,13 +171,13 @@ func TestCommitFailure(t *testing.T) {
 // TestEnqueueContextCancel: under always, giving up the wait does not give up the
 // message.
 func TestEnqueueContextCancel(t *testing.T) {
-	o, f := openFaulty(t, testOptions(t, FsyncAlways))
+	o, d := openFaulty(t, testOptions(t, FsyncAlways))
 	defer func() {
 		if err := o.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	}()
-	f.failing.Store(true)
+	d.fail(syscall.EIO)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -152,30 +186,30 @@ func TestEnqueueContextCancel(t *testing.T) {
 		env, err := o.Enqueue(ctx, "fault", ClassEvent, "camera stalled")
 		results <- enqueueResult{env, err}
 	}()
-	waitFor(t, "the message to be pending", func() bool { return o.Stats().Pending == 1 && f.attempts.Load() > 0 })
+	waitFor(t, "the message to be pending", func() bool { return o.Stats().Pending == 1 && d.attempts.Load() > 0 })
 	cancel()
 	r := <-results
-	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "will still be committed") {
-		t.Fatalf("Enqueue after cancel = %v, want context.Canceled saying the message will still be committed", r.err)
+	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "will still be written") {
+		t.Fatalf("Enqueue after cancel = %v, want context.Canceled saying the message will still be written", r.err)
 	}
 	if r.env.Seq != 1 {
 		t.Errorf("cancelled Enqueue returned seq %d, want the queued message's seq 1", r.env.Seq)
 	}
 
-	f.failing.Store(false)
-	waitCommitted(t, o)
+	d.heal()
+	waitWritten(t, o)
 	got := peekAll(t, o)
 	if len(got) != 1 || got[0].ID != r.env.ID {
 		t.Errorf("Peek = %+v, want the cancelled message %s", got, r.env.ID)
 	}
 }
 
-// TestCloseWithUnwritableStore: when the final commit fails, nothing is dropped
-// silently: Close says which messages are lost and waiting callers are told.
-func TestCloseWithUnwritableStore(t *testing.T) {
+// TestCloseWithUnwritableDisk: when the last write attempt fails, nothing is
+// dropped silently: Close says which messages are lost and waiting callers are told.
+func TestCloseWithUnwritableDisk(t *testing.T) {
 	forEachPolicy(t, func(t *testing.T, p Fsync) {
-		o, f := openFaulty(t, testOptions(t, p))
-		f.failing.Store(true)
+		o, d := openFaulty(t, testOptions(t, p))
+		d.fail(syscall.EIO)
 		results := make(chan enqueueResult, 2)
 		for i := range 2 {
 			go func() {
@@ -186,15 +220,15 @@ func TestCloseWithUnwritableStore(t *testing.T) {
 		waitFor(t, "two pending messages", func() bool { return o.Stats().Pending == 2 })
 
 		err := o.Close()
-		if err == nil || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "2 messages (seq 1..2) are lost") {
-			t.Errorf("Close = %v, want an error saying seq 1..2 are lost because of ENOSPC", err)
+		if err == nil || !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "2 messages (seq 1..2) are lost") {
+			t.Errorf("Close = %v, want an error saying seq 1..2 are lost because of EIO", err)
 		}
 		for range 2 {
 			r := <-results
 			switch {
 			case p == FsyncInterval && r.err != nil:
 				t.Errorf("Enqueue under interval: %v", r.err)
-			case p == FsyncAlways && (r.err == nil || !strings.Contains(r.err.Error(), "closed before the message could be committed")):
+			case p == FsyncAlways && (r.err == nil || !strings.Contains(r.err.Error(), "closed before the message could be written")):
 				t.Errorf("Enqueue under always = %v, want an error saying the outbox closed first", r.err)
 			}
 		}

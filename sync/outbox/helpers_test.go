@@ -3,7 +3,11 @@ package outbox
 import (
 	"bytes"
 	"context"
+	"io/fs"
+	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -64,7 +68,7 @@ func (b *logBuffer) String() string {
 func testOptions(t *testing.T, p Fsync) Options {
 	t.Helper()
 	return Options{
-		Path:          filepath.Join(t.TempDir(), "state", "outbox.db"),
+		Path:          filepath.Join(t.TempDir(), "state", "outbox"),
 		Device:        "cam-07",
 		Fsync:         p,
 		FsyncInterval: 5 * time.Millisecond,
@@ -102,11 +106,65 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// waitCommitted waits until nothing is pending, i.e. everything enqueued so far is
-// in the store.
-func waitCommitted(t *testing.T, o *Outbox) {
+// waitWritten waits until nothing is pending, i.e. everything enqueued so far is in
+// a segment file.
+func waitWritten(t *testing.T, o *Outbox) {
 	t.Helper()
-	waitFor(t, "pending messages to commit", func() bool { return o.Stats().Pending == 0 })
+	waitFor(t, "pending messages to be written", func() bool { return o.Stats().Pending == 0 })
+}
+
+// captureLog returns a logger writing text lines into the returned buffer.
+func captureLog() (*slog.Logger, *logBuffer) {
+	buf := &logBuffer{}
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+// diskUsage sums the sizes of the regular files under dir, as Stats.DiskBytes should.
+func diskUsage(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", dir, err)
+	}
+	return n
+}
+
+// segFiles lists the segment files of one log, oldest first.
+func segFiles(t *testing.T, dir, log string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(dir, log))
+	if err != nil {
+		t.Fatalf("read %s: %v", log, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".seg") {
+			out = append(out, filepath.Join(dir, log, e.Name()))
+		}
+	}
+	return out
+}
+
+// closeAndReopen closes o and opens opts again, closed when the test ends.
+func closeAndReopen(t *testing.T, o *Outbox, opts Options) *Outbox {
+	t.Helper()
+	if err := o.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	return openTest(t, opts)
 }
 
 func mustEnqueue(t *testing.T, o *Outbox, kind string, class Class, body any) Envelope {

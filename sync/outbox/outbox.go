@@ -2,38 +2,36 @@ package outbox
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
-	"go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
-// Class orders what is evicted first when the budget is exceeded. Eviction comes
-// later; the class is stored with every message now so that existing backlogs can be
-// evicted by class once it exists.
+// Class orders what is evicted first when the outbox is full: telemetry before
+// events. Faults are events.
 type Class uint8
 
-// Message classes. Faults are ClassEvent.
+// Message classes.
 const (
 	ClassTelemetry Class = 1
 	ClassEvent     Class = 2
 )
 
+func (c Class) valid() bool { return c == ClassTelemetry || c == ClassEvent }
+
 // Envelope is one message as it is stored and as the uplink publishes it.
 type Envelope struct {
 	ID     string          `json:"id"`     // uuid v7, unique, unchanged when resent
-	Seq    uint64          `json:"seq"`    // +1 per message per device across all kinds, from 1, survives restarts
+	Seq    uint64          `json:"seq"`    // +1 per message per device across both classes, from 1, survives restarts
 	TS     time.Time       `json:"ts"`     // UTC, from Options.Now
 	Device string          `json:"device"` // Options.Device
 	Kind   string          `json:"kind"`   // "detection", "telemetry", "fault", ...
@@ -43,126 +41,173 @@ type Envelope struct {
 // Fsync is the durability policy of Enqueue.
 type Fsync string
 
-// Fsync policies.
+// Fsync policies. Under both, Enqueue has written the message to its segment file
+// with write(2) before it returns, so a killed process loses nothing.
 const (
-	// FsyncAlways returns from Enqueue after the transaction holding the message
-	// committed.
+	// FsyncAlways returns from Enqueue after an fdatasync covering the message;
+	// concurrent callers share one fdatasync.
 	FsyncAlways Fsync = "always"
-	// FsyncInterval returns from Enqueue once the message is queued in memory and
-	// commits the queue every FsyncInterval.
+	// FsyncInterval fdatasyncs every FsyncInterval: a power loss can lose up to
+	// one interval.
 	FsyncInterval Fsync = "interval"
 )
 
 // Options configure an Outbox.
 type Options struct {
-	Path          string        // bbolt file, e.g. <state_dir>/outbox.db; the parent directory is created
+	// Path is the outbox directory, e.g. <state_dir>/outbox, created if missing.
+	// A regular file there (the bbolt outbox.db of older versions) is refused.
+	Path          string
 	Device        string        // written into every envelope
 	Fsync         Fsync         // empty means FsyncAlways
-	FsyncInterval time.Duration // commit period under FsyncInterval; default 100ms
-	// MaxPending bounds the messages held in memory while the store cannot be
-	// written; once reached Enqueue fails. Default 10000.
+	FsyncInterval time.Duration // fdatasync period under FsyncInterval; default 100ms
+	// MaxBytes bounds the bytes on disk under Path; default 256 MiB, minimum 1 MiB.
+	MaxBytes int64
+	// MaxPending bounds the messages held in memory while the disk refuses writes;
+	// once reached Enqueue fails. Default 10000.
 	MaxPending int
 	Logger     *slog.Logger     // nil discards
 	Now        func() time.Time // nil means time.Now
+	// OnFault, if set, is told about every fault event the outbox writes itself
+	// (a corrupt store set aside, events dropped for lack of space), so the agent can
+	// show it. It may be called with the outbox's write lock held: it must return
+	// quickly and must not call the Outbox.
+	OnFault func(Envelope)
 }
 
 // Stats is a snapshot of the outbox counters.
 type Stats struct {
-	Depth   int    // committed + pending messages
-	Bytes   int64  // encoded envelope bytes of those messages
-	Pending int    // messages accepted but not yet committed
-	NextSeq uint64 // seq the next Enqueue will get
-	Dropped uint64 // messages evicted; always 0 until eviction exists
-	// LastError is the error of the current commit failure streak, empty once a
-	// commit succeeds again.
+	Depth     int   // unacked messages, written or pending
+	Bytes     int64 // their envelope bytes
+	DiskBytes int64 // bytes of the segments and the state file, never more than MaxBytes
+	Pending   int   // accepted but not yet written, only while the disk refuses writes
+	NextSeq   uint64
+	// Dropped counts events evicted for lack of space or lost to corruption.
+	Dropped uint64
+	// EvictedTelemetry counts telemetry evicted for lack of space or lost to
+	// corruption.
+	EvictedTelemetry uint64
+	// LastError is the current write or fsync failure, empty once they succeed again.
 	LastError string
 }
 
 const (
 	defaultFsyncInterval = 100 * time.Millisecond
 	defaultMaxPending    = 10000
+	defaultMaxBytes      = 256 << 20
+	minMaxBytes          = 1 << 20
 
-	// minBackoff and maxBackoff bound the wait between commit retries while the store
-	// cannot be written: short enough that a freed disk is noticed quickly, long
-	// enough that a dead disk is not hammered.
+	minSegment = 64 << 10
+	maxSegment = 4 << 20
+
+	// minBackoff and maxBackoff bound the wait between write retries while the disk
+	// refuses them: a freed disk is noticed quickly, a dead one is not hammered.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 5 * time.Second
+
+	// statePeriod is how often the acked heads are saved while acks arrive.
+	statePeriod = time.Second
 )
 
-// Bucket and key names. Functions instead of package variables so that no caller can
-// modify them.
-func bucketMessages() []byte { return []byte("messages") }
-func bucketMeta() []byte     { return []byte("meta") }
-func keyNextSeq() []byte     { return []byte("next_seq") }
+// writeAtFunc writes b at off. Tests replace it to make writes fail.
+type writeAtFunc func(f *os.File, b []byte, off int64) (int, error)
 
-// record is one accepted message on its way to the store.
-type record struct {
+func fileWriteAt(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) }
+
+// wrec is one accepted message on its way to a segment.
+type wrec struct {
+	class Class
 	seq   uint64
-	value []byte // 1 byte class + envelope JSON: exactly what is stored
+	b     []byte // the whole record, header included
+	gen   uint64 // write generation once written; guarded by mu
+	err   error  // set when the outbox closed before it could be written; guarded by mu
 }
 
-// size is the encoded envelope size, the unit of Stats.Bytes.
-func (r *record) size() int64 { return int64(len(r.value) - 1) }
+func (w *wrec) plen() int64 { return int64(len(w.b) - recHeader) }
 
-// flushWait is shared by the FsyncAlways callers whose messages go into the same
-// commit. done is closed once the commit succeeded, or with err set when the outbox
-// closed before it could.
-type flushWait struct {
-	done chan struct{}
-	err  error
+// dropSummary collects event evictions until one fault event reports them.
+type dropSummary struct {
+	n           uint64
+	first, last uint64
 }
-
-// commitFunc writes recs, ordered by seq, in one transaction. Tests swap it to
-// simulate a store that cannot be written.
-type commitFunc func(db *bbolt.DB, recs []*record) error
 
 // Outbox is a durable queue of envelopes. It is safe for concurrent use.
 type Outbox struct {
-	db       *bbolt.DB
-	path     string
-	policy   Fsync
-	interval time.Duration
-	max      int
-	log      *slog.Logger
-	now      func() time.Time
-	commit   commitFunc
-	device   string
-	// deviceJSON is device already JSON-encoded, the same for every message.
+	// Set by Open, then read-only.
+	path       string
+	device     string
 	deviceJSON []byte
+	onFault    func(Envelope)
+	policy     Fsync
+	interval   time.Duration
+	maxBytes   int64
+	segSize    int64
+	maxRecord  int64
+	maxPending int
+	log        *slog.Logger
+	now        func() time.Time
+	writeAt    writeAtFunc
+	lock       *os.File
+	notify     chan struct{} // cap 1: a token waiting already says "there is more"
+	syncKick   chan struct{} // cap 1, wakes the syncer
+	houseKick  chan struct{} // cap 1, wakes the janitor
+	stop       chan struct{} // closed by Close
+	wg         sync.WaitGroup
+	logs       [2]*wlog // events, telemetry
 
-	kick   chan struct{} // buffer 1: a full buffer already means "commit soon"
-	stop   chan struct{} // closed by Close
-	exited chan struct{} // closed by the committer when it returns
+	// wmu serialises everything that changes files: seq assignment with the append
+	// of its record, rolls, evictions and deletions, pending retries. It is held
+	// around that I/O on purpose: records must land in seq order. Stats and Peek
+	// never wait for it.
+	wmu      sync.Mutex
+	dropSum  dropSummary // guarded by wmu
+	inFault  bool        // guarded by wmu: writing an outbox_full fault now
+	failing  bool        // guarded by wmu: in a write failure streak (logged once)
+	closing  bool        // guarded by wmu: Close's last writes, allowed after closed
+	smu      sync.Mutex  // serialises state file writes
+	fmu      sync.Mutex  // held while append descriptors are fdatasynced or closed
+	pmu      sync.Mutex  // Peek: the cursors and their readers
+	amu      sync.Mutex  // Ack's readers for acks beyond the index
+	syncFail bool        // guarded by fmu: in an fsync failure streak
 
-	// Owned by the committer goroutine: messages taken from pending whose commit has
-	// not succeeded yet, and the callers waiting for them.
-	inflight      []*record
-	inflightWaits []*flushWait
-	// finalErr is set by the committer before it closes exited.
-	finalErr error
-
-	// mu protects the fields below.
-	mu             sync.Mutex
-	closed         bool
-	nextSeq        uint64
-	pending        []*record  // accepted, not yet taken by the committer, in seq order
-	wait           *flushWait // for the callers whose messages are in pending
-	pendingN       int        // pending + inflight
-	pendingBytes   int64
-	committedN     int
-	committedBytes int64
-	lastErr        error
+	// mu protects the fields below and the in-memory state of the logs. It is
+	// never held around I/O.
+	mu          sync.Mutex
+	closed      bool
+	shut        bool // Close has finished: nothing will be written or synced any more
+	nextSeq     uint64
+	lastWritten uint64 // highest seq written; every seq below it is written, evicted or acked
+	depth       int
+	bytes       int64
+	segBytes    int64
+	stateBytes  int64
+	stateNext   uint64 // next_seq in the state file on disk
+	stateDirty  bool
+	pending     []*wrec
+	dropped     uint64
+	evictedTel  uint64
+	writeErr    error
+	syncErr     error
+	writtenGen  uint64
+	syncedGen   uint64
+	syncCh      chan struct{} // closed and replaced whenever syncedGen moves
+	deferred    map[uint64]struct{}
+	deferWarned bool
+	faults      []any // fault bodies found by readers, written by the janitor
 }
 
-// Open opens or creates the outbox file and starts its committer.
+// Open opens or creates the outbox directory, recovers it (see doc.go) and starts
+// its syncer and janitor. Corrupt data never makes it fail: the store is moved aside
+// and a fault event says so. It fails for I/O errors and when another process holds
+// the outbox.
 func Open(opts Options) (*Outbox, error) {
-	return open(opts, commitBatch)
+	return open(opts, fileWriteAt)
 }
 
-func open(opts Options, commit commitFunc) (*Outbox, error) {
+func open(opts Options, writeAt writeAtFunc) (*Outbox, error) {
 	if opts.Path == "" {
 		return nil, errors.New("outbox: open: path is empty")
 	}
+	opts.Path = filepath.Clean(opts.Path)
 	if opts.Device == "" {
 		return nil, fmt.Errorf("outbox: open %s: device is empty", opts.Path)
 	}
@@ -172,6 +217,12 @@ func open(opts Options, commit commitFunc) (*Outbox, error) {
 	case FsyncAlways, FsyncInterval:
 	default:
 		return nil, fmt.Errorf("outbox: open %s: fsync %q: want %q or %q", opts.Path, opts.Fsync, FsyncAlways, FsyncInterval)
+	}
+	switch {
+	case opts.MaxBytes == 0:
+		opts.MaxBytes = defaultMaxBytes
+	case opts.MaxBytes < minMaxBytes:
+		return nil, fmt.Errorf("outbox: open %s: max_bytes %d is below the minimum of 1MiB", opts.Path, opts.MaxBytes)
 	}
 	if opts.FsyncInterval <= 0 {
 		opts.FsyncInterval = defaultFsyncInterval
@@ -190,271 +241,312 @@ func open(opts Options, commit commitFunc) (*Outbox, error) {
 		return nil, fmt.Errorf("outbox: open %s: encode device: %w", opts.Path, err)
 	}
 
-	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o750); err != nil {
-		return nil, fmt.Errorf("outbox: open %s: create directory: %w", opts.Path, err)
-	}
-	// The timeout turns bbolt's wait for the file lock into an error: a second
-	// process holding the file must not make this one hang at start-up.
-	db, err := bbolt.Open(opts.Path, 0o600, &bbolt.Options{Timeout: time.Second})
-	switch {
-	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("outbox: open %s: another vigil may be running: the file is locked: %w", opts.Path, err)
-	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
-		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
-		return nil, fmt.Errorf("outbox: open %s: the file is not a valid outbox database (corrupt?); move it aside (mv %s %s.corrupt) and restart to begin with an empty outbox: %w",
-			opts.Path, opts.Path, opts.Path, err)
+	switch fi, err := os.Stat(opts.Path); {
+	case err == nil && !fi.IsDir():
+		return nil, fmt.Errorf("outbox: open %s: it is a file, but the outbox is now a directory (an outbox.db from an older vigil?); move the file away or point the outbox at a directory", opts.Path)
 	case err != nil:
-		return nil, fmt.Errorf("outbox: open %s: %w", opts.Path, err)
+		// Missing, or something in the way that MkdirAll names.
+		if err := os.MkdirAll(opts.Path, 0o750); err != nil {
+			return nil, fmt.Errorf("outbox: open %s: create directory: %w", opts.Path, err)
+		}
+	}
+	lock, err := lockDir(opts.Path)
+	if err != nil {
+		return nil, err
 	}
 
 	o := &Outbox{
-		db:         db,
 		path:       opts.Path,
-		policy:     opts.Fsync,
-		interval:   opts.FsyncInterval,
-		max:        opts.MaxPending,
-		log:        opts.Logger.With("component", "outbox"),
-		now:        opts.Now,
-		commit:     commit,
 		device:     opts.Device,
 		deviceJSON: deviceJSON,
-		kick:       make(chan struct{}, 1),
+		policy:     opts.Fsync,
+		interval:   opts.FsyncInterval,
+		maxBytes:   opts.MaxBytes,
+		segSize:    min(max(opts.MaxBytes/32, minSegment), maxSegment),
+		maxRecord:  opts.MaxBytes / 4,
+		maxPending: opts.MaxPending,
+		log:        opts.Logger.With("component", "outbox"),
+		onFault:    opts.OnFault,
+		now:        opts.Now,
+		writeAt:    writeAt,
+		lock:       lock,
+		notify:     make(chan struct{}, 1),
+		syncKick:   make(chan struct{}, 1),
+		houseKick:  make(chan struct{}, 1),
 		stop:       make(chan struct{}),
-		exited:     make(chan struct{}),
+		syncCh:     make(chan struct{}),
+		deferred:   map[uint64]struct{}{},
 	}
-	if err := o.load(); err != nil {
-		_ = db.Close()
+	o.logs[logIndex(ClassEvent)] = newLog(ClassEvent, opts.Path)
+	o.logs[logIndex(ClassTelemetry)] = newLog(ClassTelemetry, opts.Path)
+
+	faults, err := o.recover()
+	if err != nil {
+		o.closeFiles()
 		return nil, fmt.Errorf("outbox: open %s: %w", opts.Path, err)
 	}
-	go o.run()
+	o.wg.Add(2)
+	go o.syncer()
+	go o.janitor()
+
+	// Faults found while recovering are the first new messages.
+	for _, body := range faults {
+		env, err := o.Enqueue(context.Background(), "fault", ClassEvent, body)
+		if err != nil {
+			o.log.Error("cannot enqueue the fault event about the recovery", "err", err)
+			continue
+		}
+		o.reportFault(env, env.Seq)
+	}
+	if o.Stats().Depth > 0 {
+		o.signal()
+	}
 	return o, nil
 }
 
-// load creates the buckets and initialises the in-memory counters with one scan, so
-// that Stats never touches the disk.
-func (o *Outbox) load() error {
-	return o.db.Update(func(tx *bbolt.Tx) error {
-		msgs, err := tx.CreateBucketIfNotExists(bucketMessages())
-		if err != nil {
-			return fmt.Errorf("create bucket messages: %w", err)
-		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta())
-		if err != nil {
-			return fmt.Errorf("create bucket meta: %w", err)
-		}
-		next := uint64(1)
-		if v := meta.Get(keyNextSeq()); v != nil {
-			if len(v) != 8 {
-				return fmt.Errorf("meta next_seq is %d bytes, want 8; move the file aside", len(v))
-			}
-			next = max(next, binary.BigEndian.Uint64(v))
-		}
-		c := msgs.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			o.committedN++
-			o.committedBytes += int64(max(len(v)-1, 0))
-		}
-		// next_seq is written with every batch; the last key only matters for a
-		// file whose meta was lost, and then it keeps seq from going backwards.
-		if k, _ := c.Last(); len(k) == 8 {
-			next = max(next, binary.BigEndian.Uint64(k)+1)
-		}
-		o.nextSeq = next
-		return nil
-	})
-}
-
 // Enqueue stores body (json.Marshal; a json.RawMessage passes through) in an envelope
-// with the next seq and returns the envelope once the message is as durable as the
-// policy promises: committed under FsyncAlways, queued in memory under FsyncInterval.
+// with the next seq. It has written the record before it returns; under
+// FsyncAlways it also waits for an fdatasync covering it.
 //
-// ctx cancels only the wait for the commit: the message stays queued and will still
-// be committed, and the returned error says so; the returned Envelope is then the
-// queued message. When MaxPending messages are already waiting for a store that
-// cannot be written, Enqueue fails at once without queueing.
+// While the disk refuses writes the message is held in memory (up to MaxPending)
+// and retried in the background: under FsyncInterval Enqueue then returns the
+// envelope with a nil error, under FsyncAlways it keeps waiting until the message
+// is written and synced or ctx ends. ctx ends only the wait: the returned error says
+// the message stays queued. With MaxPending messages already waiting, Enqueue fails
+// at once with an error wrapping the disk's.
 func (o *Outbox) Enqueue(ctx context.Context, kind string, class Class, body any) (Envelope, error) {
 	if kind == "" {
 		return Envelope{}, errors.New("outbox: enqueue: kind is empty")
 	}
-	if class != ClassTelemetry && class != ClassEvent {
+	if !class.valid() {
 		return Envelope{}, fmt.Errorf("outbox: enqueue %s: unknown class %d", kind, class)
 	}
 	if err := ctx.Err(); err != nil {
 		return Envelope{}, fmt.Errorf("outbox: enqueue %s: not queued: %w", kind, err)
 	}
-	bodyJSON, err := json.Marshal(body)
-	if err != nil {
-		return Envelope{}, fmt.Errorf("outbox: enqueue %s: encode body: %w", kind, err)
-	}
-	id, err := uuid.NewV7()
-	if err != nil {
-		return Envelope{}, fmt.Errorf("outbox: enqueue %s: new id: %w", kind, err)
-	}
-	env := Envelope{
-		ID:     id.String(),
-		TS:     o.now().UTC(),
-		Device: o.device,
-		Kind:   kind,
-		Body:   bodyJSON,
-	}
-	// Everything but seq is encoded here, outside the lock; under it only seq is
-	// appended, so concurrent callers serialise on a few copied bytes.
-	head, tail, err := o.encode(class, env)
+	env, prefix, tail, err := o.prepare(kind, body)
 	if err != nil {
 		return Envelope{}, fmt.Errorf("outbox: enqueue %s: %w", kind, err)
 	}
+	if size := int64(len(prefix) + maxSeqDigits + len(tail)); size > o.maxRecord {
+		return Envelope{}, fmt.Errorf("outbox: enqueue %s: the message is %d bytes, more than a quarter of outbox.max_bytes (%d); send less or raise max_bytes",
+			kind, size, o.maxBytes)
+	}
 
-	o.mu.Lock()
-	if o.closed {
-		o.mu.Unlock()
-		return Envelope{}, fmt.Errorf("outbox: enqueue %s: outbox is closed", kind)
+	o.wmu.Lock()
+	w, err := o.acceptLocked(class, prefix, tail)
+	o.wmu.Unlock()
+	if err != nil {
+		return Envelope{}, fmt.Errorf("outbox: enqueue %s: %w", kind, err)
 	}
-	if o.pendingN >= o.max {
-		n, why := o.pendingN, o.lastErr
-		o.mu.Unlock()
-		if why == nil {
-			why = errors.New("commits are not keeping up with enqueues")
-		}
-		return Envelope{}, fmt.Errorf("outbox: enqueue %s: %d messages already wait in memory (max_pending): the store %s cannot be written: %w",
-			kind, n, o.path, why)
+	env.Seq = w.seq
+	if o.policy == FsyncInterval {
+		return env, nil
 	}
-	// Seq is assigned and the record queued under one lock so that commits happen
-	// in seq order: the uplink reads with Peek(after) and would skip a seq that
-	// became visible after a higher one.
-	env.Seq = o.nextSeq
-	o.nextSeq++
-	r := &record{seq: env.Seq, value: append(strconv.AppendUint(head, env.Seq, 10), tail...)}
-	o.pending = append(o.pending, r)
-	o.pendingN++
-	o.pendingBytes += r.size()
-	var w *flushWait
-	if o.policy == FsyncAlways {
-		if o.wait == nil {
-			o.wait = &flushWait{done: make(chan struct{})}
-		}
-		w = o.wait
+	if err := o.waitSynced(ctx, w); err != nil {
+		return env, fmt.Errorf("outbox: enqueue %s seq %d: %w", kind, env.Seq, err)
 	}
-	// Under FsyncInterval the committer runs early once half the budget is used,
-	// so a burst does not hit MaxPending while the store is healthy.
-	wake := w != nil || o.pendingN >= o.max/2
-	o.mu.Unlock()
+	return env, nil
+}
 
-	if wake {
+// waitSynced waits until w is written and an fdatasync covers it.
+func (o *Outbox) waitSynced(ctx context.Context, w *wrec) error {
+	for {
+		o.mu.Lock()
+		done, err, ch, shut := w.gen != 0 && o.syncedGen >= w.gen, w.err, o.syncCh, o.shut
+		o.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		if shut {
+			return errors.New("the outbox closed before an fdatasync covered the message; it is written but may not survive a power loss")
+		}
+		kick(o.syncKick)
 		select {
-		case o.kick <- struct{}{}:
-		default: // a kick is already waiting; the committer takes everything pending
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("stopped waiting for the fdatasync; the message stays queued and will still be written: %w", ctx.Err())
 		}
-	}
-	if w == nil {
-		return env, nil
-	}
-	select {
-	case <-w.done:
-		if w.err != nil {
-			return env, fmt.Errorf("outbox: enqueue %s seq %d: %w", kind, env.Seq, w.err)
-		}
-		return env, nil
-	case <-ctx.Done():
-		return env, fmt.Errorf("outbox: enqueue %s seq %d: stopped waiting for the commit; the message stays queued and will still be committed: %w",
-			kind, env.Seq, ctx.Err())
 	}
 }
 
-// encode returns the stored value of env without its seq: head (class byte and the
-// JSON up to the seq digits, with room for them and tail) and tail (the rest).
-// The result is byte for byte what json.Marshal(env) produces.
-func (o *Outbox) encode(class Class, env Envelope) (head, tail []byte, err error) {
+const maxSeqDigits = 20
+
+// prepare builds the envelope and its record except for the seq, outside any lock:
+// prefix is the record header space and the JSON up to the seq digits, tail the
+// rest. prefix has room for the digits and tail, so that the locked part appends
+// without allocating. The JSON is byte for byte what json.Marshal(env) produces.
+func (o *Outbox) prepare(kind string, body any) (env Envelope, prefix, tail []byte, err error) {
+	bodyJSON, err := json.Marshal(body)
+	if err != nil {
+		return env, nil, nil, fmt.Errorf("encode body: %w", err)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return env, nil, nil, fmt.Errorf("new id: %w", err)
+	}
+	env = Envelope{ID: id.String(), TS: o.now().UTC(), Device: o.device, Kind: kind, Body: bodyJSON}
 	ts, err := env.TS.MarshalJSON()
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode ts: %w", err)
+		return env, nil, nil, fmt.Errorf("encode ts: %w", err)
 	}
-	kind, err := json.Marshal(env.Kind)
+	kindJSON, err := json.Marshal(kind)
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode kind: %w", err)
+		return env, nil, nil, fmt.Errorf("encode kind: %w", err)
 	}
-	const maxSeqDigits = 20
 	tailLen := len(`,"ts":`) + len(ts) + len(`,"device":`) + len(o.deviceJSON) +
-		len(`,"kind":`) + len(kind) + len(`,"body":`) + len(env.Body) + len(`}`)
-	head = make([]byte, 0, 1+len(`{"id":"`)+len(env.ID)+len(`","seq":`)+maxSeqDigits+tailLen)
-	head = append(head, byte(class))
-	head = append(head, `{"id":"`...)
-	head = append(head, env.ID...)
-	head = append(head, `","seq":`...)
+		len(`,"kind":`) + len(kindJSON) + len(`,"body":`) + len(bodyJSON) + len(`}`)
+	prefix = make([]byte, recHeader, recHeader+len(`{"id":"`)+len(env.ID)+len(`","seq":`)+maxSeqDigits+tailLen)
+	prefix = append(prefix, `{"id":"`...)
+	prefix = append(prefix, env.ID...)
+	prefix = append(prefix, `","seq":`...)
 	tail = make([]byte, 0, tailLen)
 	tail = append(tail, `,"ts":`...)
 	tail = append(tail, ts...)
 	tail = append(tail, `,"device":`...)
 	tail = append(tail, o.deviceJSON...)
 	tail = append(tail, `,"kind":`...)
-	tail = append(tail, kind...)
+	tail = append(tail, kindJSON...)
 	tail = append(tail, `,"body":`...)
-	tail = append(tail, env.Body...)
+	tail = append(tail, bodyJSON...)
 	tail = append(tail, '}')
-	return head, tail, nil
+	return env, prefix, tail, nil
 }
 
-// Peek returns up to n committed messages with seq > after, oldest first. It reads
-// with a cursor, so a large backlog is never loaded as a whole.
-func (o *Outbox) Peek(after uint64, n int) ([]Envelope, error) {
-	if n <= 0 || after == math.MaxUint64 {
-		return nil, nil
-	}
-	var out []Envelope
-	err := o.db.View(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(bucketMessages()).Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < n; k, v = c.Next() {
-			if len(v) < 1 {
-				return fmt.Errorf("seq %d: empty value", binary.BigEndian.Uint64(k))
-			}
-			var env Envelope
-			// Unmarshal copies, so nothing refers to bbolt's memory after the
-			// transaction.
-			if err := json.Unmarshal(v[1:], &env); err != nil {
-				return fmt.Errorf("seq %d: decode envelope: %w", binary.BigEndian.Uint64(k), err)
-			}
-			out = append(out, env)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("outbox: peek %s after seq %d: %w", o.path, after, err)
-	}
-	return out, nil
-}
-
-// Ack deletes the given messages, once the broker has acknowledged them. Seqs that
-// are not stored are ignored.
-func (o *Outbox) Ack(seqs ...uint64) error {
-	if len(seqs) == 0 {
-		return nil
-	}
-	var n int
-	var bytes int64
-	err := o.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketMessages())
-		n, bytes = 0, 0
-		for _, seq := range seqs {
-			k := seqKey(seq)
-			v := b.Get(k)
-			if v == nil {
-				continue
-			}
-			n++
-			bytes += int64(max(len(v)-1, 0))
-			if err := b.Delete(k); err != nil {
-				return fmt.Errorf("delete seq %d: %w", seq, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("outbox: ack %d messages in %s: %w", len(seqs), o.path, err)
-	}
+// acceptLocked gives the message the next seq and writes it, or holds it in pending
+// when the disk refuses. Called with wmu held.
+func (o *Outbox) acceptLocked(class Class, prefix, tail []byte) (*wrec, error) {
 	o.mu.Lock()
-	o.committedN -= n
-	o.committedBytes -= bytes
+	if o.closed && !o.closing {
+		o.mu.Unlock()
+		return nil, errors.New("outbox is closed")
+	}
+	seq, npend, diskErr := o.nextSeq, len(o.pending), o.writeErr
 	o.mu.Unlock()
+
+	b := strconv.AppendUint(prefix, seq, 10)
+	b = append(b, tail...)
+	sealRecord(b, seq)
+	w := &wrec{class: class, seq: seq, b: b}
+
+	if npend == 0 {
+		err := o.storeLocked(w, true)
+		if err != nil && isNoSpace(err) && o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)]) {
+			err = o.storeLocked(w, true)
+		}
+		if err == nil {
+			o.writeSucceededLocked()
+			o.emitDropFaultLocked()
+			return w, nil
+		}
+		o.writeFailedLocked(err)
+		diskErr = err
+	}
+
+	o.mu.Lock()
+	if len(o.pending) >= o.maxPending {
+		n := len(o.pending)
+		o.mu.Unlock()
+		return nil, fmt.Errorf("%d messages already wait in memory (max_pending): the outbox %s cannot be written: %w", n, o.path, diskErr)
+	}
+	o.pending = append(o.pending, w)
+	o.nextSeq = seq + 1
+	o.depth++
+	o.bytes += w.plen()
+	first := len(o.pending) == 1
+	o.mu.Unlock()
+	if first {
+		kick(o.houseKick)
+	}
+	o.emitDropFaultLocked()
+	return w, nil
+}
+
+// writeFailedLocked records a write failure; the first of a streak is logged.
+func (o *Outbox) writeFailedLocked(err error) {
+	o.mu.Lock()
+	o.writeErr = err
+	pending := len(o.pending)
+	o.mu.Unlock()
+	if !o.failing {
+		o.failing = true
+		o.log.Error("cannot write to the outbox; holding messages in memory and retrying",
+			"err", err, "path", o.path, "pending", pending)
+	}
+}
+
+func (o *Outbox) writeSucceededLocked() {
+	if !o.failing {
+		return
+	}
+	o.failing = false
+	o.mu.Lock()
+	o.writeErr = nil
+	o.mu.Unlock()
+	o.log.Info("outbox writes succeed again", "path", o.path)
+}
+
+// emitDropFaultLocked writes one fault event for the events evicted since the last
+// one. Its own write has room reserved by makeRoomLocked; should it evict more
+// events anyway they are added to the next summary, never to an endless chain.
+func (o *Outbox) emitDropFaultLocked() {
+	if o.inFault || o.dropSum.n == 0 {
+		return
+	}
+	o.inFault = true
+	defer func() { o.inFault = false }()
+	for range 3 {
+		if o.dropSum.n == 0 {
+			return
+		}
+		d := o.dropSum
+		o.dropSum = dropSummary{}
+		body := map[string]any{"fault": "outbox_full", "dropped_events": d.n, "first_seq": d.first, "last_seq": d.last}
+		if err := o.writeFaultLocked(body); err != nil {
+			o.log.Error("cannot enqueue the outbox_full fault event", "err", err, "dropped_events", d.n)
+			return
+		}
+	}
+}
+
+// writeFaultLocked writes a fault event and tells OnFault. Called with wmu held.
+func (o *Outbox) writeFaultLocked(body any) error {
+	env, prefix, tail, err := o.prepare("fault", body)
+	if err != nil {
+		return err
+	}
+	w, err := o.acceptLocked(ClassEvent, prefix, tail)
+	if err != nil {
+		return err
+	}
+	o.reportFault(env, w.seq)
 	return nil
+}
+
+func (o *Outbox) reportFault(env Envelope, seq uint64) {
+	if o.onFault != nil {
+		env.Seq = seq
+		o.onFault(env)
+	}
+}
+
+// Notify returns a channel that receives a token whenever new messages become
+// readable, so that a drainer can wait instead of polling. It has room for one
+// token and the writer never blocks on it: a token means "Peek again", not "one
+// more message".
+func (o *Outbox) Notify() <-chan struct{} { return o.notify }
+
+func (o *Outbox) signal() { kick(o.notify) }
+
+// kick sends a token without blocking; a token already there means the same.
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 // Stats returns the counters. It does no disk I/O.
@@ -462,20 +554,27 @@ func (o *Outbox) Stats() Stats {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s := Stats{
-		Depth:   o.committedN + o.pendingN,
-		Bytes:   o.committedBytes + o.pendingBytes,
-		Pending: o.pendingN,
-		NextSeq: o.nextSeq,
+		Depth:            o.depth,
+		Bytes:            o.bytes,
+		DiskBytes:        o.segBytes + o.stateBytes,
+		Pending:          len(o.pending),
+		NextSeq:          o.nextSeq,
+		Dropped:          o.dropped,
+		EvictedTelemetry: o.evictedTel,
 	}
-	if o.lastErr != nil {
-		s.LastError = o.lastErr.Error()
+	switch {
+	case o.writeErr != nil:
+		s.LastError = o.writeErr.Error()
+	case o.syncErr != nil:
+		s.LastError = o.syncErr.Error()
 	}
 	return s
 }
 
-// Close commits whatever is pending in one final attempt, stops the committer, waits
-// for it and closes the file. Messages the final attempt could not commit are lost,
-// and the returned error says which. A second Close returns nil.
+// Close writes what is pending in one last attempt, fdatasyncs, saves the state,
+// stops the goroutines and waits for them, and releases the lock. Messages that
+// could not be written are lost, and the returned error says which. A second Close
+// returns nil.
 func (o *Outbox) Close() error {
 	o.mu.Lock()
 	if o.closed {
@@ -484,16 +583,65 @@ func (o *Outbox) Close() error {
 	}
 	o.closed = true
 	o.mu.Unlock()
-
 	close(o.stop)
-	<-o.exited
-	err := o.finalErr
-	if cerr := o.db.Close(); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("outbox: close %s: %w", o.path, cerr))
+	o.wg.Wait()
+
+	var errs []error
+	o.wmu.Lock()
+	o.closing = true
+	o.flushFaultsLocked()
+	if err := o.retryPendingLocked(true); err != nil {
+		errs = append(errs, err)
 	}
-	return err
+	o.fmu.Lock()
+	if err := o.syncFilesLocked(); err != nil {
+		errs = append(errs, fmt.Errorf("outbox: close %s: %w", o.path, err))
+	}
+	o.fmu.Unlock()
+	if err := o.writeState(); err != nil {
+		errs = append(errs, fmt.Errorf("outbox: close %s: %w", o.path, err))
+	}
+	o.fmu.Lock()
+	for _, l := range o.logs {
+		if l.f != nil {
+			_ = l.f.Close()
+			l.f = nil
+		}
+	}
+	o.fmu.Unlock()
+	o.closing = false
+	o.wmu.Unlock()
+
+	o.mu.Lock()
+	o.shut = true
+	close(o.syncCh) // wake whoever still waits; they see their result
+	o.syncCh = make(chan struct{})
+	o.mu.Unlock()
+	o.closeFiles()
+	return errors.Join(errs...)
 }
 
-func seqKey(seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq)
+// closeFiles closes the readers and releases the lock.
+func (o *Outbox) closeFiles() {
+	o.amu.Lock()
+	o.pmu.Lock()
+	for _, l := range o.logs {
+		l.rd.close()
+		l.ard.close()
+		if l.f != nil {
+			_ = l.f.Close()
+			l.f = nil
+		}
+	}
+	o.pmu.Unlock()
+	o.amu.Unlock()
+	if o.lock != nil {
+		_ = o.lock.Close()
+		o.lock = nil
+	}
+}
+
+// isNoSpace reports a full disk or quota, which evicting telemetry may cure.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }

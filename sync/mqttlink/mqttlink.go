@@ -1,0 +1,339 @@
+// Package mqttlink is Vigil's link to the cloud: it drains the outbox to an MQTT broker
+// with paho.mqtt.golang, in seq order at QoS 1, and acknowledges a message to the
+// outbox only after the broker's PUBACK, so a message leaves the device's disk only
+// once the broker has it. Delivery is at-least-once: after a reconnect, everything not
+// yet acknowledged is published again (the cloud de-duplicates by the envelope's id and
+// sees gaps by its seq). It also keeps the retained status topic: online with version
+// and models on connect, offline by last will or on a clean stop.
+//
+// Only agent/ imports it; it knows the outbox only through the Queue interface.
+package mqttlink
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vigil-edge/vigil/internal/backoff"
+	"github.com/vigil-edge/vigil/sync/outbox"
+)
+
+// Queue is what the link needs of the outbox.
+type Queue interface {
+	// Peek returns up to n stored messages with seq > after, in seq order.
+	Peek(after uint64, n int) ([]outbox.Envelope, error)
+	// Ack forgets delivered messages.
+	Ack(seqs ...uint64) error
+	// Notify receives a token when new messages can be read.
+	Notify() <-chan struct{}
+}
+
+// Link states, as shown in /api/status.
+const (
+	StateConnecting = "connecting"
+	StateConnected  = "connected"
+	StateBackoff    = "backoff"
+	StateStopped    = "stopped"
+)
+
+// Options configure the link.
+type Options struct {
+	Brokers  []string // tried in order: tcp://, ssl://, ws://, wss://
+	Device   string   // client id and topic segment
+	Username string
+	Password string
+	// TLS is used for ssl:// and wss:// brokers; nil means the system's roots.
+	TLS            *tls.Config
+	TopicPrefix    string // default "vigil"
+	KeepAlive      time.Duration
+	ConnectTimeout time.Duration
+	BackoffMin     time.Duration
+	BackoffMax     time.Duration
+	// Window bounds the messages published and not yet acknowledged by the broker.
+	Window int
+	// Online returns the fields of the retained online status besides "state"
+	// (version, models, ...). It is called on every connect.
+	Online func() map[string]any
+	Logger *slog.Logger
+}
+
+// State is what the status page shows of the link.
+type State struct {
+	State     string `json:"state"`
+	Broker    string `json:"broker,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	NextRetry string `json:"next_retry,omitempty"`
+	Connects  uint64 `json:"connects"`
+	Published uint64 `json:"published"`
+	Acked     uint64 `json:"acked"`
+	InFlight  int    `json:"in_flight"`
+}
+
+// Link drains a Queue to a broker, reconnecting with backoff.
+type Link struct {
+	q      Queue
+	opts   Options
+	logger *slog.Logger
+
+	mu        sync.Mutex // guards the fields below
+	state     State
+	attempted string // the broker of the last connection attempt
+}
+
+// New returns a link; Run connects it.
+func New(q Queue, opts Options) (*Link, error) {
+	if len(opts.Brokers) == 0 {
+		return nil, errors.New("mqtt: no broker URL")
+	}
+	for _, b := range opts.Brokers {
+		if _, err := url.Parse(b); err != nil {
+			return nil, fmt.Errorf("mqtt: broker %q: %w", b, err)
+		}
+	}
+	if opts.Device == "" {
+		return nil, errors.New("mqtt: device id is empty")
+	}
+	if opts.TopicPrefix == "" {
+		opts.TopicPrefix = "vigil"
+	}
+	if opts.KeepAlive <= 0 {
+		opts.KeepAlive = 30 * time.Second
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.BackoffMin <= 0 {
+		opts.BackoffMin = time.Second
+	}
+	if opts.BackoffMax < opts.BackoffMin {
+		opts.BackoffMax = max(opts.BackoffMin, time.Minute)
+	}
+	if opts.Window <= 0 {
+		opts.Window = 64
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Link{q: q, opts: opts, logger: opts.Logger.With("component", "mqtt"), state: State{State: StateConnecting}}, nil
+}
+
+// Topic is prefix/device/suffix.
+func (l *Link) Topic(suffix string) string {
+	return l.opts.TopicPrefix + "/" + l.opts.Device + "/" + suffix
+}
+
+// topicFor routes a message: telemetry to .../telemetry, everything else (detections,
+// actuator changes, faults) to .../events.
+func (l *Link) topicFor(e outbox.Envelope) string {
+	if e.Kind == "telemetry" {
+		return l.Topic("telemetry")
+	}
+	return l.Topic("events")
+}
+
+// State reports the link's state.
+func (l *Link) State() State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state
+}
+
+func (l *Link) update(f func(s *State)) {
+	l.mu.Lock()
+	f(&l.state)
+	l.mu.Unlock()
+}
+
+// Run connects and drains until ctx ends, then publishes the offline status and
+// disconnects. It returns nil on shutdown; connection failures are retried forever.
+func (l *Link) Run(ctx context.Context) error {
+	failures := 0
+	for {
+		l.update(func(s *State) { s.State, s.NextRetry = StateConnecting, "" })
+		err := l.session(ctx, &failures)
+		if ctx.Err() != nil {
+			l.update(func(s *State) { s.State, s.InFlight = StateStopped, 0 })
+			return nil
+		}
+		delay := backoff.Delay(l.opts.BackoffMin, l.opts.BackoffMax, failures)
+		failures++
+		l.update(func(s *State) {
+			s.State, s.LastError, s.InFlight = StateBackoff, err.Error(), 0
+			s.NextRetry = time.Now().Add(delay).UTC().Format(time.RFC3339Nano)
+		})
+		l.logger.Warn("mqtt link down; retrying", "err", err, "attempt", failures, "retry_in", delay.Round(time.Millisecond))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			l.update(func(s *State) { s.State = StateStopped })
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session is one connection: connect, announce, drain until it breaks or ctx ends.
+func (l *Link) session(ctx context.Context, failures *int) error {
+	lost := make(chan error, 1)
+	online := map[string]any{}
+	if l.opts.Online != nil {
+		online = l.opts.Online()
+	}
+	online["state"] = "online"
+	online["device"] = l.opts.Device
+	onlineJSON, err := json.Marshal(online)
+	if err != nil {
+		return fmt.Errorf("encode online status: %w", err)
+	}
+
+	o := paho.NewClientOptions()
+	for _, b := range l.opts.Brokers {
+		o.AddBroker(b)
+	}
+	o.SetClientID(l.opts.Device).
+		SetUsername(l.opts.Username).SetPassword(l.opts.Password).
+		SetCleanSession(true). // the outbox, not the broker session, is what survives
+		SetAutoReconnect(false).SetConnectRetry(false).
+		SetKeepAlive(l.opts.KeepAlive).SetPingTimeout(10*time.Second).
+		SetConnectTimeout(l.opts.ConnectTimeout).SetWriteTimeout(10*time.Second).
+		SetBinaryWill(l.Topic("status"), []byte(`{"state":"offline"}`), 1, true).
+		SetConnectionAttemptHandler(func(broker *url.URL, cfg *tls.Config) *tls.Config {
+			l.mu.Lock()
+			l.attempted = redact(broker)
+			l.mu.Unlock()
+			return cfg
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			select {
+			case lost <- err:
+			default:
+			}
+		})
+	if l.opts.TLS != nil {
+		o.SetTLSConfig(l.opts.TLS)
+	}
+	client := paho.NewClient(o)
+	tok := client.Connect()
+	if err := wait(ctx, tok, l.opts.ConnectTimeout+time.Second); err != nil {
+		client.Disconnect(0)
+		l.mu.Lock()
+		broker := l.attempted
+		l.mu.Unlock()
+		return fmt.Errorf("connect to %s: %w", broker, err)
+	}
+	*failures = 0
+	l.mu.Lock()
+	l.state.State, l.state.Broker, l.state.LastError = StateConnected, l.attempted, ""
+	l.state.Connects++
+	broker := l.attempted
+	l.mu.Unlock()
+	l.logger.Info("mqtt connected", "broker", broker)
+
+	if err := wait(ctx, client.Publish(l.Topic("status"), 1, true, onlineJSON), l.opts.ConnectTimeout); err != nil {
+		client.Disconnect(0)
+		return fmt.Errorf("publish online status: %w", err)
+	}
+	err = l.drain(ctx, client, lost)
+	if ctx.Err() != nil {
+		// A clean stop says so itself; the last will is for unclean ones.
+		offline := client.Publish(l.Topic("status"), 1, true, []byte(`{"state":"offline"}`))
+		offline.WaitTimeout(2 * time.Second)
+		client.Disconnect(250)
+		return ctx.Err()
+	}
+	client.Disconnect(0)
+	return err
+}
+
+type ack struct {
+	seq uint64
+	err error
+}
+
+// drain publishes the queue in seq order, keeping up to Window messages in flight,
+// and acknowledges each to the queue when its PUBACK arrives.
+func (l *Link) drain(ctx context.Context, client paho.Client, lost <-chan error) error {
+	quit := make(chan struct{})
+	defer close(quit)
+	acks := make(chan ack, l.opts.Window)
+	inflight := map[uint64]struct{}{}
+	var last uint64 // highest seq published in this session; a new session starts over
+	for {
+		for len(inflight) < l.opts.Window {
+			msgs, err := l.q.Peek(last, l.opts.Window-len(inflight))
+			if err != nil {
+				return fmt.Errorf("read outbox: %w", err)
+			}
+			if len(msgs) == 0 {
+				break
+			}
+			for _, m := range msgs {
+				payload, err := json.Marshal(m)
+				if err != nil {
+					return fmt.Errorf("encode seq %d: %w", m.Seq, err)
+				}
+				tok := client.Publish(l.topicFor(m), 1, false, payload)
+				inflight[m.Seq] = struct{}{}
+				last = m.Seq
+				go func(seq uint64) {
+					// paho completes every token, with an error when the connection
+					// goes; quit releases this goroutine if drain has returned.
+					<-tok.Done()
+					select {
+					case acks <- ack{seq, tok.Error()}:
+					case <-quit:
+					}
+				}(m.Seq)
+			}
+			l.update(func(s *State) { s.Published += uint64(len(msgs)); s.InFlight = len(inflight) })
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-lost:
+			return fmt.Errorf("connection lost: %w", err)
+		case a := <-acks:
+			delete(inflight, a.seq)
+			if a.err != nil {
+				return fmt.Errorf("publish seq %d: %w", a.seq, a.err)
+			}
+			if err := l.q.Ack(a.seq); err != nil {
+				return fmt.Errorf("ack seq %d in the outbox: %w", a.seq, err)
+			}
+			l.update(func(s *State) { s.Acked++; s.InFlight = len(inflight) })
+		case <-l.q.Notify():
+		}
+	}
+}
+
+// wait waits for a token, the context, or a timeout.
+func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("no answer within %v", timeout)
+	}
+}
+
+func redact(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	c := *u
+	c.User = nil
+	return c.String()
+}
