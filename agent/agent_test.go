@@ -451,3 +451,51 @@ func TestCorruptOutboxIsSetAside(t *testing.T) {
 		t.Errorf("corrupt outbox not moved aside: %v", moved)
 	}
 }
+
+// With the outbox budget reached (MQTT off, telemetry every millisecond), telemetry is
+// evicted first and the events stay; the disk use never passes outbox.max_bytes.
+func TestOutboxBudgetEvictsTelemetryFirst(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.MQTT.TelemetryInterval = time.Millisecond
+	cfg.Outbox.MaxBytes = 1 << 20
+	cfg.Outbox.Fsync = "interval"
+	r := start(t, cfg)
+	var st Status
+	waitFor(t, 60*time.Second, "telemetry eviction and a detection event", func() bool {
+		st = r.status(t)
+		if st.Outbox.DiskBytes > 1<<20 {
+			t.Fatalf("outbox uses %d bytes on disk, budget 1MiB", st.Outbox.DiskBytes)
+		}
+		return st.Outbox.Evicted > 0 && len(st.Events) > 0
+	})
+	if st.Outbox.Dropped != 0 {
+		t.Errorf("events dropped while telemetry could be evicted: %+v", st.Outbox)
+	}
+	_, metrics := r.get(t, "/metrics")
+	if metricValue(t, metrics, "vigil_outbox_evicted_telemetry_total") == 0 {
+		t.Error("eviction not in the metrics")
+	}
+	// The detection event is still in the outbox.
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(cfg.Device.StateDir, "outbox"), Device: "test-01", MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	found := false
+	for after := uint64(0); !found; {
+		msgs, err := ob.Peek(after, 256)
+		if err != nil || len(msgs) == 0 {
+			break
+		}
+		for _, m := range msgs {
+			found = found || m.Kind == "detection"
+			after = m.Seq
+		}
+	}
+	if !found {
+		t.Error("the detection event was evicted")
+	}
+}
