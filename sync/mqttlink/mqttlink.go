@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,13 +153,21 @@ func (l *Link) update(f func(s *State)) {
 	l.mu.Unlock()
 }
 
+// stableSession is how long a connection must last to reset the backoff when no
+// message was acknowledged in it.
+const stableSession = time.Minute
+
 // Run connects and drains until ctx ends, then publishes the offline status and
 // disconnects. It returns nil on shutdown; connection failures are retried forever.
 func (l *Link) Run(ctx context.Context) error {
 	failures := 0
 	for {
 		l.update(func(s *State) { s.State, s.NextRetry = StateConnecting, "" })
+		started := time.Now()
 		err := l.session(ctx, &failures)
+		if time.Since(started) > stableSession {
+			failures = 0 // a long quiet session counts as working even without a PUBACK
+		}
 		if ctx.Err() != nil {
 			l.update(func(s *State) { s.State, s.InFlight = StateStopped, 0 })
 			return nil
@@ -204,7 +213,9 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 		SetCleanSession(true). // the outbox, not the broker session, is what survives
 		SetAutoReconnect(false).SetConnectRetry(false).
 		SetKeepAlive(l.opts.KeepAlive).SetPingTimeout(10*time.Second).
-		SetConnectTimeout(l.opts.ConnectTimeout).SetWriteTimeout(10*time.Second).
+		// A publish on a dead connection blocks for up to the write timeout before the
+		// drain can notice; keep it short.
+		SetConnectTimeout(l.opts.ConnectTimeout).SetWriteTimeout(5*time.Second).
 		SetBinaryWill(l.Topic("status"), []byte(`{"state":"offline"}`), 1, true).
 		SetConnectionAttemptHandler(func(broker *url.URL, cfg *tls.Config) *tls.Config {
 			l.mu.Lock()
@@ -223,16 +234,18 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 	}
 	client := paho.NewClient(o)
 	tok := client.Connect()
-	if err := wait(ctx, tok, l.opts.ConnectTimeout+time.Second); err != nil {
+	// paho tries the brokers one after another, each for up to ConnectTimeout.
+	if err := wait(ctx, tok, time.Duration(len(l.opts.Brokers))*l.opts.ConnectTimeout+time.Second); err != nil {
 		client.Disconnect(0)
-		l.mu.Lock()
-		broker := l.attempted
-		l.mu.Unlock()
-		return fmt.Errorf("connect to %s: %w", broker, err)
+		if len(l.opts.Brokers) > 1 {
+			return fmt.Errorf("connect (tried %s): %w", strings.Join(redactAll(l.opts.Brokers), ", "), err)
+		}
+		return fmt.Errorf("connect to %s: %w", redactAll(l.opts.Brokers)[0], err)
 	}
-	*failures = 0
 	l.mu.Lock()
-	l.state.State, l.state.Broker, l.state.LastError = StateConnected, l.attempted, ""
+	// LastError stays until the broker acknowledges a message: a broker that accepts
+	// the connection and then drops it on every publish is not healthy.
+	l.state.State, l.state.Broker = StateConnected, l.attempted
 	l.state.Connects++
 	broker := l.attempted
 	l.mu.Unlock()
@@ -242,7 +255,7 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 		client.Disconnect(0)
 		return fmt.Errorf("publish online status: %w", err)
 	}
-	err = l.drain(ctx, client, lost)
+	err = l.drain(ctx, client, lost, failures)
 	if ctx.Err() != nil {
 		// A clean stop says so itself; the last will is for unclean ones.
 		offline := client.Publish(l.Topic("status"), 1, true, []byte(`{"state":"offline"}`))
@@ -260,13 +273,29 @@ type ack struct {
 }
 
 // drain publishes the queue in seq order, keeping up to Window messages in flight,
-// and acknowledges each to the queue when its PUBACK arrives.
-func (l *Link) drain(ctx context.Context, client paho.Client, lost <-chan error) error {
+// and acknowledges each to the queue when its PUBACK arrives. The first PUBACK of a
+// session resets the reconnection backoff: only then is the link known to work.
+func (l *Link) drain(ctx context.Context, client paho.Client, lost <-chan error, failures *int) (err error) {
 	quit := make(chan struct{})
 	defer close(quit)
 	acks := make(chan ack, l.opts.Window)
-	inflight := map[uint64]struct{}{}
-	var last uint64 // highest seq published in this session; a new session starts over
+	inflight := map[uint64]int{} // seq -> payload size
+	var last uint64              // highest seq published in this session; a new session starts over
+	healthy := false
+	defer func() {
+		// Name the oldest message still waiting: if the broker keeps dropping the
+		// connection over one message (too large for its max_packet_size, say), that is
+		// the one to look at.
+		if err != nil && ctx.Err() == nil && len(inflight) > 0 {
+			oldest := uint64(0)
+			for seq := range inflight {
+				if oldest == 0 || seq < oldest {
+					oldest = seq
+				}
+			}
+			err = fmt.Errorf("%w (oldest unacknowledged: seq %d, %d bytes)", err, oldest, inflight[oldest])
+		}
+	}()
 	for {
 		for len(inflight) < l.opts.Window {
 			msgs, err := l.q.Peek(last, l.opts.Window-len(inflight))
@@ -282,12 +311,16 @@ func (l *Link) drain(ctx context.Context, client paho.Client, lost <-chan error)
 					return fmt.Errorf("encode seq %d: %w", m.Seq, err)
 				}
 				tok := client.Publish(l.topicFor(m), 1, false, payload)
-				inflight[m.Seq] = struct{}{}
+				inflight[m.Seq] = len(payload)
 				last = m.Seq
 				go func(seq uint64) {
 					// paho completes every token, with an error when the connection
-					// goes; quit releases this goroutine if drain has returned.
-					<-tok.Done()
+					// goes; quit releases this goroutine if drain has returned first.
+					select {
+					case <-tok.Done():
+					case <-quit:
+						return
+					}
 					select {
 					case acks <- ack{seq, tok.Error()}:
 					case <-quit:
@@ -309,6 +342,10 @@ func (l *Link) drain(ctx context.Context, client paho.Client, lost <-chan error)
 			if err := l.q.Ack(a.seq); err != nil {
 				return fmt.Errorf("ack seq %d in the outbox: %w", a.seq, err)
 			}
+			if !healthy {
+				healthy, *failures = true, 0
+				l.update(func(s *State) { s.LastError, s.NextRetry = "", "" })
+			}
 			l.update(func(s *State) { s.Acked++; s.InFlight = len(inflight) })
 		case <-l.q.Notify():
 		}
@@ -327,6 +364,19 @@ func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
 	case <-t.C:
 		return fmt.Errorf("no answer within %v", timeout)
 	}
+}
+
+func redactAll(brokers []string) []string {
+	out := make([]string, len(brokers))
+	for i, b := range brokers {
+		u, err := url.Parse(b)
+		if err != nil {
+			out[i] = b
+			continue
+		}
+		out[i] = redact(u)
+	}
+	return out
 }
 
 func redact(u *url.URL) string {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -298,5 +299,55 @@ func BenchmarkDrain(b *testing.B) {
 			waitFor(b, 10*time.Minute, "the drain", func() bool { return ob.Stats().Depth == 0 })
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
+	}
+}
+
+// A first broker that accepts TCP connections but never answers MQTT: paho tries it
+// for the connect timeout, then the next broker, and the link must wait for both.
+func TestFailoverPastASilentBroker(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	b := brokertest.Start(t, brokertest.Options{})
+	ob := newOutbox(t)
+	enqueue(t, ob, 5)
+	l := startLink(t, ob, mqttlink.Options{Brokers: []string{"tcp://" + silent.Addr().String(), b.URL}})
+	waitFor(t, 30*time.Second, "delivery through the second broker", func() bool { return ob.Stats().Depth == 0 })
+	if st := l.State(); st.Broker != b.URL {
+		t.Errorf("connected to %q, want %q", st.Broker, b.URL)
+	}
+}
+
+// A message the broker refuses (larger than its max_packet_size) is named in the
+// link's error, and stays in the outbox: nothing is dropped behind the operator's back.
+func TestRefusedMessageIsNamed(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{MaxPacketSize: 4096})
+	ob := newOutbox(t)
+	if _, err := ob.Enqueue(context.Background(), "detection", outbox.ClassEvent, map[string]string{"blob": strings.Repeat("x", 10000)}); err != nil {
+		t.Fatal(err)
+	}
+	l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}})
+	waitFor(t, 20*time.Second, "the refused message to be named", func() bool {
+		return strings.Contains(l.State().LastError, "oldest unacknowledged: seq 1")
+	})
+	if d := ob.Stats().Depth; d != 1 {
+		t.Errorf("outbox depth %d, want the refused message kept", d)
 	}
 }

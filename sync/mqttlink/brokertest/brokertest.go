@@ -33,6 +33,8 @@ type Options struct {
 	// Users, when set, turns anonymous access off and allows only these
 	// user/password pairs.
 	Users map[string]string
+	// MaxPacketSize, when set, makes the broker drop clients that send larger packets.
+	MaxPacketSize int
 	// Persistent keeps sessions and their queued messages across a StopGraceful and
 	// Restart, so a subscriber with a persistent session misses nothing.
 	Persistent bool
@@ -97,6 +99,9 @@ func (b *Broker) writeConfig(opts Options) {
 	fmt.Fprintf(&c, "listener %d 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n", b.Port)
 	// Room for a backlog queued for an offline subscriber (the default is 1000).
 	c.WriteString("max_queued_messages 1000000\nmax_inflight_messages 0\n")
+	if opts.MaxPacketSize > 0 {
+		fmt.Fprintf(&c, "max_packet_size %d\n", opts.MaxPacketSize)
+	}
 	if opts.Persistent {
 		fmt.Fprintf(&c, "persistence true\npersistence_location %s/\nautosave_interval 0\n", b.dir)
 	} else {
