@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -497,5 +498,30 @@ func TestOutboxBudgetEvictsTelemetryFirst(t *testing.T) {
 	}
 	if !found {
 		t.Error("the detection event was evicted")
+	}
+}
+
+// The mqtt section's TLS keys end to end: a broker that requires client certificates,
+// the CA, the client certificate and key, and the server name from the config.
+func TestMQTTWithClientCertificate(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{TLS: true, ClientCerts: true})
+	sub := b.Subscribe(t, "cloud", "vigil/test-01/status")
+	_ = sub
+	extra := fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  ca_file: %q\n  cert_file: %q\n  key_file: %q\n  server_name: localhost\n",
+		strings.Replace(b.URL, "localhost", "127.0.0.1", 1), b.CAFile, b.ClientCertFile, b.ClientKeyFile)
+	r := start(t, testConfig(t, t.TempDir(), extra))
+	waitFor(t, 20*time.Second, "a TLS connection with a client certificate", func() bool { return r.status(t).MQTT.State == "connected" })
+
+	// Without the client certificate the broker refuses, and the status says why.
+	noCert := testConfig(t, t.TempDir(), fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  ca_file: %q\n  backoff: {min: 50ms, max: 200ms}\n", b.URL, b.CAFile))
+	noCert.Device.ID = "test-02"
+	r2 := start(t, noCert)
+	var mq mqttlink.State
+	waitFor(t, 20*time.Second, "the refusal", func() bool {
+		mq = r2.status(t).MQTT
+		return mq.LastError != ""
+	})
+	if mq.State == "connected" || !strings.Contains(mq.LastError, "connect to "+b.URL) {
+		t.Errorf("link without a client certificate: %+v", mq)
 	}
 }

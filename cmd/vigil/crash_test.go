@@ -82,6 +82,14 @@ outbox: {fsync: interval}
 		time.Sleep(time.Duration(300+rand.IntN(1500)) * time.Millisecond) // a random moment, not a synchronisation
 		cmd.Process.Kill()
 		cmd.Wait()
+		// The broker publishes the last will: the retained status says offline.
+		deadline := time.Now().Add(15 * time.Second)
+		for lastStatus(sub) != "offline" {
+			if time.Now().After(deadline) {
+				t.Fatalf("run %d: no offline status after the kill (last status %q)", i+1, lastStatus(sub))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		t.Logf("run %d killed; the subscriber has %d messages", i+1, len(sub.Seqs()))
 	}
 
@@ -143,4 +151,19 @@ outbox: {fsync: interval}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// lastStatus is the state in the newest message on the status topic.
+func lastStatus(sub *brokertest.Subscriber) string {
+	state := ""
+	for _, m := range sub.Messages() {
+		if strings.HasSuffix(m.Topic, "/status") {
+			var st struct {
+				State string `json:"state"`
+			}
+			json.Unmarshal(m.Payload, &st)
+			state = st.State
+		}
+	}
+	return state
 }

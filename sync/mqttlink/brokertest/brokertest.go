@@ -33,6 +33,9 @@ type Options struct {
 	// Users, when set, turns anonymous access off and allows only these
 	// user/password pairs.
 	Users map[string]string
+	// ClientCerts (with TLS) requires clients to present a certificate signed by the
+	// broker's CA; one is written to Broker.ClientCertFile and ClientKeyFile.
+	ClientCerts bool
 	// MaxPacketSize, when set, makes the broker drop clients that send larger packets.
 	MaxPacketSize int
 	// Persistent keeps sessions and their queued messages across a StopGraceful and
@@ -46,6 +49,9 @@ type Broker struct {
 	URL    string
 	Port   int
 	CAFile string // TLS only
+	// ClientCertFile and ClientKeyFile are a client certificate the broker accepts
+	// (ClientCerts only).
+	ClientCertFile, ClientKeyFile string
 
 	t    testing.TB
 	dir  string
@@ -114,9 +120,13 @@ func (b *Broker) writeConfig(opts Options) {
 	}
 	b.URL = fmt.Sprintf("tcp://127.0.0.1:%d", b.Port)
 	if opts.TLS {
-		ca, cert, key := writeCerts(b.t, b.dir)
+		ca, cert, key, clientCert, clientKey := writeCerts(b.t, b.dir)
 		fmt.Fprintf(&c, "cafile %s\ncertfile %s\nkeyfile %s\n", ca, cert, key)
 		b.CAFile = ca
+		if opts.ClientCerts {
+			c.WriteString("require_certificate true\n")
+			b.ClientCertFile, b.ClientKeyFile = clientCert, clientKey
+		}
 		b.URL = fmt.Sprintf("ssl://localhost:%d", b.Port)
 	}
 	if len(opts.Users) > 0 {
@@ -228,8 +238,9 @@ func (b *Broker) logText() string {
 	return b.log.String()
 }
 
-// writeCerts makes a CA and a server certificate for localhost and 127.0.0.1.
-func writeCerts(t testing.TB, dir string) (caFile, certFile, keyFile string) {
+// writeCerts makes a CA, a server certificate for localhost and 127.0.0.1, and a
+// client certificate.
+func writeCerts(t testing.TB, dir string) (caFile, certFile, keyFile, clientCertFile, clientKeyFile string) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{
@@ -254,7 +265,19 @@ func writeCerts(t testing.TB, dir string) (caFile, certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	keyDER, _ := x509.MarshalECPrivateKey(key)
+	clientKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	clientTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "vigil-device"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	clientDER, err := x509.CreateCertificate(rand.Reader, clientTmpl, ca, &clientKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientKeyDER, _ := x509.MarshalECPrivateKey(clientKey)
 	caFile, certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	clientCertFile, clientKeyFile = filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
 	write := func(path, typ string, der []byte) {
 		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 			t.Fatal(err)
@@ -263,13 +286,15 @@ func writeCerts(t testing.TB, dir string) (caFile, certFile, keyFile string) {
 	write(caFile, "CERTIFICATE", caDER)
 	write(certFile, "CERTIFICATE", der)
 	write(keyFile, "EC PRIVATE KEY", keyDER)
-	return caFile, certFile, keyFile
+	write(clientCertFile, "CERTIFICATE", clientDER)
+	write(clientKeyFile, "EC PRIVATE KEY", clientKeyDER)
+	return caFile, certFile, keyFile, clientCertFile, clientKeyFile
 }
 
 // WriteOtherCA writes a CA certificate that did not sign the broker's certificate, for
 // testing that a wrong CA is refused.
 func WriteOtherCA(t testing.TB) string {
 	dir := t.TempDir()
-	ca, _, _ := writeCerts(t, dir)
+	ca, _, _, _, _ := writeCerts(t, dir)
 	return ca
 }

@@ -46,7 +46,15 @@ func (b *Broker) Subscribe(t testing.TB, clientID, topic string) *Subscriber {
 		pem, _ := os.ReadFile(b.CAFile)
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(pem)
-		o.SetTLSConfig(&tls.Config{RootCAs: pool})
+		cfg := &tls.Config{RootCAs: pool}
+		if b.ClientCertFile != "" {
+			cert, err := tls.LoadX509KeyPair(b.ClientCertFile, b.ClientKeyFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Certificates = []tls.Certificate{cert}
+		}
+		o.SetTLSConfig(cfg)
 	}
 	s.client = paho.NewClient(o)
 	if tok := s.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
