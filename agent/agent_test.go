@@ -440,8 +440,7 @@ func TestCorruptOutboxIsSetAside(t *testing.T) {
 	state := t.TempDir()
 	dir := filepath.Join(state, "outbox")
 	os.MkdirAll(filepath.Join(dir, "events"), 0o755)
-	os.WriteFile(filepath.Join(dir, "state"), []byte("this is not an outbox state file"), 0o644)
-	os.WriteFile(filepath.Join(dir, "events", "00000000000000000001.seg"), []byte("garbage garbage garbage garbage"), 0o644)
+	os.WriteFile(filepath.Join(dir, "events", "notes.txt"), []byte("not a segment: this is not an outbox"), 0o644)
 	r := start(t, testConfig(t, state, ""))
 	st := r.status(t)
 	if len(st.Events) == 0 || st.Events[len(st.Events)-1].Kind != "fault" || !strings.Contains(string(st.Events[len(st.Events)-1].Body), "outbox_corrupt") {

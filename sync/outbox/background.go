@@ -4,14 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
-// syncer fdatasyncs the open segments. Under FsyncAlways it runs as soon as an
-// Enqueue waits, covering everything written so far, so that callers arriving
+// syncer makes written records durable: the open segments, the sealed ones not
+// synced yet and the directories of new segments. Under FsyncAlways it runs as soon
+// as an Enqueue waits, covering everything written so far, so that callers arriving
 // during one fdatasync share the next (group commit); under FsyncInterval it runs
-// every interval. A failed fdatasync is retried with capped backoff while the
-// waiters keep waiting. Started by Open, stopped by Close.
+// every interval. A failure is retried with capped backoff while the waiters keep
+// waiting. It also closes the descriptors of deleted segments that the writer could
+// not close while it was busy. Started by Open, stopped by Close.
 func (o *Outbox) syncer() {
 	defer o.wg.Done()
 	var tick <-chan time.Time
@@ -47,16 +50,29 @@ func (o *Outbox) syncer() {
 	}
 }
 
-// syncFilesLocked fdatasyncs the append descriptors and, on success, wakes the
-// callers whose records that covers. Called with fmu held, so that no descriptor
-// is closed meanwhile.
+// syncFilesLocked fsyncs the directories that have new segments and fdatasyncs the
+// sealed segments not synced yet and the open ones; a sealed one is closed once that
+// succeeds. Only if all of it succeeded does the synced mark move to what was
+// written when the round began, waking the callers that it covers (and, under
+// FsyncAlways, the drainer: Peek returns only synced records). A failure leaves the
+// mark where it was, so no record after a file that failed counts as synced, and
+// goes to LastError; the syncer retries. Called with fmu held, so that no
+// descriptor is closed meanwhile.
 func (o *Outbox) syncFilesLocked() error {
 	o.mu.Lock()
-	target := o.writtenGen
-	if target == o.syncedGen {
+	target, targetSeq := o.writtenGen, o.lastWritten
+	var (
+		created  [2]uint64
+		dirDirty [2]bool
+	)
+	for i, l := range o.logs {
+		created[i], dirDirty[i] = l.created, l.created != l.dirSynced
+	}
+	if target == o.syncedGen && dirDirty == [2]bool{} && len(o.unsynced) == 0 && len(o.retired) == 0 {
 		o.mu.Unlock()
 		return nil
 	}
+	sealed := slices.Clone(o.unsynced)
 	var files []*os.File
 	for _, l := range o.logs {
 		if l.f != nil {
@@ -65,20 +81,70 @@ func (o *Outbox) syncFilesLocked() error {
 	}
 	o.mu.Unlock()
 
-	var err error
-	for _, f := range files {
-		err = errors.Join(err, datasync(f))
+	var errs []error
+	var dirOK [2]bool
+	for i, l := range o.logs {
+		if !dirDirty[i] {
+			continue
+		}
+		if err := o.ops.syncDir(l.dir); err != nil {
+			errs = append(errs, fmt.Errorf("fsync directory %s: %w", l.dir, err))
+			continue
+		}
+		dirOK[i] = true
 	}
+	var done []*os.File
+	for _, sf := range sealed {
+		if err := o.ops.datasync(sf.f); err != nil {
+			errs = append(errs, fmt.Errorf("sealed segment: %w", err))
+			continue
+		}
+		done = append(done, sf.f)
+	}
+	for _, f := range files {
+		if err := o.ops.datasync(f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+
 	o.mu.Lock()
+	// A sealed descriptor that is no longer listed belongs to a deleted segment: it
+	// is in retired now.
+	toClose := o.retired
+	o.retired = nil
+	o.unsynced = slices.DeleteFunc(o.unsynced, func(sf sealedFile) bool {
+		if slices.Contains(done, sf.f) {
+			toClose = append(toClose, sf.f)
+			return true
+		}
+		return false
+	})
+	for i, l := range o.logs {
+		if dirOK[i] {
+			l.dirSynced = max(l.dirSynced, created[i])
+		}
+	}
+	advanced := false
 	if err == nil {
-		o.syncedGen = target
-		close(o.syncCh)
-		o.syncCh = make(chan struct{})
+		if target > o.syncedGen {
+			o.syncedGen = target
+			o.syncedSeq = max(o.syncedSeq, targetSeq)
+			close(o.syncCh)
+			o.syncCh = make(chan struct{})
+			advanced = true
+		}
 		o.syncErr = nil
 	} else {
 		o.syncErr = err
 	}
 	o.mu.Unlock()
+	for _, f := range toClose {
+		_ = f.Close()
+	}
+	if advanced && o.policy == FsyncAlways {
+		o.signal()
+	}
 	switch {
 	case err != nil && !o.syncFail:
 		o.syncFail = true
@@ -121,6 +187,9 @@ func (o *Outbox) janitor() {
 			}
 		}
 		o.wmu.Unlock()
+		if o.flushDoomed() {
+			lastState = now
+		}
 		if o.policy == FsyncAlways {
 			kick(o.syncKick)
 		}
@@ -164,7 +233,7 @@ func (o *Outbox) retryPendingLocked(final bool) error {
 		o.mu.Unlock()
 
 		err := o.storeLocked(w, false)
-		if err != nil && isNoSpace(err) && o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)]) {
+		if err != nil && isNoSpace(err) && o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)], true) {
 			err = o.storeLocked(w, false)
 		}
 		if err != nil {

@@ -22,13 +22,16 @@ func corrupt(format string, args ...any) error {
 // recover loads the store. A corrupt one is moved aside and replaced by an empty one;
 // the faults to enqueue say what happened.
 func (o *Outbox) recover() ([]any, error) {
-	var seen uint64 // highest seq known from the state or a valid record
-	faults, err := o.load(&seen)
+	var seen uint64 // next seq asked for by the state or a valid record
+	stateErr, faults, err := o.load(&seen)
 	var ce *corruptError
 	if err != nil && !errors.As(err, &ce) {
 		return nil, err
 	}
 	if ce != nil {
+		// Seq must not go back after the store is set aside: load stopped at the
+		// damage, so ask every segment of both logs for the seqs it shows.
+		o.seqsOnDisk(&seen)
 		o.closeAppend()
 		moved, err := o.moveAside()
 		if err != nil {
@@ -47,32 +50,94 @@ func (o *Outbox) recover() ([]any, error) {
 		o.depth, o.bytes, o.segBytes, o.stateNext = 0, 0, 0, 0
 		faults = []any{map[string]any{"fault": "outbox_corrupt", "moved_to": moved, "error": ce.Error()}}
 	}
-	if err := syncDir(o.path); err != nil {
+	if stateErr != nil {
+		faults = append([]any{map[string]any{"fault": "outbox_state_lost", "error": stateErr.Error()}}, faults...)
+	}
+	if err := o.ops.syncDir(o.path); err != nil {
 		return nil, err
 	}
 	// next_seq must be durable before any segment is deleted.
 	if err := o.writeState(); err != nil {
 		return nil, err
 	}
+	if o.policy == FsyncAlways {
+		if err := o.syncLoaded(); err != nil {
+			return nil, err
+		}
+	}
 	// MaxBytes may have shrunk since the store was written.
 	o.wmu.Lock()
 	err = o.makeRoomLocked(0)
 	o.emitDropFaultLocked()
 	o.wmu.Unlock()
+	o.flushDoomed()
 	if err != nil {
 		return nil, err
 	}
 	return faults, nil
 }
 
+// syncLoaded fdatasyncs the segments found at Open, and fsyncs their directories:
+// the process that wrote them may have died before it synced them, and under
+// FsyncAlways Peek returns only synced records. What fails is left to the syncer,
+// and Peek returns nothing until it succeeds.
+func (o *Outbox) syncLoaded() error {
+	var errs []error
+	for _, l := range o.logs {
+		if err := o.ops.syncDir(l.dir); err != nil {
+			errs = append(errs, fmt.Errorf("fsync directory %s: %w", l.dir, err))
+			l.created++ // the syncer retries it
+		}
+		for _, s := range l.segs {
+			if s == l.last() && l.f != nil {
+				// The syncer's rounds cover the open segment.
+				if err := o.ops.datasync(l.f); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			f, err := os.Open(s.path)
+			if err != nil {
+				return fmt.Errorf("open %s to fdatasync it: %w", s.path, err)
+			}
+			if err := o.ops.datasync(f); err != nil {
+				errs = append(errs, err)
+				o.unsynced = append(o.unsynced, sealedFile{seg: s, f: f})
+				continue
+			}
+			_ = f.Close()
+		}
+	}
+	if len(errs) == 0 {
+		o.syncedSeq = o.lastWritten
+		return nil
+	}
+	// Gives the syncer's first round something to cover, so it moves the mark.
+	o.writtenGen++
+	o.syncErr = errors.Join(errs...)
+	o.syncFail = true
+	o.log.Error("cannot fdatasync the outbox segments found at open; retrying, and delivering none of them until it succeeds",
+		"err", o.syncErr, "path", o.path)
+	return nil
+}
+
 // load reads the state file, validates the tail segment of each log (cutting a torn
 // tail), learns the older segments from their trailers and places the heads. seen
-// is raised to the next seq that any valid data asks for.
-func (o *Outbox) load(seen *uint64) ([]any, error) {
+// is raised to the next seq that any valid data asks for. A state file that cannot
+// be decoded is logged, returned as stateErr, and load goes on as if there were
+// none: the heads are at the start of each log, so everything on disk is delivered
+// again (at least once), and next_seq comes from the segments.
+func (o *Outbox) load(seen *uint64) (stateErr error, faults []any, err error) {
 	// The state first: its next_seq is worth keeping even if the rest is corrupt.
 	st, haveState, err := o.readState()
+	var bad *badStateError
+	if errors.As(err, &bad) {
+		o.log.Error("the outbox state file cannot be decoded; delivering every message on disk again, seq goes on from the segments",
+			"path", filepath.Join(o.path, stateName), "err", bad)
+		stateErr, err = bad, nil
+	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if haveState {
 		*seen = max(*seen, st.next)
@@ -81,7 +146,7 @@ func (o *Outbox) load(seen *uint64) ([]any, error) {
 
 	entries, err := os.ReadDir(o.path)
 	if err != nil {
-		return nil, err
+		return stateErr, nil, err
 	}
 	for _, e := range entries {
 		switch name := e.Name(); name {
@@ -89,23 +154,22 @@ func (o *Outbox) load(seen *uint64) ([]any, error) {
 		case stateTmpName:
 			// An interrupted state write; the state file itself is whole.
 			if err := os.Remove(filepath.Join(o.path, name)); err != nil {
-				return nil, err
+				return stateErr, nil, err
 			}
 		case "events", "telemetry":
 			if !e.IsDir() {
-				return nil, corrupt("%s is not a directory", filepath.Join(o.path, name))
+				return stateErr, nil, corrupt("%s is not a directory", filepath.Join(o.path, name))
 			}
 		default:
-			return nil, corrupt("unexpected entry %s", filepath.Join(o.path, name))
+			return stateErr, nil, corrupt("unexpected entry %s", filepath.Join(o.path, name))
 		}
 	}
-	var faults []any
 	for i, l := range o.logs {
 		if err := os.MkdirAll(l.dir, 0o750); err != nil {
-			return nil, err
+			return stateErr, nil, err
 		}
 		if err := o.loadLog(l, seen, &faults); err != nil {
-			return nil, err
+			return stateErr, nil, err
 		}
 		if haveState {
 			o.placeHead(l, st.heads[i])
@@ -127,14 +191,14 @@ func (o *Outbox) load(seen *uint64) ([]any, error) {
 		if s := l.last(); s != nil && !s.sealed {
 			f, err := os.OpenFile(s.path, os.O_WRONLY, 0)
 			if err != nil {
-				return nil, err
+				return stateErr, nil, err
 			}
 			l.f = f
 		}
 	}
 	o.nextSeq = next
 	o.lastWritten = next - 1
-	return faults, nil
+	return stateErr, faults, nil
 }
 
 // loadLog lists the segments of l and learns what each holds.
@@ -346,6 +410,64 @@ func (o *Outbox) placeHead(l *wlog, h stateHead) {
 	l.head = pos{s, off, idx}
 }
 
+// seqsOnDisk raises seen above every seq that the segments of both logs show: each
+// file's name (its first seq) and its intact records (its trailer, or else its
+// records up to the first bad one). It runs on a store about to be moved aside, so
+// it changes nothing and skips what it cannot read.
+func (o *Outbox) seqsOnDisk(seen *uint64) {
+	for _, l := range o.logs {
+		entries, err := os.ReadDir(l.dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			base, ok := parseSegName(e.Name())
+			if !ok || !e.Type().IsRegular() {
+				continue
+			}
+			*seen = max(*seen, base+1)
+			if last := lastIntactSeq(filepath.Join(l.dir, e.Name()), base); last > 0 {
+				*seen = max(*seen, last+1)
+			}
+		}
+	}
+}
+
+// lastIntactSeq returns the highest seq a segment file shows: its trailer's, or
+// else that of its records before the first bad one; 0 if it shows none.
+func lastIntactSeq(path string, base uint64) uint64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	s := &segment{base: base, path: path, size: fi.Size()}
+	var r segReader
+	if r.use(s) != nil {
+		return 0
+	}
+	defer r.close()
+	if s.size >= trailerLen {
+		if seq, payload, err := r.read(s.size-trailerLen, s.size); err == nil && seq == 0 {
+			if _, last, ok := parseTrailer(payload); ok && last >= base {
+				return last
+			}
+		}
+	}
+	var (
+		off  int64
+		last uint64
+	)
+	for off < s.size {
+		seq, payload, err := r.read(off, s.size)
+		if err != nil || seq == 0 {
+			break
+		}
+		last = max(last, seq)
+		off += recHeader + int64(len(payload))
+	}
+	return last
+}
+
 // closeAppend closes the append descriptors opened by load.
 func (o *Outbox) closeAppend() {
 	for _, l := range o.logs {
@@ -379,7 +501,7 @@ func (o *Outbox) moveAside() (string, error) {
 	}
 	_ = o.lock.Close()
 	o.lock = lock
-	if err := syncDir(filepath.Dir(o.path)); err != nil {
+	if err := o.ops.syncDir(filepath.Dir(o.path)); err != nil {
 		return "", err
 	}
 	return dst, nil

@@ -72,12 +72,17 @@ type wlog struct {
 	name  string
 	dir   string
 
-	// Guarded by Outbox.mu; segs and f change only with wmu held too.
+	// Guarded by Outbox.mu; segs and f change only with wmu held too. f is closed
+	// only with fmu held too, as the syncer may be using it.
 	segs  []*segment
 	f     *os.File // append descriptor of the last segment; nil when it is sealed or there is none
 	head  pos      // the first record not known to be acked
 	win   []winEntry
 	known uint64 // every record before winEnd has a seq <= known
+
+	// created counts the segments created in dir, dirSynced how many of them an
+	// fsync of dir covers; guarded by Outbox.mu.
+	created, dirSynced uint64
 
 	cur cursor    // guarded by pmu, positions read under mu
 	rd  segReader // Peek's, guarded by pmu
@@ -174,13 +179,25 @@ func (l *wlog) unackedLocked(s *segment) (n int, bytes int64) {
 	return max(n, 0), max(bytes, 0)
 }
 
-// removeSegLocked forgets s and returns its append descriptor if it had one, for
-// the caller to close.
-func (o *Outbox) removeSegLocked(l *wlog, s *segment) *os.File {
-	var f *os.File
+// removeSegLocked forgets s and returns the descriptors it had (its append
+// descriptor, or its sealed one still waiting for the syncer), for closeDeleted.
+func (o *Outbox) removeSegLocked(l *wlog, s *segment) []*os.File {
+	var files []*os.File
 	if s == l.last() && l.f != nil {
-		f, l.f = l.f, nil
+		files = append(files, l.f)
+		l.f = nil
 	}
+	// Its records are gone: the syncer need not (and must not wait to) sync them.
+	kept := o.unsynced[:0]
+	for _, sf := range o.unsynced {
+		if sf.seg == s {
+			files = append(files, sf.f)
+		} else {
+			kept = append(kept, sf)
+		}
+	}
+	clear(o.unsynced[len(kept):])
+	o.unsynced = kept
 	if i := l.indexOf(s); i >= 0 {
 		l.segs = slices.Delete(l.segs, i, i+1)
 	}
@@ -195,7 +212,45 @@ func (o *Outbox) removeSegLocked(l *wlog, s *segment) *os.File {
 	}
 	l.win = l.win[k:]
 	o.stateDirty = true
-	return f
+	return files
+}
+
+// closeDeleted closes the descriptors of deleted segments and the readers left on
+// them: a deleted file keeps its disk space while anything holds it open. The syncer
+// may be using a descriptor right now (fmu held): then it closes them at the end of
+// its round. A reader in use (its lock held) is closed by its owner at its next start.
+func (o *Outbox) closeDeleted(files []*os.File) {
+	if len(files) > 0 {
+		if o.fmu.TryLock() {
+			for _, f := range files {
+				_ = f.Close()
+			}
+			o.fmu.Unlock()
+		} else {
+			o.mu.Lock()
+			o.retired = append(o.retired, files...)
+			o.mu.Unlock()
+			kick(o.syncKick)
+		}
+	}
+	if o.pmu.TryLock() {
+		o.closeReadersOnDeleted(func(l *wlog) *segReader { return &l.rd })
+		o.pmu.Unlock()
+	}
+	if o.amu.TryLock() {
+		o.closeReadersOnDeleted(func(l *wlog) *segReader { return &l.ard })
+		o.amu.Unlock()
+	}
+}
+
+// closeReadersOnDeleted closes the readers that reader picks (Peek's or Ack's, whose
+// lock the caller holds) where their segment has been deleted.
+func (o *Outbox) closeReadersOnDeleted(reader func(*wlog) *segReader) {
+	for _, l := range o.logs {
+		if r := reader(l); r.seg != nil && o.segDeleted(r.seg) {
+			r.close()
+		}
+	}
 }
 
 // wouldLowerMaxLocked reports whether deleting victims removes the highest seq on
@@ -213,6 +268,54 @@ func (o *Outbox) wouldLowerMaxLocked(victims map[*segment]bool) bool {
 		}
 	}
 	return gone > kept && o.stateNext <= gone
+}
+
+// flushDoomed saves the state, then deletes the segment files that waited for it
+// (see doomedSeg). It is called by whoever released wmu, so that no Enqueue waits
+// for this fsync. If the state cannot be saved, a file is deleted anyway once a
+// higher seq is on disk (the promise is then not needed); the others wait for the
+// janitor's next try. It reports whether it saved the state.
+func (o *Outbox) flushDoomed() (saved bool) {
+	o.mu.Lock()
+	doomed := o.doomed
+	o.doomed = nil
+	o.mu.Unlock()
+	if len(doomed) == 0 {
+		return false
+	}
+	err := o.writeState()
+	var keep []doomedSeg
+	if err != nil {
+		o.mu.Lock()
+		var onDisk uint64
+		for _, l := range o.logs {
+			for _, s := range l.segs {
+				onDisk = max(onDisk, s.last)
+			}
+		}
+		o.mu.Unlock()
+		for _, d := range doomed {
+			if d.last >= onDisk {
+				keep = append(keep, d)
+			}
+		}
+		o.log.Warn("cannot save the outbox state; a deleted segment holding the highest seq stays on disk until it can",
+			"err", err, "segments", len(keep))
+	}
+	for _, d := range doomed {
+		if slices.Contains(keep, d) {
+			continue
+		}
+		if err := os.Remove(d.path); err != nil {
+			o.log.Error("cannot delete an outbox segment", "path", d.path, "err", err)
+		}
+	}
+	if len(keep) > 0 {
+		o.mu.Lock()
+		o.doomed = append(o.doomed, keep...)
+		o.mu.Unlock()
+	}
+	return err == nil
 }
 
 // storeLocked appends w to its log, making room within MaxBytes first. fresh says
@@ -236,7 +339,7 @@ func (o *Outbox) storeLocked(w *wrec, fresh bool) error {
 		}
 	}
 	seg := l.last()
-	n, err := o.writeAt(l.f, w.b, seg.size)
+	n, err := o.ops.writeAt(l.f, w.b, seg.size)
 	if err == nil && n != len(w.b) {
 		err = io.ErrShortWrite
 	}
@@ -245,17 +348,15 @@ func (o *Outbox) storeLocked(w *wrec, fresh bool) error {
 		if terr := l.f.Truncate(seg.size); terr != nil && n > 0 {
 			// The partial record stays; it must not be appended after. The next
 			// Open finds it at the end of a segment without trailer and cuts it.
+			// What the segment holds before it was promised: the syncer still
+			// syncs it.
 			o.log.Error("cannot cut a partial record; sealing the segment", "path", seg.path, "err", terr)
-			o.fmu.Lock()
-			_ = datasync(l.f) // what it holds was promised; best effort on a failing disk
-			_ = l.f.Close()
 			o.mu.Lock()
-			l.f = nil
-			seg.sealed = true
 			seg.size += int64(n)
 			o.segBytes += int64(n)
+			o.sealLocked(l)
 			o.mu.Unlock()
-			o.fmu.Unlock()
+			kick(o.syncKick)
 		}
 		return err
 	}
@@ -274,7 +375,13 @@ func (o *Outbox) storeLocked(w *wrec, fresh bool) error {
 		o.bytes += w.plen()
 	}
 	o.mu.Unlock()
-	o.signal()
+	if o.policy == FsyncInterval {
+		o.signal()
+	} else {
+		// Readable once synced; the syncer then signals. A waiting Enqueue kicks it
+		// too, but a record may have no waiter (a fault, a retried pending one).
+		kick(o.syncKick)
+	}
 	return nil
 }
 
@@ -295,74 +402,66 @@ func (o *Outbox) rollNeeded(l *wlog, size int64) bool {
 	return seg.size > 0 && seg.size+size > o.segSize
 }
 
-// closeAppendLocked closes l's append descriptor. Called with wmu held.
+// closeAppendLocked hands l's append descriptor, of a segment a reader sealed, to the
+// syncer. Called with wmu held.
 func (o *Outbox) closeAppendLocked(l *wlog) {
-	o.fmu.Lock()
-	defer o.fmu.Unlock()
 	o.mu.Lock()
-	f := l.f
-	l.f = nil
-	if s := l.last(); s != nil {
+	o.sealLocked(l)
+	o.mu.Unlock()
+	kick(o.syncKick)
+}
+
+// sealLocked marks the last segment of l sealed and hands its append descriptor to
+// the syncer, which fdatasyncs it and closes it once that succeeds. Called with wmu
+// and mu held.
+func (o *Outbox) sealLocked(l *wlog) {
+	s := l.last()
+	if s != nil {
 		s.sealed = true
 	}
-	o.mu.Unlock()
-	if f != nil {
-		if err := datasync(f); err != nil {
-			o.log.Error("cannot fdatasync a sealed segment", "path", f.Name(), "err", err)
-		}
-		_ = f.Close()
+	if l.f != nil {
+		o.unsynced = append(o.unsynced, sealedFile{seg: s, f: l.f})
+		l.f = nil
 	}
 }
 
-// rollLocked seals the open segment of l: trailer, fdatasync, close. A trailer that
-// cannot be written is left out; Open then reads the segment instead.
+// rollLocked seals the open segment of l: it writes the trailer and hands the
+// descriptor to the syncer, so the Enqueue that rolls waits for no fdatasync. A
+// trailer that cannot be written is left out; Open then reads the segment instead.
 func (o *Outbox) rollLocked(l *wlog) {
 	seg := l.last()
 	o.mu.Lock()
 	t := trailerRecord(seg.count, seg.last)
 	o.mu.Unlock()
-	n, err := o.writeAt(l.f, t, seg.size)
+	n, err := o.ops.writeAt(l.f, t, seg.size)
 	ok := err == nil && n == len(t)
 	if !ok && n > 0 {
 		_ = l.f.Truncate(seg.size)
 	}
-	o.fmu.Lock()
-	serr := datasync(l.f)
-	_ = l.f.Close()
 	o.mu.Lock()
 	if ok {
 		seg.size += trailerLen
 		o.segBytes += trailerLen
 	}
-	seg.sealed = true
-	l.f = nil
-	if serr != nil {
-		o.syncErr = fmt.Errorf("fdatasync %s: %w", seg.path, serr)
-	}
+	o.sealLocked(l)
 	o.mu.Unlock()
-	o.fmu.Unlock()
-	if serr != nil {
-		o.log.Error("cannot fdatasync a sealed segment", "path", seg.path, "err", serr)
-	}
+	kick(o.syncKick)
 }
 
-// createSegLocked starts a new segment in l named after seq, its first record.
+// createSegLocked starts a new segment in l named after seq, its first record. The
+// directory entry must be durable before a record in it is promised: the syncer
+// fsyncs the directory (l.created) before it counts any later record as synced.
 func (o *Outbox) createSegLocked(l *wlog, seq uint64) error {
 	path := filepath.Join(l.dir, segName(seq))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create segment: %w", err)
 	}
-	// The directory entry must be durable before a record in it is promised.
-	if err := syncDir(l.dir); err != nil {
-		_ = f.Close()
-		_ = os.Remove(path)
-		return fmt.Errorf("create segment %s: %w", path, err)
-	}
 	seg := &segment{base: seq, path: path}
 	o.mu.Lock()
 	l.segs = append(l.segs, seg)
 	l.f = f
+	l.created++
 	o.mu.Unlock()
 	return nil
 }
@@ -386,7 +485,7 @@ func (o *Outbox) makeRoomLocked(need int64) error {
 		if o.collectLocked(true) {
 			continue
 		}
-		if o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)]) {
+		if o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)], false) {
 			continue
 		}
 		if !reserved && !o.inFault {
@@ -394,7 +493,7 @@ func (o *Outbox) makeRoomLocked(need int64) error {
 			need += o.faultReserve()
 			continue
 		}
-		if o.evictOldestLocked(o.logs[logIndex(ClassEvent)]) {
+		if o.evictOldestLocked(o.logs[logIndex(ClassEvent)], false) {
 			continue
 		}
 		return fmt.Errorf("%d bytes do not fit within max_bytes %d", need, o.maxBytes)
@@ -402,8 +501,11 @@ func (o *Outbox) makeRoomLocked(need int64) error {
 }
 
 // evictOldestLocked deletes the oldest segment of l for lack of space and counts
-// the messages in it that were not acked.
-func (o *Outbox) evictOldestLocked(l *wlog) bool {
+// the messages in it that were not acked. If the segment holds the highest seq on
+// disk and the state does not promise more yet, its file is deleted after the state
+// is saved: by flushDoomed once wmu is released, or at once (saving the state under
+// wmu) when now is set, because a full disk needs the space before the retry.
+func (o *Outbox) evictOldestLocked(l *wlog, now bool) bool {
 	o.mu.Lock()
 	if len(l.segs) == 0 {
 		o.mu.Unlock()
@@ -412,22 +514,22 @@ func (o *Outbox) evictOldestLocked(l *wlog) bool {
 	s := l.segs[0]
 	needState := o.wouldLowerMaxLocked(map[*segment]bool{s: true})
 	o.mu.Unlock()
-	if needState {
+	if needState && now {
 		// Best effort: the disk may be full. Not saving it risks a reused seq only
 		// if the process dies before the next record is written.
 		if err := o.writeState(); err != nil {
 			o.log.Warn("cannot save the outbox state before evicting", "err", err)
 		}
+		needState = false
 	}
 
-	o.fmu.Lock()
 	o.mu.Lock()
 	n, nb := l.unackedLocked(s)
 	first := s.base
 	if h := l.fix(l.head); h.seg == s && len(l.win) > 0 && l.win[0].at.seg == s {
 		first = l.win[0].seq
 	}
-	f := o.removeSegLocked(l, s)
+	files := o.removeSegLocked(l, s)
 	o.depth -= n
 	o.bytes -= nb
 	if l.class == ClassEvent {
@@ -435,13 +537,15 @@ func (o *Outbox) evictOldestLocked(l *wlog) bool {
 	} else {
 		o.evictedTel += uint64(n)
 	}
-	o.mu.Unlock()
-	if f != nil {
-		_ = f.Close()
+	if needState {
+		o.doomed = append(o.doomed, doomedSeg{path: s.path, last: s.last})
 	}
-	o.fmu.Unlock()
-	if err := os.Remove(s.path); err != nil {
-		o.log.Error("cannot delete an evicted segment", "path", s.path, "err", err)
+	o.mu.Unlock()
+	o.closeDeleted(files)
+	if !needState {
+		if err := os.Remove(s.path); err != nil {
+			o.log.Error("cannot delete an evicted segment", "path", s.path, "err", err)
+		}
 	}
 
 	if l.class == ClassEvent && n > 0 {
@@ -460,6 +564,7 @@ func (o *Outbox) evictOldestLocked(l *wlog) bool {
 // collectLocked deletes the segments behind the acked head of each log, so that
 // disk space returns as the backlog drains. The open segment goes too once fully
 // acked if it is over a quarter segment, or whatever its size when force is set.
+// Files whose deletion must wait for a state save are left to flushDoomed.
 func (o *Outbox) collectLocked(force bool) bool {
 	o.mu.Lock()
 	if o.closed && !o.closing {
@@ -483,37 +588,30 @@ func (o *Outbox) collectLocked(force bool) bool {
 			victims[last] = true
 		}
 	}
-	needState := len(victims) > 0 && o.wouldLowerMaxLocked(victims)
-	o.mu.Unlock()
 	if len(victims) == 0 {
+		o.mu.Unlock()
 		return false
 	}
-	if needState {
-		if err := o.writeState(); err != nil {
-			o.log.Warn("cannot save the outbox state; acked segments stay until it can", "err", err)
-			return false
-		}
-	}
-
-	var files []*os.File
-	var paths []string
-	o.fmu.Lock()
-	o.mu.Lock()
+	needState := o.wouldLowerMaxLocked(victims)
+	var (
+		files []*os.File
+		paths []string
+	)
 	for _, l := range o.logs {
 		for _, s := range slices.Clone(l.segs) {
-			if victims[s] {
-				if f := o.removeSegLocked(l, s); f != nil {
-					files = append(files, f)
-				}
+			if !victims[s] {
+				continue
+			}
+			files = append(files, o.removeSegLocked(l, s)...)
+			if needState {
+				o.doomed = append(o.doomed, doomedSeg{path: s.path, last: s.last})
+			} else {
 				paths = append(paths, s.path)
 			}
 		}
 	}
 	o.mu.Unlock()
-	for _, f := range files {
-		_ = f.Close()
-	}
-	o.fmu.Unlock()
+	o.closeDeleted(files)
 	for _, p := range paths {
 		if err := os.Remove(p); err != nil {
 			o.log.Error("cannot delete an acked segment", "path", p, "err", err)

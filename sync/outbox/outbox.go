@@ -108,10 +108,68 @@ const (
 	statePeriod = time.Second
 )
 
-// writeAtFunc writes b at off. Tests replace it to make writes fail.
-type writeAtFunc func(f *os.File, b []byte, off int64) (int, error)
+// fileOps are the file operations that tests replace to make them fail or slow, where
+// an ordinary test cannot make a real disk do so (see failure_test.go). Everything
+// around them is the real code. Nil fields are the real operations.
+type fileOps struct {
+	writeAt  func(f *os.File, b []byte, off int64) (int, error)
+	datasync func(f *os.File) error // segments and the state file
+	syncDir  func(dir string) error
+}
 
-func fileWriteAt(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) }
+func (ops fileOps) withDefaults() fileOps {
+	if ops.writeAt == nil {
+		ops.writeAt = func(f *os.File, b []byte, off int64) (int, error) { return f.WriteAt(b, off) }
+	}
+	if ops.datasync == nil {
+		ops.datasync = datasync
+	}
+	if ops.syncDir == nil {
+		ops.syncDir = syncDir
+	}
+	return ops
+}
+
+// chanMutex is a mutex whose Lock can give up when a context ends: Enqueue must not
+// wait longer than its caller allows for I/O that is not its own.
+type chanMutex chan struct{}
+
+func newChanMutex() chanMutex { return make(chanMutex, 1) }
+
+func (m chanMutex) Lock() { m <- struct{}{} }
+
+// LockCtx takes the lock, or returns ctx's error if ctx ends first.
+func (m chanMutex) LockCtx(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m chanMutex) Unlock() {
+	select {
+	case <-m:
+	default:
+		panic("outbox: unlock of an unlocked chanMutex")
+	}
+}
+
+// sealedFile is the append descriptor of a sealed segment whose last fdatasync has
+// not succeeded yet. The syncer fdatasyncs it and closes it only once that succeeds;
+// until then no record written after it counts as synced.
+type sealedFile struct {
+	seg *segment
+	f   *os.File
+}
+
+// doomedSeg is a segment already forgotten whose file is deleted only after the state
+// file is saved: it holds the highest seq on disk, which the state must promise first.
+type doomedSeg struct {
+	path string
+	last uint64
+}
 
 // wrec is one accepted message on its way to a segment.
 type wrec struct {
@@ -145,7 +203,7 @@ type Outbox struct {
 	maxPending int
 	log        *slog.Logger
 	now        func() time.Time
-	writeAt    writeAtFunc
+	ops        fileOps
 	lock       *os.File
 	notify     chan struct{} // cap 1: a token waiting already says "there is more"
 	syncKick   chan struct{} // cap 1, wakes the syncer
@@ -156,15 +214,18 @@ type Outbox struct {
 
 	// wmu serialises everything that changes files: seq assignment with the append
 	// of its record, rolls, evictions and deletions, pending retries. It is held
-	// around that I/O on purpose: records must land in seq order. Stats and Peek
-	// never wait for it.
-	wmu      sync.Mutex
+	// around write(2) and unlink(2) on purpose: records must land in seq order. It is
+	// never held around an fsync (the syncer does those, and state saves that must
+	// precede a deletion happen after it is released), so that Enqueue waits for no
+	// I/O but its own write. Enqueue gives up waiting for it when its ctx ends. Stats
+	// and Peek never wait for it.
+	wmu      chanMutex
 	dropSum  dropSummary // guarded by wmu
 	inFault  bool        // guarded by wmu: writing an outbox_full fault now
 	failing  bool        // guarded by wmu: in a write failure streak (logged once)
 	closing  bool        // guarded by wmu: Close's last writes, allowed after closed
 	smu      sync.Mutex  // serialises state file writes
-	fmu      sync.Mutex  // held while append descriptors are fdatasynced or closed
+	fmu      sync.Mutex  // held while segment descriptors are fdatasynced or closed
 	pmu      sync.Mutex  // Peek: the cursors and their readers
 	amu      sync.Mutex  // Ack's readers for acks beyond the index
 	syncFail bool        // guarded by fmu: in an fsync failure streak
@@ -189,6 +250,10 @@ type Outbox struct {
 	syncErr     error
 	writtenGen  uint64
 	syncedGen   uint64
+	syncedSeq   uint64 // every seq up to it is synced (or acked or evicted): what Peek returns under FsyncAlways
+	unsynced    []sealedFile
+	retired     []*os.File    // descriptors of deleted segments for the syncer to close (fmu was busy)
+	doomed      []doomedSeg   // deleted once the state is saved, by whoever released wmu
 	syncCh      chan struct{} // closed and replaced whenever syncedGen moves
 	deferred    map[uint64]struct{}
 	deferWarned bool
@@ -200,10 +265,10 @@ type Outbox struct {
 // and a fault event says so. It fails for I/O errors and when another process holds
 // the outbox.
 func Open(opts Options) (*Outbox, error) {
-	return open(opts, fileWriteAt)
+	return open(opts, fileOps{})
 }
 
-func open(opts Options, writeAt writeAtFunc) (*Outbox, error) {
+func open(opts Options, ops fileOps) (*Outbox, error) {
 	if opts.Path == "" {
 		return nil, errors.New("outbox: open: path is empty")
 	}
@@ -268,7 +333,8 @@ func open(opts Options, writeAt writeAtFunc) (*Outbox, error) {
 		log:        opts.Logger.With("component", "outbox"),
 		onFault:    opts.OnFault,
 		now:        opts.Now,
-		writeAt:    writeAt,
+		ops:        ops.withDefaults(),
+		wmu:        newChanMutex(),
 		lock:       lock,
 		notify:     make(chan struct{}, 1),
 		syncKick:   make(chan struct{}, 1),
@@ -311,9 +377,11 @@ func open(opts Options, writeAt writeAtFunc) (*Outbox, error) {
 // While the disk refuses writes the message is held in memory (up to MaxPending)
 // and retried in the background: under FsyncInterval Enqueue then returns the
 // envelope with a nil error, under FsyncAlways it keeps waiting until the message
-// is written and synced or ctx ends. ctx ends only the wait: the returned error says
-// the message stays queued. With MaxPending messages already waiting, Enqueue fails
-// at once with an error wrapping the disk's.
+// is written and synced or ctx ends. Once the message has its seq, ctx ends only the
+// wait: the returned error says the message stays queued. If ctx ends while Enqueue
+// waits for the write lock (another caller's slow write), the message is not queued
+// and the error says so. With MaxPending messages already waiting, Enqueue fails at
+// once with an error wrapping the disk's.
 func (o *Outbox) Enqueue(ctx context.Context, kind string, class Class, body any) (Envelope, error) {
 	if kind == "" {
 		return Envelope{}, errors.New("outbox: enqueue: kind is empty")
@@ -333,9 +401,12 @@ func (o *Outbox) Enqueue(ctx context.Context, kind string, class Class, body any
 			kind, size, o.maxBytes)
 	}
 
-	o.wmu.Lock()
+	if err := o.wmu.LockCtx(ctx); err != nil {
+		return Envelope{}, fmt.Errorf("outbox: enqueue %s: not queued, stopped waiting for the write lock: %w", kind, err)
+	}
 	w, err := o.acceptLocked(class, prefix, tail)
 	o.wmu.Unlock()
+	o.flushDoomed()
 	if err != nil {
 		return Envelope{}, fmt.Errorf("outbox: enqueue %s: %w", kind, err)
 	}
@@ -434,7 +505,7 @@ func (o *Outbox) acceptLocked(class Class, prefix, tail []byte) (*wrec, error) {
 
 	if npend == 0 {
 		err := o.storeLocked(w, true)
-		if err != nil && isNoSpace(err) && o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)]) {
+		if err != nil && isNoSpace(err) && o.evictOldestLocked(o.logs[logIndex(ClassTelemetry)], true) {
 			err = o.storeLocked(w, true)
 		}
 		if err == nil {
@@ -601,13 +672,9 @@ func (o *Outbox) Close() error {
 	if err := o.writeState(); err != nil {
 		errs = append(errs, fmt.Errorf("outbox: close %s: %w", o.path, err))
 	}
+	o.flushDoomed()
 	o.fmu.Lock()
-	for _, l := range o.logs {
-		if l.f != nil {
-			_ = l.f.Close()
-			l.f = nil
-		}
-	}
+	o.closeDescriptorsLocked()
 	o.fmu.Unlock()
 	o.closing = false
 	o.wmu.Unlock()
@@ -621,20 +688,41 @@ func (o *Outbox) Close() error {
 	return errors.Join(errs...)
 }
 
-// closeFiles closes the readers and releases the lock.
+// closeDescriptorsLocked closes every segment descriptor the writer and the syncer
+// hold. Called with fmu held, once nothing writes any more.
+func (o *Outbox) closeDescriptorsLocked() {
+	o.mu.Lock()
+	var files []*os.File
+	for _, l := range o.logs {
+		if l.f != nil {
+			files = append(files, l.f)
+			l.f = nil
+		}
+	}
+	for _, sf := range o.unsynced {
+		files = append(files, sf.f)
+	}
+	files = append(files, o.retired...)
+	o.unsynced, o.retired = nil, nil
+	o.mu.Unlock()
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+// closeFiles closes the readers and every other descriptor, and releases the lock.
 func (o *Outbox) closeFiles() {
 	o.amu.Lock()
 	o.pmu.Lock()
 	for _, l := range o.logs {
 		l.rd.close()
 		l.ard.close()
-		if l.f != nil {
-			_ = l.f.Close()
-			l.f = nil
-		}
 	}
 	o.pmu.Unlock()
 	o.amu.Unlock()
+	o.fmu.Lock()
+	o.closeDescriptorsLocked()
+	o.fmu.Unlock()
 	if o.lock != nil {
 		_ = o.lock.Close()
 		o.lock = nil

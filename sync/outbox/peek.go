@@ -22,22 +22,31 @@ func (r *rrec) next() pos {
 }
 
 // Peek returns up to n messages with seq > after that are written and not acked,
-// in seq order across both classes. It keeps a cursor per log, so a drainer calling
+// in seq order across both classes. Under FsyncAlways only messages an fdatasync
+// covers are returned: one the broker acknowledged before it was on disk could
+// otherwise be lost in a power cut and its seq given to another message. Under
+// FsyncInterval written messages are returned at once. It keeps a cursor per log, so a drainer calling
 // Peek(last seq returned, window) again and again reads each record once; an after
 // below the cursor rescans from the oldest unacked message. It holds no more than
 // the returned messages in memory.
 func (o *Outbox) Peek(after uint64, n int) ([]Envelope, error) {
 	o.pmu.Lock()
 	defer o.pmu.Unlock()
+	// A reader left on a deleted segment holds its disk space.
+	o.closeReadersOnDeleted(func(l *wlog) *segReader { return &l.rd })
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
 		return nil, fmt.Errorf("outbox: peek %s: outbox is closed", o.path)
 	}
 	// Seqs are written in order across both logs, so what is visible now is exactly
-	// 1..lastWritten: a record beyond it in one log must not be returned before a
-	// lower one that a concurrent write is adding to the other log.
+	// 1..lastWritten (1..syncedSeq under always): a record beyond it in one log must
+	// not be returned before a lower one that a concurrent write is adding to the
+	// other log.
 	visible := o.lastWritten
+	if o.policy == FsyncAlways {
+		visible = o.syncedSeq
+	}
 	for _, l := range o.logs {
 		if after < l.cur.seq {
 			l.cur = cursor{pos: l.head}
@@ -242,6 +251,12 @@ func (o *Outbox) Ack(seqs ...uint64) error {
 	}
 	fallback := len(o.deferred) > 0
 	o.mu.Unlock()
+	// A reader left on a deleted segment holds its disk space; one in use is
+	// checked by ackBeyondIndex when it starts.
+	if o.amu.TryLock() {
+		o.closeReadersOnDeleted(func(l *wlog) *segReader { return &l.ard })
+		o.amu.Unlock()
+	}
 
 	if fallback {
 		if err := o.ackBeyondIndex(); err != nil {
@@ -252,8 +267,9 @@ func (o *Outbox) Ack(seqs ...uint64) error {
 		o.wmu.Lock()
 		deleted := o.collectLocked(false)
 		o.wmu.Unlock()
+		saved := o.flushDoomed()
 		// Save the head that now points past the deleted segments.
-		if deleted {
+		if deleted && !saved {
 			if err := o.writeState(); err != nil {
 				o.log.Warn("cannot save the outbox state", "err", err)
 			}
@@ -321,6 +337,7 @@ func (o *Outbox) pruneDeferredLocked() {
 func (o *Outbox) ackBeyondIndex() error {
 	o.amu.Lock()
 	defer o.amu.Unlock()
+	o.closeReadersOnDeleted(func(l *wlog) *segReader { return &l.ard })
 	for _, l := range o.logs {
 		for {
 			o.mu.Lock()

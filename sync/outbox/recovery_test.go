@@ -161,6 +161,7 @@ func decodeFault(t *testing.T, env Envelope) faultBody {
 
 // TestCorruptStore: a store that is not an outbox is moved aside, Open succeeds
 // with an empty one, and its first message is a fault event saying where it went.
+// A bad state file alone is not such a store: see TestStateLost.
 func TestCorruptStore(t *testing.T) {
 	const n = 300 // several segments at MaxBytes 1 MiB
 	cases := []struct {
@@ -169,17 +170,6 @@ func TestCorruptStore(t *testing.T) {
 		firstSeq uint64 // of the fault event
 		wantErr  string
 	}{
-		{"state garbage", func(t *testing.T, dir string) {
-			writeFile(t, filepath.Join(dir, "state"), bytes.Repeat([]byte("vigil!"), 14))
-		}, 1, "state file does not start with"},
-		{"state truncated", func(t *testing.T, dir string) {
-			if err := os.Truncate(filepath.Join(dir, "state"), 20); err != nil {
-				t.Fatal(err)
-			}
-		}, 1, "state file is 20 bytes"},
-		{"state checksum", func(t *testing.T, dir string) {
-			flipByte(t, filepath.Join(dir, "state"), 9)
-		}, 1, "state file checksum"},
 		{"older segment header garbage", func(t *testing.T, dir string) {
 			segs := segFiles(t, dir, "events")
 			if len(segs) < 2 {
@@ -352,6 +342,167 @@ func TestStaleState(t *testing.T) {
 			}
 			if tc.name == "head off a record boundary" && !strings.Contains(logs.String(), "does not match") {
 				t.Errorf("mismatched head not logged:\n%s", logs)
+			}
+		})
+	}
+}
+
+// TestStateLost: a state file that cannot be decoded costs only the acked heads:
+// every message still on disk is delivered again (at least once), seq goes on after
+// the highest one on disk, nothing is moved aside, and a fault event says why.
+func TestStateLost(t *testing.T) {
+	const n = 50
+	cases := []struct {
+		name    string
+		damage  func(t *testing.T, path string)
+		wantErr string
+	}{
+		{"garbage", func(t *testing.T, path string) {
+			writeFile(t, path, bytes.Repeat([]byte("vigil!"), 14))
+		}, "state file does not start with"},
+		{"truncated", func(t *testing.T, path string) {
+			if err := os.Truncate(path, 20); err != nil {
+				t.Fatal(err)
+			}
+		}, "state file is 20 bytes"},
+		{"checksum", func(t *testing.T, path string) {
+			flipByte(t, path, 9)
+		}, "state file checksum"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			forEachPolicy(t, func(t *testing.T, p Fsync) {
+				opts := testOptions(t, p)
+				o, err := Open(opts)
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				for i := range n {
+					class := ClassEvent
+					if i%3 == 0 {
+						class = ClassTelemetry
+					}
+					mustEnqueue(t, o, "m", class, i)
+				}
+				// Acked before the state is lost: delivered again.
+				page, err := o.Peek(0, 10)
+				if err != nil || len(page) != 10 {
+					t.Fatalf("Peek(0, 10) = %d messages, %v", len(page), err)
+				}
+				if err := o.Ack(seqsOf(page)...); err != nil {
+					t.Fatal(err)
+				}
+				if err := o.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+				tc.damage(t, filepath.Join(opts.Path, "state"))
+
+				logger, logs := captureLog()
+				opts.Logger = logger
+				o = openTest(t, opts)
+				if moved, _ := filepath.Glob(opts.Path + ".corrupt-*"); len(moved) != 0 {
+					t.Errorf("a bad state file moved the store aside: %v", moved)
+				}
+				got := peekAll(t, o)
+				if !slices.Equal(seqsOf(got), seqRange(1, n+1)) {
+					t.Fatalf("after losing the state Peek = %v, want all %d messages again and the fault", seqsOf(got), n)
+				}
+				if f := decodeFault(t, got[n]); f.Fault != "outbox_state_lost" || !strings.Contains(f.Error, tc.wantErr) {
+					t.Errorf("fault = %+v, want outbox_state_lost with an error containing %q", f, tc.wantErr)
+				}
+				if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), filepath.Join(opts.Path, "state")) {
+					t.Errorf("the lost state is not logged with its path:\n%s", logs)
+				}
+				// The fault took seq n+1: the next message follows it.
+				if env := mustEnqueue(t, o, "m", ClassEvent, "after"); env.Seq != n+2 {
+					t.Errorf("next seq = %d, want %d", env.Seq, n+2)
+				}
+				if st := o.Stats(); st.Depth != n+2 || st.Dropped != 0 {
+					t.Errorf("Stats = %+v, want Depth %d and nothing dropped", st, n+2)
+				}
+				// The state is whole again.
+				o = closeAndReopen(t, o, opts)
+				if got := seqsOf(peekAll(t, o)); !slices.Equal(got, seqRange(1, n+2)) {
+					t.Errorf("after another restart Peek = %v, want 1..%d", got, n+2)
+				}
+			})
+		})
+	}
+}
+
+// TestQuarantineKeepsSeq: when a corrupt log makes Open move the store aside, seq
+// goes on above every seq on disk in either log, although the state file is stale
+// (saved before a kill -9) and the other log was never loaded. Where a segment's
+// records are unreadable, its file name still says its first seq.
+func TestQuarantineKeepsSeq(t *testing.T) {
+	cases := []struct {
+		name       string
+		destroyTel bool // overwrite the newest telemetry segment with garbage
+	}{
+		{"telemetry intact", false},
+		{"telemetry tail unreadable", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOptions(t, FsyncInterval)
+			opts.MaxBytes = 1 << 20 // 64 KiB segments
+			fillEvents(t, opts, 300, strings.Repeat("e", 500))
+			stale, err := os.ReadFile(filepath.Join(opts.Path, "state"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := Open(opts)
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			for range 300 {
+				mustEnqueue(t, o, "telemetry", ClassTelemetry, strings.Repeat("t", 500))
+			}
+			if err := o.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			writeFile(t, filepath.Join(opts.Path, "state"), stale) // next_seq 301
+
+			events, tel := segFiles(t, opts.Path, "events"), segFiles(t, opts.Path, "telemetry")
+			if len(events) < 2 || len(tel) < 2 {
+				t.Fatalf("%d event and %d telemetry segments, want several of each", len(events), len(tel))
+			}
+			f, err := os.OpenFile(events[0], os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.WriteAt([]byte("not a record header"), 0)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			highest := uint64(600)
+			if tc.destroyTel {
+				tail := tel[len(tel)-1]
+				fi, err := os.Stat(tail)
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, tail, bytes.Repeat([]byte{0xa5}, int(fi.Size())))
+				base, _ := parseSegName(filepath.Base(tail))
+				highest = base // its records are gone, its name is not
+			}
+
+			o = openTest(t, opts)
+			if moved, _ := filepath.Glob(opts.Path + ".corrupt-*"); len(moved) != 1 {
+				t.Fatalf("moved-aside directories: %v, want one", moved)
+			}
+			got := peekAll(t, o)
+			if len(got) != 1 || decodeFault(t, got[0]).Fault != "outbox_corrupt" {
+				t.Fatalf("after moving aside Peek = %+v, want only the outbox_corrupt fault", got)
+			}
+			if got[0].Seq <= highest {
+				t.Errorf("the fault after the quarantine has seq %d, want above %d, the highest seq on disk", got[0].Seq, highest)
+			}
+			if env := mustEnqueue(t, o, "m", ClassEvent, 1); env.Seq != got[0].Seq+1 {
+				t.Errorf("next seq = %d, want %d", env.Seq, got[0].Seq+1)
 			}
 		})
 	}

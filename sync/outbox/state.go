@@ -88,7 +88,7 @@ func (o *Outbox) writeState() error {
 	o.stateDirty = false
 	o.mu.Unlock()
 
-	err := writeFileAtomic(o.path, stateName, stateTmpName, encodeState(st))
+	err := writeFileAtomic(o.ops, o.path, stateName, stateTmpName, encodeState(st))
 	o.mu.Lock()
 	if err != nil {
 		o.stateDirty = true
@@ -103,7 +103,7 @@ func (o *Outbox) writeState() error {
 	return nil
 }
 
-func writeFileAtomic(dir, name, tmpName string, b []byte) error {
+func writeFileAtomic(ops fileOps, dir, name, tmpName string, b []byte) error {
 	tmp := filepath.Join(dir, tmpName)
 	err := func() error {
 		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -112,7 +112,7 @@ func writeFileAtomic(dir, name, tmpName string, b []byte) error {
 		}
 		_, werr := f.Write(b)
 		if werr == nil {
-			werr = datasync(f)
+			werr = ops.datasync(f)
 		}
 		return errors.Join(werr, f.Close())
 	}()
@@ -123,12 +123,21 @@ func writeFileAtomic(dir, name, tmpName string, b []byte) error {
 		_ = os.Remove(tmp)
 		return err
 	}
-	return syncDir(dir)
+	return ops.syncDir(dir)
 }
 
-// readState returns the state file; ok is false when there is none.
+// badStateError is a state file that cannot be decoded. It costs the acked heads
+// only (Open then delivers everything on disk again), never the store.
+type badStateError struct{ err error }
+
+func (e *badStateError) Error() string { return e.err.Error() }
+func (e *badStateError) Unwrap() error { return e.err }
+
+// readState returns the state file; ok is false when there is none. One that cannot
+// be decoded is a *badStateError.
 func (o *Outbox) readState() (st stateData, ok bool, err error) {
-	b, err := os.ReadFile(filepath.Join(o.path, stateName))
+	path := filepath.Join(o.path, stateName)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return st, false, nil
 	}
@@ -137,7 +146,7 @@ func (o *Outbox) readState() (st stateData, ok bool, err error) {
 	}
 	st, err = decodeState(b)
 	if err != nil {
-		return st, false, &corruptError{err}
+		return st, false, &badStateError{fmt.Errorf("%s: %w", path, err)}
 	}
 	return st, true, nil
 }
