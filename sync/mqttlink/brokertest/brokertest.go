@@ -57,9 +57,10 @@ type Broker struct {
 	dir  string
 	conf string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	log *bytes.Buffer
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+	log    *bytes.Buffer
 }
 
 // Start starts a broker and stops it when the test ends.
@@ -163,7 +164,7 @@ func (b *Broker) start(bin string) error {
 		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", b.Port), 200*time.Millisecond)
 		if err == nil {
 			conn.Close()
-			b.cmd = cmd
+			b.cmd, b.exited = cmd, exited
 			return nil
 		}
 		select {
@@ -181,16 +182,22 @@ func (b *Broker) start(bin string) error {
 }
 
 // Stop kills the broker (a broker outage, as the client sees it). Idempotent.
-func (b *Broker) Stop() {
+func (b *Broker) Stop() { b.stop(syscall.SIGKILL) }
+
+// StopGraceful stops the broker with SIGTERM, so a persistent broker saves its
+// sessions.
+func (b *Broker) StopGraceful() { b.stop(syscall.SIGTERM) }
+
+func (b *Broker) stop(sig syscall.Signal) {
 	b.mu.Lock()
-	cmd := b.cmd
+	cmd, exited := b.cmd, b.exited
 	b.cmd = nil
 	b.mu.Unlock()
 	if cmd == nil {
 		return
 	}
-	cmd.Process.Kill()
-	cmd.Process.Wait()
+	cmd.Process.Signal(sig)
+	<-exited
 	// Wait until the port is free so a restart can bind it again.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -201,20 +208,6 @@ func (b *Broker) Stop() {
 		conn.Close()
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// StopGraceful stops the broker with SIGTERM, so a persistent broker saves its
-// sessions.
-func (b *Broker) StopGraceful() {
-	b.mu.Lock()
-	cmd := b.cmd
-	b.cmd = nil
-	b.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	cmd.Process.Wait()
 }
 
 // Restart starts a stopped broker again on the same port.
