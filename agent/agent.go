@@ -209,7 +209,12 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
-	spec := capture.Spec{Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime}
+	// stall_timeout bounds an RTSP camera's reads and opens: a stream that stops
+	// sending fails the read, and the supervisor reconnects.
+	spec := capture.Spec{
+		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
+		Transport: cc.RTSPTransport, OpenTimeout: cc.StallTimeout, ReadTimeout: cc.StallTimeout,
+	}
 	cam := &camera{
 		cfg: cc,
 		cap: capture.NewCamera(capture.CameraOptions{

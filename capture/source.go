@@ -2,7 +2,6 @@ package capture
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -28,6 +27,13 @@ type Spec struct {
 	Loop bool
 	// Fast reads a file as fast as it decodes instead of at its own frame rate.
 	Fast bool
+
+	// Transport is how an rtsp camera sends RTP: "tcp" (interleaved in the RTSP
+	// connection; the default) or "udp".
+	Transport string
+	// OpenTimeout and ReadTimeout bound an rtsp camera that does not answer or
+	// stops sending; zero means 10 s. See openRTSP for how they reach FFmpeg.
+	OpenTimeout, ReadTimeout time.Duration
 }
 
 // Open opens the source a Spec names.
@@ -38,7 +44,7 @@ func Open(ctx context.Context, s Spec) (Source, error) {
 	case "pattern":
 		return NewPattern(640, 480, 10), nil
 	case "rtsp":
-		return openVideo(s.Target, gocv.VideoCaptureFFmpeg)
+		return openRTSP(ctx, s)
 	case "v4l2":
 		return openVideo(s.Target, gocv.VideoCaptureV4L2)
 	}
@@ -77,6 +83,9 @@ func OpenFile(path string, loop, realtime bool) (Source, error) {
 func (f *fileSource) open() error {
 	vc, err := gocv.OpenVideoCaptureWithAPI(f.path, gocv.VideoCaptureFFmpeg)
 	if err != nil {
+		if vc != nil {
+			vc.Close() // gocv returns the capture even when the open fails
+		}
 		return fmt.Errorf("open video %s: %w", f.path, err)
 	}
 	if !vc.IsOpened() {
@@ -142,35 +151,63 @@ func (f *fileSource) Close() error {
 
 // videoSource is a live stream read through OpenCV (RTSP over FFmpeg, V4L2 devices).
 type videoSource struct {
-	target string
-	vc     *gocv.VideoCapture
+	kind string // "rtsp" or "v4l2", for messages
+	name string // the target as errors show it: an RTSP URL without its password
+	vc   *gocv.VideoCapture
+	// stall, if set, is FFmpeg's socket timeout: a Read blocked that long means the
+	// stream stalled, whatever frame OpenCV hands back at the end of it.
+	stall time.Duration
 }
 
 func openVideo(target string, api gocv.VideoCaptureAPI) (Source, error) {
 	vc, err := gocv.OpenVideoCaptureWithAPI(target, api)
 	if err != nil {
-		return nil, err
+		if vc != nil {
+			vc.Close() // gocv returns the capture even when the open fails
+		}
+		return nil, fmt.Errorf("open v4l2 %s: %w", target, err)
 	}
 	if !vc.IsOpened() {
 		vc.Close()
-		return nil, errors.New("stream did not open")
+		return nil, fmt.Errorf("open v4l2 %s: device did not open", target)
 	}
-	return &videoSource{target: target, vc: vc}, nil
+	return &videoSource{kind: "v4l2", name: target, vc: vc}, nil
 }
 
 func (v *videoSource) Read(ctx context.Context) (gocv.Mat, error) {
 	if err := ctx.Err(); err != nil {
 		return gocv.Mat{}, err
 	}
+	if v.vc == nil {
+		return gocv.Mat{}, fmt.Errorf("read %s %s: source closed", v.kind, v.name)
+	}
 	m := gocv.NewMat()
-	if !v.vc.Read(&m) || m.Empty() {
+	start := time.Now()
+	ok := v.vc.Read(&m)
+	// When FFmpeg's socket timeout fires, OpenCV may still return frames its
+	// decoder held back (one per decoding thread) before it reports failure; a
+	// read that blocked for the timeout is a stall, not a frame.
+	if v.stall > 0 && time.Since(start) >= v.stall*9/10 {
 		m.Close()
-		return gocv.Mat{}, errors.New("stream ended or returned no frame")
+		return gocv.Mat{}, fmt.Errorf("read %s %s: no frame for %v: the stream stalled (read timeout)",
+			v.kind, v.name, time.Since(start).Round(100*time.Millisecond))
+	}
+	if !ok || m.Empty() {
+		m.Close()
+		return gocv.Mat{}, fmt.Errorf("read %s %s: the stream ended or returned no frame", v.kind, v.name)
 	}
 	return m, nil
 }
 
-func (v *videoSource) Close() error { return v.vc.Close() }
+// Close releases the capture; a second Close does nothing.
+func (v *videoSource) Close() error {
+	if v.vc == nil {
+		return nil
+	}
+	err := v.vc.Close()
+	v.vc = nil
+	return err
+}
 
 // Pattern is a synthetic camera: a moving box and a frame counter on a gray
 // background, at a fixed rate. It needs no hardware and no files.
