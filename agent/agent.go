@@ -219,7 +219,7 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 		cfg: cc,
 		cap: capture.NewCamera(capture.CameraOptions{
 			Name: cc.Name, StallTimeout: cc.StallTimeout, BackoffMin: cc.Backoff.Min, BackoffMax: cc.Backoff.Max,
-			Lossless: spec.Fast, Logger: logger,
+			Lossless: spec.Fast, Logger: logger, OnState: a.cameraChanged,
 			Open: func(ctx context.Context) (capture.Source, error) { return capture.Open(ctx, spec) },
 		}),
 		model:  a.models[cc.Model],
@@ -278,6 +278,22 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		err = nil
 	}
 	return err
+}
+
+// cameraChanged records a camera's change of state (streaming, backoff with the
+// reason, ended) as an event.
+func (a *Agent) cameraChanged(name, state, lastErr string) {
+	body := map[string]string{"camera": name, "state": state}
+	if lastErr != "" {
+		body["error"] = lastErr
+	}
+	env, err := a.enqueueEvent(context.Background(), "camera", body)
+	if err != nil {
+		a.logger.Error("camera event not committed", "camera", name, "seq", env.Seq, "err", err)
+	}
+	if env.Seq != 0 {
+		a.events.add(env)
+	}
 }
 
 // safeAll drives every actuator to its safe level, logging what fails.

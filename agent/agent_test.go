@@ -155,7 +155,7 @@ func TestEndToEnd(t *testing.T) {
 	var st Status
 	waitFor(t, 30*time.Second, "a detection event and the end of the relay pulse", func() bool {
 		st = r.status(t)
-		return len(st.Events) > 0 && len(st.Actuators) == 1 && st.Actuators[0].Transitions >= 2
+		return eventOfKind(st.Events, "detection") != nil && len(st.Actuators) == 1 && st.Actuators[0].Transitions >= 2
 	})
 
 	// The contract shape of /api/status (DESIGN.md), with the figures of this run.
@@ -183,8 +183,11 @@ func TestEndToEnd(t *testing.T) {
 	if st.Outbox.Depth < 1 || st.Outbox.Bytes <= 0 || st.MQTT.State != "disabled" {
 		t.Errorf("outbox/mqtt: %+v %+v", st.Outbox, st.MQTT)
 	}
-	ev := st.Events[0]
+	ev := *eventOfKind(st.Events, "detection")
 	checkDetectionEvent(t, ev)
+	if cam := eventOfKind(st.Events, "camera"); cam == nil || bodyField(*cam, "state") != "streaming" {
+		t.Errorf("no camera streaming event: %+v", st.Events)
+	}
 
 	// Snapshot, metrics, health.
 	code, jpeg := r.get(t, "/api/cameras/door/snapshot.jpg")
@@ -228,12 +231,30 @@ func TestEndToEnd(t *testing.T) {
 	}
 	stored, err := ob.Peek(0, 10)
 	ob.Close()
-	if err != nil || len(stored) == 0 || stored[0].ID != ev.ID || stored[0].Seq != ev.Seq || stored[0].Kind != "detection" {
+	if got := eventOfKind(stored, "detection"); err != nil || got == nil || got.ID != ev.ID || got.Seq != ev.Seq {
 		t.Fatalf("outbox on disk: %v %+v, want the event %s", err, stored, ev.ID)
 	}
 	if n := matCount(); n != mats {
 		t.Errorf("gocv Mats: %d before, %d after the agent stopped", mats, n)
 	}
+}
+
+// bodyField is a string field of an event's body.
+func bodyField(e outbox.Envelope, key string) string {
+	var m map[string]any
+	json.Unmarshal(e.Body, &m)
+	s, _ := m[key].(string)
+	return s
+}
+
+// eventOfKind is the first event of that kind, or nil.
+func eventOfKind(events []outbox.Envelope, kind string) *outbox.Envelope {
+	for i := range events {
+		if events[i].Kind == kind {
+			return &events[i]
+		}
+	}
+	return nil
 }
 
 func checkDetectionEvent(t *testing.T, ev outbox.Envelope) {
@@ -367,6 +388,16 @@ func TestDeadCameraIsReportedAndRetried(t *testing.T) {
 	if !strings.Contains(cam.LastError, "no such file") {
 		t.Errorf("last_error %q", cam.LastError)
 	}
+	// Many retries, one event: the change from nothing to failing.
+	var changes []outbox.Envelope
+	for _, e := range r.status(t).Events {
+		if e.Kind == "camera" {
+			changes = append(changes, e)
+		}
+	}
+	if len(changes) != 1 || bodyField(changes[0], "state") != "backoff" || !strings.Contains(bodyField(changes[0], "error"), "no such file") {
+		t.Errorf("camera events for a dead camera: %+v", changes)
+	}
 	if code, body := r.get(t, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(string(body), "camera door has no detection yet") {
 		t.Errorf("/readyz with a dead camera: %d %s", code, body)
 	}
@@ -466,7 +497,7 @@ func TestOutboxBudgetEvictsTelemetryFirst(t *testing.T) {
 		if st.Outbox.DiskBytes > 1<<20 {
 			t.Fatalf("outbox uses %d bytes on disk, budget 1MiB", st.Outbox.DiskBytes)
 		}
-		return st.Outbox.Evicted > 0 && len(st.Events) > 0
+		return st.Outbox.Evicted > 0 && eventOfKind(st.Events, "detection") != nil
 	})
 	if st.Outbox.Dropped != 0 {
 		t.Errorf("events dropped while telemetry could be evicted: %+v", st.Outbox)
@@ -522,5 +553,45 @@ func TestMQTTWithClientCertificate(t *testing.T) {
 	})
 	if mq.State == "connected" || !strings.Contains(mq.LastError, "connect to "+b.URL) {
 		t.Errorf("link without a client certificate: %+v", mq)
+	}
+}
+
+// Four cameras on one detector, one of them broken: the three others stream and are
+// all detected on (none starves), and the broken one is retried and reported.
+func TestFourCamerasOneBroken(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	cam := cfg.Cameras[0]
+	cfg.Cameras = nil
+	for i, url := range []string{"file://" + clip, "file://" + clip, "pattern://", "file:///no/such/clip.mp4"} {
+		c := cam
+		c.Name, c.URL = fmt.Sprintf("cam%d", i), url
+		c.Backoff = config.Backoff{Min: 20 * time.Millisecond, Max: 100 * time.Millisecond}
+		cfg.Cameras = append(cfg.Cameras, c)
+	}
+	cfg.Rules = nil
+	r := start(t, cfg)
+	var st Status
+	waitFor(t, 30*time.Second, "30 detected frames on each working camera", func() bool {
+		st = r.status(t)
+		for _, c := range st.Cameras[:3] {
+			if c.Detect.Frames < 30 {
+				return false
+			}
+		}
+		return st.Cameras[3].Reconnects >= 3
+	})
+	var lo, hi uint64 = st.Cameras[0].Detect.Frames, 0
+	for _, c := range st.Cameras[:3] {
+		if c.State != "streaming" {
+			t.Errorf("%s: %s", c.Name, c.State)
+		}
+		lo, hi = min(lo, c.Detect.Frames), max(hi, c.Detect.Frames)
+	}
+	// Same rates in, so nearly the same counts out; a starved camera would lag far behind.
+	if lo*2 < hi {
+		t.Errorf("detections per camera range from %d to %d: a camera is starved", lo, hi)
+	}
+	if broken := st.Cameras[3]; broken.State == "streaming" || !strings.Contains(broken.LastError, "no such file") {
+		t.Errorf("broken camera: %+v", broken)
 	}
 }

@@ -33,6 +33,10 @@ type CameraOptions struct {
 	// read as fast as they decode, where detection sets the pace and every frame counts.
 	Lossless bool
 	Logger   *slog.Logger
+	// OnState, if set, is told when the camera starts streaming, fails (backoff) or
+	// ends (a file played once), once per change: a dead camera retried forever is
+	// one change, not one per retry. It is called from the camera's goroutine.
+	OnState func(name, state, lastErr string)
 }
 
 // Status is what the status page and metrics show of a camera.
@@ -51,9 +55,10 @@ type Status struct {
 // Camera reads one source into its Slot and keeps it going: a failed open or read is
 // retried with capped exponential backoff and jitter, forever, until ctx ends.
 type Camera struct {
-	opts   CameraOptions
-	slot   *Slot
-	logger *slog.Logger
+	opts     CameraOptions
+	slot     *Slot
+	logger   *slog.Logger
+	notified string // the last state told to OnState; used by Run's goroutine only
 
 	mu         sync.Mutex // guards the fields below
 	state      string
@@ -104,6 +109,7 @@ func (c *Camera) Run(ctx context.Context) error {
 			c.state, c.lastErr = StateStopped, "end of file"
 			c.mu.Unlock()
 			c.logger.Info("camera source ended")
+			c.notify(StateStopped, "end of file")
 			return nil
 		}
 		delay := backoff.Delay(c.opts.BackoffMin, c.opts.BackoffMax, failures)
@@ -115,6 +121,7 @@ func (c *Camera) Run(ctx context.Context) error {
 		c.state = StateBackoff
 		c.mu.Unlock()
 		c.logger.Warn("camera failed; retrying", "err", err, "attempt", failures, "retry_in", delay.Round(time.Millisecond))
+		c.notify(StateBackoff, err.Error())
 		if sleepCtx(ctx, delay) != nil {
 			c.setState(StateStopped)
 			return nil
@@ -141,7 +148,8 @@ func (c *Camera) stream(ctx context.Context, failures *int) error {
 		}
 		now := time.Now()
 		c.mu.Lock()
-		if c.state != StateStreaming {
+		started := c.state != StateStreaming
+		if started {
 			c.state, c.lastErr = StateStreaming, ""
 			*failures = 0
 			c.logger.Info("camera streaming")
@@ -158,12 +166,27 @@ func (c *Camera) stream(ctx context.Context, failures *int) error {
 		}
 		c.lastFrame = now
 		c.mu.Unlock()
+		if started {
+			c.notify(StateStreaming, "")
+		}
 		f := Frame{Camera: c.opts.Name, Seq: seq, Time: now, Mat: m}
 		if !c.opts.Lossless {
 			c.slot.Put(f)
 		} else if err := c.slot.PutWait(ctx, f); err != nil {
 			return err
 		}
+	}
+}
+
+// notify tells OnState about a change of the reported state. Only the camera's own
+// goroutine calls it, so notified needs no lock.
+func (c *Camera) notify(state, lastErr string) {
+	if state == c.notified {
+		return
+	}
+	c.notified = state
+	if c.opts.OnState != nil {
+		c.opts.OnState(c.opts.Name, state, lastErr)
 	}
 }
 
