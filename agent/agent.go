@@ -214,6 +214,7 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 	spec := capture.Spec{
 		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
 		Transport: cc.RTSPTransport, OpenTimeout: cc.StallTimeout, ReadTimeout: cc.StallTimeout,
+		Width: u.Width, Height: u.Height, FPS: u.FPS, PixelFormat: u.PixelFormat,
 	}
 	cam := &camera{
 		cfg: cc,

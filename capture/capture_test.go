@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -255,5 +256,27 @@ func TestCameraStopsAtEndOfFilePlayedOnce(t *testing.T) {
 	st := cam.Status()
 	if n != 261 || st.Dropped != 0 || st.State != StateStopped || st.Reconnects != 0 || st.LastError != "end of file" {
 		t.Errorf("took %d frames of 261; status %+v", n, st)
+	}
+}
+
+// V4L2 devices get real-device tests in the VM harness; here, the open errors.
+func TestV4L2OpenErrors(t *testing.T) {
+	regular := filepath.Join(t.TempDir(), "video0")
+	os.WriteFile(regular, []byte("not a device"), 0o644)
+	for name, tc := range map[string]struct{ device, want string }{
+		"missing device":       {"/dev/video99", "no such file"},
+		"not a device":         {regular, "not a video device"},
+		"not a capture device": {"/dev/null", "not a video capture device"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			src, err := Open(context.Background(), Spec{Kind: "v4l2", Target: tc.device, Width: 640, Height: 480})
+			if err == nil {
+				src.Close()
+				t.Fatalf("%s opened", tc.device)
+			}
+			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.device) {
+				t.Errorf("error %q, want it to name %s and say %q", err, tc.device, tc.want)
+			}
+		})
 	}
 }

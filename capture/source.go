@@ -31,6 +31,12 @@ type Spec struct {
 	// Transport is how an rtsp camera sends RTP: "tcp" (interleaved in the RTSP
 	// connection; the default) or "udp".
 	Transport string
+	// Width, Height, FPS and PixelFormat (a FOURCC such as MJPG or YUYV) are what a
+	// v4l2 camera is asked for; zero leaves the driver's choice.
+	Width, Height int
+	FPS           float64
+	PixelFormat   string
+
 	// OpenTimeout and ReadTimeout bound an rtsp camera that does not answer or
 	// stops sending; zero means 10 s. See openRTSP for how they reach FFmpeg.
 	OpenTimeout, ReadTimeout time.Duration
@@ -46,7 +52,7 @@ func Open(ctx context.Context, s Spec) (Source, error) {
 	case "rtsp":
 		return openRTSP(ctx, s)
 	case "v4l2":
-		return openVideo(s.Target, gocv.VideoCaptureV4L2)
+		return openV4L2(s)
 	}
 	return nil, fmt.Errorf("unknown source kind %q", s.Kind)
 }
@@ -159,17 +165,34 @@ type videoSource struct {
 	stall time.Duration
 }
 
-func openVideo(target string, api gocv.VideoCaptureAPI) (Source, error) {
-	vc, err := gocv.OpenVideoCaptureWithAPI(target, api)
+// openV4L2 opens a V4L2 capture device and asks for the Spec's size, rate and pixel
+// format; the driver picks the nearest it supports.
+func openV4L2(s Spec) (Source, error) {
+	target := s.Target
+	st, err := os.Stat(target)
 	if err != nil {
+		return nil, fmt.Errorf("open v4l2 %w", err)
+	}
+	if st.Mode()&os.ModeCharDevice == 0 {
+		return nil, fmt.Errorf("open v4l2 %s: not a video device (not a character device)", target)
+	}
+	vc, err := gocv.OpenVideoCaptureWithAPI(target, gocv.VideoCaptureV4L2)
+	if err != nil || !vc.IsOpened() {
 		if vc != nil {
 			vc.Close() // gocv returns the capture even when the open fails
 		}
-		return nil, fmt.Errorf("open v4l2 %s: %w", target, err)
+		// OpenCV does not say why; these are the causes seen in the field.
+		return nil, fmt.Errorf("open v4l2 %s: not a video capture device, or it is busy, or the user lacks the video group", target)
 	}
-	if !vc.IsOpened() {
-		vc.Close()
-		return nil, fmt.Errorf("open v4l2 %s: device did not open", target)
+	if len(s.PixelFormat) == 4 {
+		vc.Set(gocv.VideoCaptureFOURCC, vc.ToCodec(s.PixelFormat))
+	}
+	if s.Width > 0 && s.Height > 0 {
+		vc.Set(gocv.VideoCaptureFrameWidth, float64(s.Width))
+		vc.Set(gocv.VideoCaptureFrameHeight, float64(s.Height))
+	}
+	if s.FPS > 0 {
+		vc.Set(gocv.VideoCaptureFPS, s.FPS)
 	}
 	return &videoSource{kind: "v4l2", name: target, vc: vc}, nil
 }

@@ -31,6 +31,10 @@ type CameraURL struct {
 	// For files: Loop starts over at the end (default true); Realtime delivers frames
 	// at the file's own rate (default true), or as fast as they decode.
 	Loop, Realtime bool
+	// For v4l2 devices: the size, rate and pixel format (FOURCC) to ask for.
+	Width, Height int
+	FPS           float64
+	PixelFormat   string
 }
 
 // ParseCameraURL reads rtsp://, rtsps://, file:///path.mp4 (or file:relative.mp4, with
@@ -61,17 +65,8 @@ func ParseCameraURL(raw string) (CameraURL, error) {
 		}
 		c := CameraURL{Kind: u.Scheme, Target: p, Loop: true, Realtime: true}
 		for key, vals := range u.Query() {
-			if u.Scheme != "file" || (key != "loop" && key != "realtime") {
-				return CameraURL{}, fmt.Errorf("%s: unknown option %q (file URLs take loop and realtime)", raw, key)
-			}
-			b, err := strconv.ParseBool(vals[0])
-			if err != nil {
-				return CameraURL{}, fmt.Errorf("%s: %s=%q is not true or false", raw, key, vals[0])
-			}
-			if key == "loop" {
-				c.Loop = b
-			} else {
-				c.Realtime = b
+			if err := c.setOption(key, vals[0]); err != nil {
+				return CameraURL{}, fmt.Errorf("%s: %w", raw, err)
 			}
 		}
 		return c, nil
@@ -81,6 +76,47 @@ func ParseCameraURL(raw string) (CameraURL, error) {
 		return CameraURL{}, fmt.Errorf("%q has no scheme; use rtsp://, rtsps://, file://, v4l2:// or pattern://", raw)
 	}
 	return CameraURL{}, fmt.Errorf("scheme %q is not one of rtsp, rtsps, file, v4l2, pattern", u.Scheme)
+}
+
+// setOption applies one URL query option: loop and realtime for files; width,
+// height, fps and format for v4l2 devices.
+func (c *CameraURL) setOption(key, val string) error {
+	switch {
+	case c.Kind == "file" && (key == "loop" || key == "realtime"):
+		b, err := strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("%s=%q is not true or false", key, val)
+		}
+		if key == "loop" {
+			c.Loop = b
+		} else {
+			c.Realtime = b
+		}
+	case c.Kind == "v4l2" && (key == "width" || key == "height"):
+		n, err := strconv.Atoi(val)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%s=%q is not a positive number of pixels", key, val)
+		}
+		if key == "width" {
+			c.Width = n
+		} else {
+			c.Height = n
+		}
+	case c.Kind == "v4l2" && key == "fps":
+		f, err := strconv.ParseFloat(val, 64)
+		if err != nil || f <= 0 {
+			return fmt.Errorf("fps=%q is not a positive rate", val)
+		}
+		c.FPS = f
+	case c.Kind == "v4l2" && key == "format":
+		if len(val) != 4 {
+			return fmt.Errorf("format=%q is not a four-character pixel format such as MJPG or YUYV", val)
+		}
+		c.PixelFormat = val
+	default:
+		return fmt.Errorf("unknown option %q (file URLs take loop and realtime; v4l2 URLs take width, height, fps and format)", key)
+	}
+	return nil
 }
 
 // Redact hides the password in a URL, for logs, status and events.
