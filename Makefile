@@ -28,9 +28,10 @@ test:
 test-mats:
 	$(GO) test -count=1 -tags matprofile ./capture ./agent
 
-## bench: detector and pipeline benchmarks (decode-only, inference-only and pipeline in one run)
+## bench: detector, decode (file, RTSP) and pipeline benchmarks, incl. four RTSP cameras
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 60x ./infer/detector ./agent
+	$(GO) test -run '^$$' -bench . -benchtime 60x ./infer/detector ./capture
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./agent
 
 ## check-config: validate CONFIG (or the embedded defaults)
 check-config: build

@@ -120,7 +120,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (r *running) get(t *testing.T, path string) (int, []byte) {
+func (r *running) get(t testing.TB, path string) (int, []byte) {
 	t.Helper()
 	resp, err := http.Get(r.base + path)
 	if err != nil {
@@ -131,7 +131,7 @@ func (r *running) get(t *testing.T, path string) (int, []byte) {
 	return resp.StatusCode, b
 }
 
-func (r *running) status(t *testing.T) Status {
+func (r *running) status(t testing.TB) Status {
 	t.Helper()
 	code, b := r.get(t, "/api/status")
 	if code != http.StatusOK {

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/capture/rtsptest"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
@@ -83,5 +85,55 @@ func BenchmarkPipeline(b *testing.B) {
 		b.ReportMetric(inf, "infer-fps")
 		b.ReportMetric(pipe, "pipeline-fps")
 		b.ReportMetric(pipe/min(dec, inf), "pipeline/limit")
+	}
+}
+
+// BenchmarkFourRTSPCameras runs the agent with 1 and then 4 RTSP cameras (the clip at
+// 768 px, 25 fps, from one in-process server) at detect_fps 5 each for a few seconds,
+// and reports per-camera capture and detection rates, dropped frames, the process's
+// CPU per camera and the RSS each extra camera adds.
+func BenchmarkFourRTSPCameras(b *testing.B) {
+	srv := rtsptest.Start(b, rtsptest.Options{Width: 768, FPS: 25})
+	run := func(n int) (st Status, cpuPct, rss float64) {
+		cfg := testConfig(b, b.TempDir(), "")
+		cam := cfg.Cameras[0]
+		cfg.Cameras, cfg.Rules = nil, nil
+		for i := range n {
+			c := cam
+			c.Name, c.URL, c.DetectFPS = fmt.Sprintf("cam%d", i), srv.URL("stream"), 5
+			cfg.Cameras = append(cfg.Cameras, c)
+		}
+		cfg.Log.Level = "warn"
+		r := start(b, cfg)
+		waitFor(b, time.Minute, "every camera detecting", func() bool {
+			for _, c := range r.status(b).Cameras {
+				if c.Detect.Frames < 5 {
+					return false
+				}
+			}
+			return true
+		})
+		cpu := newCPUMeter()
+		deadline := time.Now().Add(5 * time.Second)
+		waitFor(b, time.Minute, "a 5 s measurement", func() bool { return time.Now().After(deadline) })
+		cpuPct, st, rss = cpu.percent(), r.status(b), float64(rssBytes())
+		r.stop()
+		return st, cpuPct, rss
+	}
+	for b.Loop() {
+		_, cpu1, rss1 := run(1)
+		st, cpu4, rss4 := run(4)
+		var capFPS, detFPS, dropped float64
+		for _, c := range st.Cameras {
+			capFPS += c.FPS
+			detFPS += c.Detect.FPS
+			dropped += float64(c.Dropped)
+		}
+		b.ReportMetric(capFPS/4, "capture-fps/camera")
+		b.ReportMetric(detFPS/4, "detect-fps/camera")
+		b.ReportMetric(dropped/4, "dropped/camera")
+		b.ReportMetric(cpu4/4, "cpu-%/camera")
+		b.ReportMetric((cpu4-cpu1)/3, "cpu-%/extra-camera")
+		b.ReportMetric((rss4-rss1)/3/(1<<20), "MiB/extra-camera")
 	}
 }
