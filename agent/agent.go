@@ -209,11 +209,11 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
-	// stall_timeout bounds an RTSP camera's reads and opens: a stream that stops
-	// sending fails the read, and the supervisor reconnects.
+	// A camera with no frame for stall_timeout is reported stalled; an RTSP read or
+	// open that blocks for twice that fails, and the supervisor reconnects.
 	spec := capture.Spec{
 		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
-		Transport: cc.RTSPTransport, OpenTimeout: cc.StallTimeout, ReadTimeout: cc.StallTimeout,
+		Transport: cc.RTSPTransport, OpenTimeout: 2 * cc.StallTimeout, ReadTimeout: 2 * cc.StallTimeout,
 		Width: u.Width, Height: u.Height, FPS: u.FPS, PixelFormat: u.PixelFormat,
 	}
 	cam := &camera{
