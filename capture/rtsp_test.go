@@ -273,3 +273,32 @@ func TestSourceSuite(t *testing.T) {
 		})
 	}
 }
+
+// Frames a camera hands on carry rising sequence numbers and capture times.
+func TestRTSPFramesRiseInSeqAndTime(t *testing.T) {
+	srv := rtsptest.Start(t, rtsptest.Options{})
+	spec := Spec{Kind: "rtsp", Target: srv.URL("stream")}
+	cam := NewCamera(CameraOptions{
+		Name: "door", StallTimeout: 5 * time.Second, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+		Open: func(ctx context.Context) (Source, error) { return Open(ctx, spec) },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cam.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	var prev Frame
+	for i := range 20 {
+		f, err := cam.Slot().Take(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if f.Camera != "door" || (i > 0 && (f.Seq <= prev.Seq || !f.Time.After(prev.Time))) {
+			t.Fatalf("frame %d: seq %d at %v after seq %d at %v", i, f.Seq, f.Time, prev.Seq, prev.Time)
+		}
+		prev = f
+	}
+}
