@@ -20,6 +20,7 @@ import (
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/internal/rate"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -249,16 +250,15 @@ func drawDetections(m *gocv.Mat, dets []infer.Detection) {
 
 // detectStats are a camera's detection figures for the status page.
 type detectStats struct {
-	mu       sync.Mutex // guards the fields below
-	frames   uint64
-	last     time.Time
-	interval float64         // smoothed seconds between detections
-	infer    []time.Duration // ring of recent inference times
-	latency  []time.Duration // ring of recent capture-to-detection times
-	pos      int
-	skipped  uint64            // frames left out to keep to detect_fps
-	byLabel  map[string]uint64 // detections since start
-	lastErr  string
+	mu      sync.Mutex // guards the fields below
+	frames  uint64
+	rate    rate.Meter      // detections
+	infer   []time.Duration // ring of recent inference times
+	latency []time.Duration // ring of recent capture-to-detection times
+	pos     int
+	skipped uint64            // frames left out to keep to detect_fps
+	byLabel map[string]uint64 // detections since start
+	lastErr string
 }
 
 const statsWindow = 256
@@ -277,15 +277,7 @@ func (s *detectStats) record(inferTime, latency time.Duration, at time.Time, det
 	for _, d := range dets {
 		s.byLabel[d.Label]++
 	}
-	if !s.last.IsZero() {
-		dt := at.Sub(s.last).Seconds()
-		if s.interval == 0 {
-			s.interval = dt
-		} else {
-			s.interval += 0.1 * (dt - s.interval)
-		}
-	}
-	s.last = at
+	s.rate.Tick(at)
 	if len(s.infer) < statsWindow {
 		s.infer = append(s.infer, inferTime)
 		s.latency = append(s.latency, latency)
@@ -335,8 +327,8 @@ func (s *detectStats) status() detectStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := detectStatus{Frames: s.frames, Skipped: s.skipped, LastError: s.lastErr}
-	if s.interval > 0 && time.Since(s.last) < 5*time.Second {
-		st.FPS = round(1/s.interval, 2)
+	if time.Since(s.rate.Last()) < 5*time.Second {
+		st.FPS = round(s.rate.PerSecond(), 2)
 	}
 	st.InferenceP50, st.InferenceP99 = percentiles(s.infer)
 	st.LatencyP50, st.LatencyP99 = percentiles(s.latency)

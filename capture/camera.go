@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/internal/backoff"
+	"github.com/vigil-edge/vigil/internal/rate"
 )
 
 // Camera states, as shown in /api/status.
@@ -65,9 +66,8 @@ type Camera struct {
 	frames     uint64
 	reconnects uint64
 	lastErr    string
-	lastFrame  time.Time
 	nextRetry  time.Time
-	interval   float64 // smoothed seconds between frames
+	rate       rate.Meter // frames
 }
 
 // NewCamera returns a camera in state connecting; Run starts it.
@@ -156,15 +156,7 @@ func (c *Camera) stream(ctx context.Context, failures *int) error {
 		}
 		c.frames++
 		seq = c.frames
-		if !c.lastFrame.IsZero() {
-			dt := now.Sub(c.lastFrame).Seconds()
-			if c.interval == 0 {
-				c.interval = dt
-			} else {
-				c.interval += 0.1 * (dt - c.interval)
-			}
-		}
-		c.lastFrame = now
+		c.rate.Tick(now)
 		c.mu.Unlock()
 		if started {
 			c.notify(StateStreaming, "")
@@ -205,13 +197,14 @@ func (c *Camera) Status() Status {
 		Name: c.opts.Name, State: c.state, Frames: c.frames, Dropped: c.slot.Dropped(),
 		Reconnects: c.reconnects, LastError: c.lastErr,
 	}
-	if !c.lastFrame.IsZero() {
-		s.LastFrameAgeS = math.Round(time.Since(c.lastFrame).Seconds()*1000) / 1000
+	last := c.rate.Last()
+	if !last.IsZero() {
+		s.LastFrameAgeS = math.Round(time.Since(last).Seconds()*1000) / 1000
 	}
-	if c.interval > 0 && s.State == StateStreaming {
-		s.FPS = math.Round(100/c.interval) / 100
+	if s.State == StateStreaming {
+		s.FPS = math.Round(100*c.rate.PerSecond()) / 100
 	}
-	if s.State == StateStreaming && c.opts.StallTimeout > 0 && time.Since(c.lastFrame) > c.opts.StallTimeout {
+	if s.State == StateStreaming && c.opts.StallTimeout > 0 && time.Since(last) > c.opts.StallTimeout {
 		s.State, s.FPS = StateStalled, 0
 	}
 	if s.State == StateBackoff {
