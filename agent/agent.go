@@ -271,6 +271,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return nil
 	})
 	g.Go(func() error { return a.telemetryLoop(ctx) })
+	g.Go(func() error { return a.watchStalls(ctx) })
 	if a.link != nil {
 		g.Go(func() error { return a.link.Run(ctx) })
 	}
@@ -294,6 +295,56 @@ func (a *Agent) cameraChanged(name, state, lastErr string) {
 	}
 	if env.Seq != 0 {
 		a.events.add(env)
+	}
+}
+
+// stallCheck is how often the cameras' health is looked at for on_stall.
+const stallCheck = 200 * time.Millisecond
+
+// watchStalls drives the actuators of a camera's `on_stall: safe` rules to their safe
+// level when the camera stops delivering frames (stalled, or failed and retrying):
+// a rule cannot see what it is supposed to guard. It acts on the change, once, so an
+// operator can still move the output by hand while the camera is down.
+func (a *Agent) watchStalls(ctx context.Context) error {
+	t := time.NewTicker(stallCheck)
+	defer t.Stop()
+	healthy := make([]bool, len(a.cameras))
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for i, cam := range a.cameras {
+			st := cam.cap.Status()
+			ok := st.State == capture.StateStreaming || st.State == capture.StateConnecting
+			if healthy[i] && !ok {
+				reason := fmt.Sprintf("camera %s %s", cam.cfg.Name, st.State)
+				if st.LastError != "" {
+					reason += ": " + st.LastError
+				}
+				a.failSafe(cam, reason)
+			}
+			healthy[i] = ok
+		}
+	}
+}
+
+// failSafe drives the actuators of the camera's `on_stall: safe` rules safe.
+func (a *Agent) failSafe(cam *camera, reason string) {
+	for _, r := range a.cfg.Rules {
+		if r.Camera != cam.cfg.Name || r.OnStall != "safe" {
+			continue
+		}
+		if err := a.actuators[r.Action.Actuator].Safe(reason); err != nil {
+			a.logger.Error("fail-safe: actuator not safe", "actuator", r.Action.Actuator, "rule", r.Name, "err", err)
+			continue
+		}
+		a.logger.Warn("fail-safe: actuator driven safe", "actuator", r.Action.Actuator, "rule", r.Name, "reason", reason)
+		body := map[string]string{"actuator": r.Action.Actuator, "rule": r.Name, "camera": cam.cfg.Name, "command": "safe", "reason": reason}
+		if env, err := a.enqueueEvent(context.Background(), "failsafe", body); err == nil || env.Seq != 0 {
+			a.events.add(env)
+		}
 	}
 }
 

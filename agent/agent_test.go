@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/capture/rtsptest"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -594,4 +595,33 @@ func TestFourCamerasOneBroken(t *testing.T) {
 	if broken := st.Cameras[3]; broken.State == "streaming" || !strings.Contains(broken.LastError, "no such file") {
 		t.Errorf("broken camera: %+v", broken)
 	}
+}
+
+// A camera that stops delivering frames drives the actuators of its `on_stall: safe`
+// rules to their safe level, with the reason, and says so in an event.
+func TestStallDrivesRuleActuatorsSafe(t *testing.T) {
+	srv := rtsptest.Start(t, rtsptest.Options{Width: 640})
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.Cameras[0].URL = srv.URL("stream")
+	cfg.Cameras[0].StallTimeout = 500 * time.Millisecond
+	cfg.Rules[0].Labels = nil // anything seen latches the output high
+	cfg.Rules[0].MinScore = 0.2
+	cfg.Rules[0].Action = config.Action{Actuator: "line-stop", State: "high"}
+	cfg.Rules[0].OnStall = "safe"
+	r := start(t, cfg)
+	waitFor(t, 30*time.Second, "the rule to set the output high", func() bool {
+		return r.agent.actuators["line-stop"].State().State == "high"
+	})
+	srv.Pause()
+	waitFor(t, 10*time.Second, "the stall to drive the output safe", func() bool {
+		return r.agent.actuators["line-stop"].State().State == "low"
+	})
+	st := r.agent.actuators["line-stop"].State()
+	if !strings.Contains(st.LastReason, "camera door stalled") {
+		t.Errorf("reason %q", st.LastReason)
+	}
+	if ev := eventOfKind(r.status(t).Events, "failsafe"); ev == nil || bodyField(*ev, "actuator") != "line-stop" {
+		t.Errorf("no failsafe event: %+v", r.status(t).Events)
+	}
+	srv.Resume()
 }

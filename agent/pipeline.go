@@ -91,6 +91,7 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		if err != nil {
 			if cam.stats.fail(err) {
 				cam.logger.Error("detection failed", "frame", f.Seq, "err", err)
+				a.failSafe(cam, "detection failed: "+err.Error())
 			}
 			return
 		}
