@@ -90,19 +90,7 @@ func TestRTSPFFmpegOptions(t *testing.T) {
 func TestRTSPCameraReconnects(t *testing.T) {
 	srv := rtsptest.Start(t, rtsptest.Options{})
 	spec := Spec{Kind: "rtsp", Target: srv.URL("stream"), ReadTimeout: 3 * time.Second}
-	cam := NewCamera(CameraOptions{
-		Name: "rtsp", StallTimeout: 2 * time.Second, BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
-		Open: func(ctx context.Context) (Source, error) { return Open(ctx, spec) },
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cam.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	cam, _ := runRTSPCamera(t, "rtsp", spec, 2*time.Second, 200*time.Millisecond)
 
 	waitFor(t, "streaming", func() bool { st := cam.Status(); return st.State == StateStreaming && st.Frames >= 5 })
 	srv.Stop()
@@ -132,17 +120,7 @@ func TestRTSPStallTimesOut(t *testing.T) {
 	srv := rtsptest.Start(t, rtsptest.Options{})
 	spec := Spec{Kind: "rtsp", Target: srv.URL("stream"), ReadTimeout: time.Second}
 	var errs []string
-	cam := NewCamera(CameraOptions{
-		Name: "stall", StallTimeout: 300 * time.Millisecond, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
-		Open: func(ctx context.Context) (Source, error) { return Open(ctx, spec) },
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cam.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	cam, _ := runRTSPCamera(t, "stall", spec, 300*time.Millisecond, 100*time.Millisecond)
 
 	waitFor(t, "streaming", func() bool { st := cam.Status(); return st.State == StateStreaming && st.Frames >= 5 })
 	srv.Pause()
@@ -278,17 +256,7 @@ func TestSourceSuite(t *testing.T) {
 func TestRTSPFramesRiseInSeqAndTime(t *testing.T) {
 	srv := rtsptest.Start(t, rtsptest.Options{})
 	spec := Spec{Kind: "rtsp", Target: srv.URL("stream")}
-	cam := NewCamera(CameraOptions{
-		Name: "door", StallTimeout: 5 * time.Second, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
-		Open: func(ctx context.Context) (Source, error) { return Open(ctx, spec) },
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cam.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	cam, ctx := runRTSPCamera(t, "door", spec, 5*time.Second, 100*time.Millisecond)
 	var prev Frame
 	for i := range 20 {
 		f, err := cam.Slot().Take(ctx)
@@ -301,4 +269,24 @@ func TestRTSPFramesRiseInSeqAndTime(t *testing.T) {
 		}
 		prev = f
 	}
+}
+
+// runRTSPCamera runs a supervised camera on spec until the test ends and returns it
+// with the context it runs under.
+func runRTSPCamera(t *testing.T, name string, spec Spec, stall, backoffMax time.Duration) (*Camera, context.Context) {
+	t.Helper()
+	cam := NewCamera(CameraOptions{
+		Name: name, StallTimeout: stall, BackoffMin: 20 * time.Millisecond, BackoffMax: backoffMax,
+		Open: func(ctx context.Context) (Source, error) { return Open(ctx, spec) },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cam.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return cam, ctx
 }
