@@ -125,14 +125,18 @@ func (o *Outbox) syncFilesLocked() error {
 			l.dirSynced = max(l.dirSynced, created[i])
 		}
 	}
-	advanced := false
 	if err == nil {
 		if target > o.syncedGen {
 			o.syncedGen = target
 			o.syncedSeq = max(o.syncedSeq, targetSeq)
+			if o.policy == FsyncAlways {
+				// Readers first, then the waiting Enqueues: once Enqueue returns, the
+				// drainer's token is already there, never a late one that wakes it
+				// for nothing after it has read.
+				o.signal()
+			}
 			close(o.syncCh)
 			o.syncCh = make(chan struct{})
-			advanced = true
 		}
 		o.syncErr = nil
 	} else {
@@ -141,9 +145,6 @@ func (o *Outbox) syncFilesLocked() error {
 	o.mu.Unlock()
 	for _, f := range toClose {
 		_ = f.Close()
-	}
-	if advanced && o.policy == FsyncAlways {
-		o.signal()
 	}
 	switch {
 	case err != nil && !o.syncFail:
