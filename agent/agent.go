@@ -140,18 +140,18 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 
 	// A model that cannot load is reported on the status page and in /readyz; its
 	// cameras keep streaming without detection and the actuators stay safe.
-	ort := onnxrt.New(cfg.Runtimes.ONNXRuntime)
+	backends := newBackends(cfg.Runtimes)
 	for _, mc := range cfg.Models {
 		m := &model{name: mc.Name, dir: mc.Bundle}
 		if m.dir == "" {
 			m.dir = filepath.Join(bundled, assets.DefaultBundleDir)
 		}
-		m.detector, m.backend, m.err = loadModel(ort, m.dir, mc)
+		m.detector, m.backend, m.err = loadModel(backends, m.dir, mc)
 		if m.err != nil {
 			a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", m.err)
 		} else {
 			man := m.detector.Manifest()
-			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", m.backend, "runtime", ort.Library())
+			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", m.backend)
 		}
 		a.models[mc.Name] = m
 		a.modOrder = append(a.modOrder, mc.Name)
@@ -176,9 +176,15 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	return a, nil
 }
 
+// newBackends lists the inference backends built into vigil, each opening its runtime
+// library (from the config, or the system's) only when a model first needs it.
+func newBackends(rt config.Runtimes) *infer.Registry {
+	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime))
+}
+
 // loadModel picks the backend (the config's choice over the bundle's preference) and
 // loads the bundle with it.
-func loadModel(ort *onnxrt.Backend, dir string, mc config.Model) (*detector.Detector, string, error) {
+func loadModel(backends *infer.Registry, dir string, mc config.Model) (*detector.Detector, string, error) {
 	m, err := infer.LoadManifest(dir)
 	if err != nil {
 		return nil, "", err
@@ -188,19 +194,16 @@ func loadModel(ort *onnxrt.Backend, dir string, mc config.Model) (*detector.Dete
 		name = m.Backend
 	}
 	if name == "" {
-		name = ort.Name()
+		name = backends.Names()[0]
 	}
-	var backend infer.Backend
-	switch name {
-	case ort.Name():
-		backend = ort
-	default:
-		return nil, name, fmt.Errorf("backend %s is not built into this version (onnxruntime is)", name)
+	backend, err := backends.Get(name)
+	if err != nil {
+		return nil, name, err
 	}
 	if err := backend.Available(); err != nil {
 		return nil, name, err
 	}
-	d, err := detector.Load(backend, dir, infer.LoadOptions{Device: mc.Device, Threads: mc.Threads})
+	d, err := detector.Load(backend, dir, infer.LoadOptions{Device: mc.Device, Threads: mc.Threads, Optimization: mc.Optimization})
 	return d, name, err
 }
 

@@ -121,3 +121,19 @@ func FuzzParseManifest(f *testing.F) {
 		}
 	})
 }
+
+type namedBackend string
+
+func (b namedBackend) Name() string                             { return string(b) }
+func (b namedBackend) Available() error                         { return nil }
+func (b namedBackend) Load(string, LoadOptions) (Engine, error) { return nil, nil }
+
+func TestRegistry(t *testing.T) {
+	r := NewRegistry(namedBackend("onnxruntime"), namedBackend("tflite"))
+	if b, err := r.Get("tflite"); err != nil || b.Name() != "tflite" {
+		t.Fatalf("Get(tflite) = %v, %v", b, err)
+	}
+	if _, err := r.Get("openvino"); err == nil || !strings.Contains(err.Error(), `"openvino" is not built into this program (it has onnxruntime, tflite)`) {
+		t.Fatalf("Get(openvino): %v", err)
+	}
+}

@@ -71,6 +71,8 @@ type Model struct {
 	Backend string `mapstructure:"backend" json:"backend"` // "" = the bundle's preference
 	Device  string `mapstructure:"device" json:"device"`
 	Threads int    `mapstructure:"threads" json:"threads"`
+	// Optimization is ONNX Runtime's graph optimisation level; "" = all.
+	Optimization string `mapstructure:"optimization" json:"optimization"`
 }
 
 // Actuator is one output.
@@ -152,7 +154,9 @@ type Trust struct {
 
 // Runtimes locates inference runtime libraries; empty means the system's search path.
 type Runtimes struct {
-	ONNXRuntime string `mapstructure:"onnxruntime" json:"onnxruntime"`
+	ONNXRuntime string `mapstructure:"onnxruntime" json:"onnxruntime"` // libonnxruntime.so.1
+	TFLite      string `mapstructure:"tflite" json:"tflite"`           // libtensorflowlite_c.so
+	OpenVINO    string `mapstructure:"openvino" json:"openvino"`       // libopenvino_c.so
 }
 
 // ModelNamed returns the model with the given name, or nil.

@@ -132,6 +132,8 @@ func scalarDefaults() map[string]any {
 		"outbox.fsync_interval":   "100ms",
 		"trust.keys":              []string{},
 		"runtimes.onnxruntime":    "",
+		"runtimes.tflite":         "",
+		"runtimes.openvino":       "",
 	}
 }
 

@@ -206,6 +206,9 @@ func (c *Config) validate() Errors {
 		if m.Threads < 0 {
 			bad(key+".threads", "%d is negative", m.Threads)
 		}
+		if m.Optimization != "" {
+			oneOf(key+".optimization", m.Optimization, "all", "extended", "basic", "disabled")
+		}
 		var man *infer.Manifest
 		var err error
 		if m.Bundle == "" {
@@ -383,6 +386,8 @@ func (c *Config) validate() Errors {
 		}
 	}
 	fileExists("runtimes.onnxruntime", c.Runtimes.ONNXRuntime)
+	fileExists("runtimes.tflite", c.Runtimes.TFLite)
+	fileExists("runtimes.openvino", c.Runtimes.OpenVINO)
 	return errs
 }
 

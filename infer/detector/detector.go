@@ -38,10 +38,10 @@ type Detector struct {
 
 	mu      sync.Mutex // guards the fields below
 	engine  infer.Engine
-	resized gocv.Mat // scratch: the frame resized to the model's input
-	color   gocv.Mat // scratch: frames converted to 8-bit BGR
-	in      [][]float32
-	out     [][]float32
+	resized gocv.Mat    // scratch: the frame resized to the model's input
+	color   gocv.Mat    // scratch: frames converted to 8-bit BGR
+	in      []float32   // the engine's input buffer
+	out     [][]float32 // the engine's output buffers
 }
 
 // Load reads the bundle in dir, loads its model with backend and builds a Detector.
@@ -97,9 +97,9 @@ func New(engine infer.Engine, m *infer.Manifest) (*Detector, error) {
 			d.lut[c][v] = (float32(v) - m.Input.Mean[c]) * m.Input.Scale[c]
 		}
 	}
-	d.in = [][]float32{make([]float32, ins[0].Elements())}
-	for _, o := range engine.Outputs() {
-		d.out = append(d.out, make([]float32, o.Elements()))
+	d.in = engine.Input(0)
+	for i := range engine.Outputs() {
+		d.out = append(d.out, engine.Output(i))
 	}
 	return d, nil
 }
@@ -128,7 +128,7 @@ func (d *Detector) Detect(frame gocv.Mat) ([]infer.Detection, Timing, error) {
 	t.Pre = time.Since(start)
 
 	start = time.Now()
-	if err := d.engine.Run(d.in, d.out); err != nil {
+	if err := d.engine.Run(); err != nil {
 		return nil, t, err
 	}
 	t.Infer = time.Since(start)
@@ -185,7 +185,7 @@ func (d *Detector) fill(pix []uint8, nw, nh, ox, oy int) {
 	in := d.manifest.Input
 	W, H := in.Width, in.Height
 	plane := W * H
-	dst := d.in[0]
+	dst := d.in
 	pad := uint8(in.PadValue())
 	var padV [3]float32
 	for c := range 3 {

@@ -124,6 +124,28 @@ func (b *Backend) Load(path string, opts infer.LoadOptions) (infer.Engine, error
 	if err != nil {
 		return nil, fmt.Errorf("onnxruntime: load model %s: %w", path, err)
 	}
+	// The tensors wrap Go slices that the engine owns, made once here, so Run
+	// neither copies nor allocates them.
+	alloc := func(infos []infer.TensorInfo, bufs *[][]float32, vals *[]ort.Value) error {
+		for _, info := range infos {
+			buf := make([]float32, info.Elements())
+			t, err := ort.NewTensor(staticShape(info.Shape), buf)
+			if err != nil {
+				return fmt.Errorf("onnxruntime: tensor %s: %w", info.Name, err)
+			}
+			*bufs = append(*bufs, buf)
+			*vals = append(*vals, t)
+		}
+		return nil
+	}
+	if err := alloc(e.inputs, &e.in, &e.inVals); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if err := alloc(e.outputs, &e.out, &e.outVals); err != nil {
+		e.Close()
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -148,45 +170,23 @@ func describe(infos []ort.InputOutputInfo, what string) ([]infer.TensorInfo, err
 }
 
 type engine struct {
-	session *ort.DynamicAdvancedSession
-	inputs  []infer.TensorInfo
-	outputs []infer.TensorInfo
+	session         *ort.DynamicAdvancedSession
+	inputs          []infer.TensorInfo
+	outputs         []infer.TensorInfo
+	in, out         [][]float32
+	inVals, outVals []ort.Value
 }
 
 func (e *engine) Inputs() []infer.TensorInfo  { return e.inputs }
 func (e *engine) Outputs() []infer.TensorInfo { return e.outputs }
+func (e *engine) Input(i int) []float32       { return e.in[i] }
+func (e *engine) Output(i int) []float32      { return e.out[i] }
 
-// Run wraps the caller's slices as ORT tensors (no copy) for the duration of the call.
-func (e *engine) Run(in, out [][]float32) error {
-	if len(in) != len(e.inputs) || len(out) != len(e.outputs) {
-		return fmt.Errorf("onnxruntime: run: got %d inputs and %d outputs, the model has %d and %d", len(in), len(out), len(e.inputs), len(e.outputs))
+func (e *engine) Run() error {
+	if e.session == nil {
+		return errors.New("onnxruntime: run: engine is closed")
 	}
-	values := make([]ort.Value, 0, len(in)+len(out))
-	defer func() {
-		for _, v := range values {
-			v.Destroy()
-		}
-	}()
-	wrap := func(infos []infer.TensorInfo, data [][]float32) error {
-		for i, info := range infos {
-			if len(data[i]) != info.Elements() {
-				return fmt.Errorf("onnxruntime: run: %s needs %d elements, got %d", info.Name, info.Elements(), len(data[i]))
-			}
-			t, err := ort.NewTensor(staticShape(info.Shape), data[i])
-			if err != nil {
-				return fmt.Errorf("onnxruntime: run: tensor %s: %w", info.Name, err)
-			}
-			values = append(values, t)
-		}
-		return nil
-	}
-	if err := wrap(e.inputs, in); err != nil {
-		return err
-	}
-	if err := wrap(e.outputs, out); err != nil {
-		return err
-	}
-	if err := e.session.Run(values[:len(in)], values[len(in):]); err != nil {
+	if err := e.session.Run(e.inVals, e.outVals); err != nil {
 		return fmt.Errorf("onnxruntime: run: %w", err)
 	}
 	return nil
@@ -198,6 +198,10 @@ func (e *engine) Close() error {
 	}
 	err := e.session.Destroy()
 	e.session = nil
+	for _, v := range append(e.inVals, e.outVals...) {
+		v.Destroy()
+	}
+	e.inVals, e.outVals = nil, nil
 	return err
 }
 
