@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -55,16 +56,27 @@ type Agent struct {
 	models    map[string]*model // by name
 	modOrder  []string
 	cameras   []*camera
+	inputs    map[string]interface{ Level() hal.Level } // by name; wired with the hal inputs
+	rules     *rules.Engine
+	ruleStats map[string]*ruleStats // by rule name
+	snapshots *snapshotStore
 	events    *eventLog
 	metrics   *metrics
 	listener  net.Listener
 	http      *http.Server
 	closeOnce sync.Once
+
+	// beforeRules, when set by a test, runs before each frame's rules (to inject a panic
+	// where a rule or decoder bug would strike).
+	beforeRules func(camera string)
 }
 
 type actuator struct {
 	*hal.Output
 	sim *sim.Line // nil for hardware drivers
+	// normal is the operating level (config initial, else safe): driven once the
+	// pipeline runs, and when the last rule holding the actuator lets go.
+	normal hal.Level
 }
 
 type model struct {
@@ -120,7 +132,11 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		if err != nil {
 			return a, err
 		}
-		a.actuators[ac.Name] = &actuator{Output: out, sim: simLine}
+		normal := safe
+		if ac.Initial != "" {
+			normal, _ = hal.ParseLevel(ac.Initial)
+		}
+		a.actuators[ac.Name] = &actuator{Output: out, sim: simLine, normal: normal}
 		a.actOrder = append(a.actOrder, ac.Name)
 	}
 
@@ -157,6 +173,12 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		a.modOrder = append(a.modOrder, mc.Name)
 	}
 
+	a.rules = rules.New(cfg.Rules, rules.Options{InputHigh: a.inputHigh})
+	a.ruleStats = map[string]*ruleStats{}
+	for _, r := range cfg.Rules {
+		a.ruleStats[r.Name] = &ruleStats{}
+	}
+	a.snapshots = newSnapshotStore(filepath.Join(state, "snapshots"), int64(cfg.Snapshots.MaxBytes), logger)
 	for _, cc := range cfg.Cameras {
 		cam, err := a.newCamera(cc, logger)
 		if err != nil {
@@ -231,13 +253,6 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 		snap:   &snapshot{},
 		stats:  newDetectStats(),
 	}
-	var camRules []config.Rule
-	for _, r := range a.cfg.Rules {
-		if r.Camera == cc.Name {
-			camRules = append(camRules, r)
-		}
-	}
-	cam.rules = rules.New(camRules, nil)
 	return cam, nil
 }
 
@@ -248,9 +263,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, a.Close()) }()
 	g, ctx := errgroup.WithContext(ctx)
 	for _, cam := range a.cameras {
-		g.Go(func() error { return cam.cap.Run(ctx) })
-		g.Go(func() error { return a.detectLoop(ctx, cam) })
+		g.Go(a.guard("camera "+cam.cfg.Name, func() error { return cam.cap.Run(ctx) }))
+		g.Go(a.guard("pipeline "+cam.cfg.Name, func() error { return a.detectLoop(ctx, cam) }))
 	}
+	a.goNormal(ctx)
 	// Requests inherit the agent's context, so event streams end when it stops
 	// (Shutdown waits for active requests and would otherwise wait for them).
 	a.http.BaseContext = func(net.Listener) context.Context { return ctx }
@@ -273,10 +289,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 		return nil
 	})
-	g.Go(func() error { return a.telemetryLoop(ctx) })
-	g.Go(func() error { return a.watchStalls(ctx) })
+	g.Go(a.guard("telemetry", func() error { return a.telemetryLoop(ctx) }))
+	g.Go(a.guard("stall watch", func() error { return a.watchStalls(ctx) }))
 	if a.link != nil {
-		g.Go(func() error { return a.link.Run(ctx) })
+		g.Go(a.guard("mqtt link", func() error { return a.link.Run(ctx) }))
 	}
 	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
@@ -328,15 +344,20 @@ func (a *Agent) watchStalls(ctx context.Context) error {
 				}
 				a.failSafe(cam, reason)
 			}
+			if !healthy[i] && st.State == capture.StateStreaming {
+				a.restore(cam, "camera "+cam.cfg.Name+" streaming again")
+			}
 			healthy[i] = ok
 		}
 	}
 }
 
-// failSafe drives the actuators of the camera's `on_stall: safe` rules safe.
+// failSafe drives the actuators of the camera's `on_stall: safe` rules safe. restore
+// undoes it once the camera (or its model) works again.
 func (a *Agent) failSafe(cam *camera, reason string) {
+	cam.safed.Store(true)
 	for _, r := range a.cfg.Rules {
-		if r.Camera != cam.cfg.Name || r.OnStall != "safe" {
+		if r.Camera != cam.cfg.Name || r.OnStall != "safe" || r.Action.Actuator == "" {
 			continue
 		}
 		if err := a.actuators[r.Action.Actuator].Safe(reason); err != nil {
@@ -348,6 +369,94 @@ func (a *Agent) failSafe(cam *camera, reason string) {
 		if env, err := a.enqueueEvent(context.Background(), "failsafe", body); err == nil || env.Seq != 0 {
 			a.events.add(env)
 		}
+	}
+}
+
+// restore returns the actuators that failSafe drove safe for cam to what the rules want
+// now: the state of a rule still holding one, else its normal level.
+func (a *Agent) restore(cam *camera, reason string) {
+	if !cam.safed.Swap(false) || !a.modelsLoaded() {
+		return
+	}
+	done := map[string]bool{}
+	for _, r := range a.cfg.Rules {
+		name := r.Action.Actuator
+		if r.Camera != cam.cfg.Name || r.OnStall != "safe" || name == "" || done[name] {
+			continue
+		}
+		done[name] = true
+		level, _ := a.settle(name, reason)
+		a.logger.Info("fail-safe over: actuator restored", "actuator", name, "level", level, "reason", reason)
+		body := map[string]string{"actuator": name, "camera": cam.cfg.Name, "command": level.String(), "reason": reason}
+		if env, err := a.enqueueEvent(context.Background(), "failsafe", body); err == nil || env.Seq != 0 {
+			a.events.add(env)
+		}
+	}
+}
+
+// settle drives an actuator to what the rules want now: the state of the first rule
+// still holding it (held or latched), else its normal level.
+func (a *Agent) settle(name, reason string) (hal.Level, error) {
+	act := a.actuators[name]
+	level := act.normal
+	if holders := a.rules.Holding(name); len(holders) > 0 {
+		level, _ = hal.ParseLevel(holders[0].Action.State)
+		reason += "; held by rule " + holders[0].Name
+	}
+	return level, act.Set(level, reason)
+}
+
+// modelsLoaded reports whether every model loaded: with one missing, its rules are
+// blind, so outputs stay at their safe level instead of their normal one.
+func (a *Agent) modelsLoaded() bool {
+	for _, m := range a.models {
+		if m.detector == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// goNormal drives every actuator from its safe start level to its normal level, once
+// the pipeline runs.
+func (a *Agent) goNormal(ctx context.Context) {
+	if ctx.Err() != nil {
+		return // a part already failed and drove everything safe
+	}
+	if !a.modelsLoaded() {
+		a.logger.Warn("a model did not load: actuators stay at their safe level")
+		return
+	}
+	for _, name := range a.actOrder {
+		act := a.actuators[name]
+		if act.State().State == act.normal.String() {
+			continue
+		}
+		if err := act.Set(act.normal, "pipeline running"); err != nil {
+			a.logger.Error("actuator: cannot drive its initial level", "actuator", name, "err", err)
+		}
+	}
+}
+
+// inputHigh reports an input's debounced level, for rule interlocks.
+func (a *Agent) inputHigh(name string) bool {
+	in, ok := a.inputs[name]
+	return ok && in.Level() == hal.High
+}
+
+// guard runs one of the agent's parts and turns a panic in it into fail-safe: every
+// actuator goes safe, the panic and its stack are logged, and the part returns an
+// error, which stops the agent with a non-zero exit so that systemd restarts it.
+func (a *Agent) guard(part string, run func() error) func() error {
+	return func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				a.safeAll(fmt.Sprintf("panic in %s", part))
+				a.logger.Error("panic: actuators driven safe, stopping", "part", part, "panic", p, "stack", string(debug.Stack()))
+				err = fmt.Errorf("panic in %s: %v", part, p)
+			}
+		}()
+		return run()
 	}
 }
 

@@ -37,7 +37,9 @@ func (a *Agent) routes() http.Handler {
 	})
 	mux.HandleFunc("GET /api/events/stream", a.eventStream)
 	mux.HandleFunc("GET /api/cameras/{name}/snapshot.jpg", a.snapshot)
+	mux.HandleFunc("GET /api/snapshots/{file}", a.savedSnapshot)
 	mux.HandleFunc("POST /api/actuators/{name}", a.requireToken(a.commandActuator))
+	mux.HandleFunc("POST /api/rules/{name}/ack", a.requireToken(a.acknowledgeRule))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -134,9 +136,10 @@ func (a *Agent) requireToken(next http.HandlerFunc) http.HandlerFunc {
 
 // actuatorCommand is the body of POST /api/actuators/<name>: one of state, pulse or safe.
 type actuatorCommand struct {
-	State string `json:"state"` // low | high
-	Pulse string `json:"pulse"` // a duration, e.g. 500ms
-	Safe  bool   `json:"safe"`
+	State   string `json:"state,omitempty"`    // low | high
+	PulseMS int64  `json:"pulse_ms,omitempty"` // milliseconds
+	Pulse   string `json:"pulse,omitempty"`    // the same as a duration, e.g. 500ms
+	Safe    bool   `json:"safe,omitempty"`
 }
 
 func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
@@ -150,10 +153,17 @@ func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cmd); err != nil {
-		writeError(w, http.StatusBadRequest, "body: %v; want {\"state\":\"high\"}, {\"pulse\":\"500ms\"} or {\"safe\":true}", err)
+		writeError(w, http.StatusBadRequest, "body: %v; want {\"state\":\"high\"}, {\"pulse_ms\":500} or {\"safe\":true}", err)
 		return
 	}
 	const reason = "http api"
+	if cmd.PulseMS != 0 {
+		if cmd.Pulse != "" {
+			writeError(w, http.StatusBadRequest, "give exactly one of state, pulse_ms or safe")
+			return
+		}
+		cmd.Pulse = (time.Duration(cmd.PulseMS) * time.Millisecond).String()
+	}
 	var err error
 	switch {
 	case cmd.Safe && cmd.State == "" && cmd.Pulse == "":
@@ -189,4 +199,33 @@ func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
 		a.events.add(env)
 	}
 	writeJSON(w, http.StatusOK, act.State())
+}
+
+// savedSnapshot serves a frame saved with a rule's event.
+func (a *Agent) savedSnapshot(w http.ResponseWriter, r *http.Request) {
+	path := a.snapshots.path(r.PathValue("file"))
+	if path == "" {
+		writeError(w, http.StatusNotFound, "no snapshot named %q", r.PathValue("file"))
+		return
+	}
+	w.Header().Set("Content-Type", "image/jpeg")
+	http.ServeFile(w, r, path)
+}
+
+// acknowledgeRule releases a rule latched with `until: ack`: its actuator returns to
+// its normal level (unless another rule holds it).
+func (a *Agent) acknowledgeRule(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if a.cfg.RuleNamed(name) == nil {
+		writeError(w, http.StatusNotFound, "no rule named %q", name)
+		return
+	}
+	fire, ok := a.rules.Acknowledge(name, "ack")
+	if !ok {
+		writeError(w, http.StatusConflict, "rule %s is not latched waiting for an acknowledge", name)
+		return
+	}
+	fire.Reason += " over http by " + r.RemoteAddr
+	a.release(r.Context(), fire)
+	writeJSON(w, http.StatusOK, map[string]any{"rule": name, "released": true})
 }

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gocv.io/x/gocv"
@@ -29,10 +30,11 @@ type camera struct {
 	cfg    config.Camera
 	cap    *capture.Camera
 	model  *model
-	rules  *rules.Engine // used only by the camera's detect loop
 	logger *slog.Logger
 	snap   *snapshot
 	stats  *detectStats
+	// safed: failSafe drove this camera's rule outputs safe and they are not restored.
+	safed atomic.Bool
 }
 
 // detectLoop runs the camera's model on its newest frames, at most detect_fps times a
@@ -98,8 +100,14 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		detected := time.Now()
 		cam.stats.record(timing.Infer, detected.Sub(f.Time), detected, dets)
 		a.metrics.observeDetection(cam.cfg.Name, cam.model.name, timing.Infer, detected.Sub(f.Time), dets)
+		if cam.safed.Load() && cam.cap.Status().State == capture.StateStreaming {
+			a.restore(cam, "detection works again on camera "+cam.cfg.Name)
+		}
 
-		for _, fire := range cam.rules.Evaluate(rules.Frame{
+		if a.beforeRules != nil {
+			a.beforeRules(cam.cfg.Name)
+		}
+		for _, fire := range a.rules.Evaluate(rules.Frame{
 			Camera: cam.cfg.Name, Width: f.Mat.Cols(), Height: f.Mat.Rows(), Detections: dets, At: f.Time,
 		}) {
 			a.act(ctx, cam, f, fire, detected.Sub(f.Time))
@@ -108,37 +116,64 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 	cam.snap.update(f, dets)
 }
 
-// act carries out a rule's action and records it as an event. The actuator moves
-// first: the event's durability must never delay the output.
+// act carries out what a rule decided and records it as an event. The actuator moves
+// first: neither the snapshot nor the event's durability may delay the output.
 func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rules.Firing, detectLatency time.Duration) {
-	act := a.actuators[fire.Action.Actuator]
+	name := fire.Action.Actuator
 	reason := "rule " + fire.Rule
 	var err error
-	if fire.Action.Pulse > 0 {
-		err = act.Pulse(fire.Action.Pulse, reason)
-	} else {
-		level, _ := hal.ParseLevel(fire.Action.State)
-		err = act.Set(level, reason)
+	var level hal.Level
+	switch {
+	case name == "":
+		// An event-only rule.
+	case fire.Kind == rules.Release:
+		level, err = a.settle(name, reason+" released: "+fire.Reason)
+	case fire.Action.Pulse > 0:
+		err = a.actuators[name].Pulse(fire.Action.Pulse, reason)
+	default:
+		level, _ = hal.ParseLevel(fire.Action.State)
+		err = a.actuators[name].Set(level, reason)
 	}
 	actuated := time.Since(f.Time)
-	a.metrics.observeFiring(fire.Rule, actuated)
+	if name != "" && fire.Kind == rules.Fire {
+		a.metrics.observeFiring(fire.Rule, actuated)
+		a.ruleStats[fire.Rule].record(actuated)
+	}
 	if err != nil {
-		cam.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", fire.Action.Actuator, "err", err)
+		cam.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", name, "err", err)
 	}
 
-	action := map[string]any{"actuator": fire.Action.Actuator}
-	if fire.Action.Pulse > 0 {
-		action["pulse_ms"] = fire.Action.Pulse.Milliseconds()
-	} else {
-		action["state"] = fire.Action.State
+	var action map[string]any
+	if name != "" {
+		action = map[string]any{"actuator": name}
+		switch {
+		case fire.Kind == rules.Release:
+			action["state"] = level.String()
+			action["released"] = fire.Reason
+		case fire.Action.Pulse > 0:
+			action["pulse_ms"] = fire.Action.Pulse.Milliseconds()
+		default:
+			action["state"] = fire.Action.State
+			if fire.Action.Until != "" {
+				action["until"] = fire.Action.Until
+			}
+		}
+		if err != nil {
+			action["error"] = err.Error()
+		}
 	}
-	if err != nil {
-		action["error"] = err.Error()
+	if fire.Kind == rules.Release {
+		a.recordRelease(ctx, fire, action)
+		return
 	}
 	body := detectionEvent{
 		Rule: fire.Rule, Camera: cam.cfg.Name, Frame: f.Seq, Detections: fire.Matches, Action: action,
-		LatencyMS: latencyMS{Detect: ms(detectLatency), Actuate: ms(actuated)},
+		LatencyMS: latencyMS{Detect: ms(detectLatency)},
 	}
+	if name != "" {
+		body.LatencyMS.Actuate = ms(actuated)
+	}
+	body.Snapshot, body.SnapshotError = a.snapshots.save(cam.cfg.Name, f, fire.Matches)
 	env, err := a.enqueueEvent(ctx, "detection", body)
 	if err != nil {
 		cam.logger.Error("event not committed", "rule", fire.Rule, "seq", env.Seq, "err", err)
@@ -147,8 +182,36 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 		}
 	}
 	a.events.add(env)
-	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", fire.Action.Actuator, "seq", env.Seq,
+	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", name, "seq", env.Seq,
 		"detect_ms", body.LatencyMS.Detect, "actuate_ms", body.LatencyMS.Actuate)
+}
+
+// release carries out a Release that did not come from a frame (an acknowledge, an
+// input): the actuator settles and the release is an event.
+func (a *Agent) release(ctx context.Context, fire rules.Firing) {
+	var action map[string]any
+	if name := fire.Action.Actuator; name != "" {
+		level, err := a.settle(name, "rule "+fire.Rule+" released: "+fire.Reason)
+		action = map[string]any{"actuator": name, "state": level.String(), "released": fire.Reason}
+		if err != nil {
+			action["error"] = err.Error()
+			a.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", name, "err", err)
+		}
+	}
+	a.recordRelease(ctx, fire, action)
+}
+
+// recordRelease records a rule letting go of its actuator as an event.
+func (a *Agent) recordRelease(ctx context.Context, fire rules.Firing, action map[string]any) {
+	body := map[string]any{"rule": fire.Rule, "camera": fire.Camera, "released": fire.Reason, "action": action}
+	env, err := a.enqueueEvent(ctx, "release", body)
+	if err != nil {
+		a.logger.Error("release event not committed", "rule", fire.Rule, "seq", env.Seq, "err", err)
+	}
+	if env.Seq != 0 {
+		a.events.add(env)
+	}
+	a.logger.Info("rule released", "rule", fire.Rule, "reason", fire.Reason, "seq", env.Seq)
 }
 
 // eventCommitWait bounds how long a pipeline waits for an event to reach the disk: a
@@ -169,13 +232,16 @@ type detectionEvent struct {
 	Camera     string            `json:"camera"`
 	Frame      uint64            `json:"frame"`
 	Detections []infer.Detection `json:"detections"`
-	Action     map[string]any    `json:"action"`
+	Action     map[string]any    `json:"action,omitempty"` // none for an event-only rule
 	LatencyMS  latencyMS         `json:"latency_ms"`
+	// Snapshot is the frame with the matches drawn, under GET /api/snapshots/.
+	Snapshot      string `json:"snapshot,omitempty"`
+	SnapshotError string `json:"snapshot_error,omitempty"`
 }
 
 type latencyMS struct {
 	Detect  float64 `json:"detect"`
-	Actuate float64 `json:"actuate"`
+	Actuate float64 `json:"actuate,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

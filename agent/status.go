@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/agent/rules"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
@@ -23,6 +24,7 @@ type Status struct {
 	Cameras   []CameraStatus    `json:"cameras"`
 	Models    []ModelStatus     `json:"models"`
 	Actuators []ActuatorStatus  `json:"actuators"`
+	Rules     []RuleStatus      `json:"rules"`
 	Outbox    OutboxStatus      `json:"outbox"`
 	MQTT      mqttlink.State    `json:"mqtt"`
 	Events    []outbox.Envelope `json:"events"`
@@ -53,6 +55,16 @@ type ActuatorStatus struct {
 	History []sim.Transition `json:"history,omitempty"`
 }
 
+// RuleStatus is one rule: whether it holds or latches its actuator, how often it fired
+// and how long from the frame's capture to its actuator command.
+type RuleStatus struct {
+	rules.Status
+	Firings    uint64  `json:"firings"`
+	ActuateP50 float64 `json:"actuate_ms_p50"`
+	ActuateP99 float64 `json:"actuate_ms_p99"`
+	LastMS     float64 `json:"actuate_ms_last"`
+}
+
 // OutboxStatus is the durable queue.
 type OutboxStatus struct {
 	Depth   int    `json:"depth"`
@@ -71,7 +83,7 @@ type OutboxStatus struct {
 func (a *Agent) Status(withHistory bool) Status {
 	st := Status{
 		Device: a.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
-		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{},
+		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{},
 		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20),
 	}
 	if a.link != nil {
@@ -107,6 +119,9 @@ func (a *Agent) Status(withHistory bool) Status {
 			as.History = act.sim.History()
 		}
 		st.Actuators = append(st.Actuators, as)
+	}
+	for _, rs := range a.rules.Status() {
+		st.Rules = append(st.Rules, a.ruleStats[rs.Name].status(rs))
 	}
 	if a.outbox != nil {
 		o := a.outbox.Stats()
@@ -193,4 +208,34 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// ruleStats counts a rule's firings and keeps its recent capture-to-actuator latencies.
+type ruleStats struct {
+	mu      sync.Mutex // guards the fields below
+	firings uint64
+	latency []time.Duration // ring of the last statsWindow
+	pos     int
+	last    time.Duration
+}
+
+func (s *ruleStats) record(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.firings++
+	s.last = d
+	if len(s.latency) < statsWindow {
+		s.latency = append(s.latency, d)
+	} else {
+		s.latency[s.pos] = d
+		s.pos = (s.pos + 1) % statsWindow
+	}
+}
+
+func (s *ruleStats) status(rs rules.Status) RuleStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := RuleStatus{Status: rs, Firings: s.firings, LastMS: ms(s.last)}
+	st.ActuateP50, st.ActuateP99 = percentiles(s.latency)
+	return st
 }

@@ -23,6 +23,7 @@ type Config struct {
 	Outbox    Outbox     `mapstructure:"outbox" json:"outbox"`
 	Trust     Trust      `mapstructure:"trust" json:"trust"`
 	Runtimes  Runtimes   `mapstructure:"runtimes" json:"runtimes"`
+	Snapshots Snapshots  `mapstructure:"snapshots" json:"snapshots"`
 
 	// Source is the file the config came from; "" for the embedded defaults.
 	Source string `mapstructure:"-" json:"source"`
@@ -83,6 +84,9 @@ type Actuator struct {
 	Line      string `mapstructure:"line" json:"line"`
 	ActiveLow bool   `mapstructure:"active_low" json:"active_low"`
 	Safe      string `mapstructure:"safe" json:"safe"` // low | high
+	// Initial is the normal operating level, driven once the pipeline runs and when a
+	// rule releases the actuator; "" = the safe level.
+	Initial string `mapstructure:"initial" json:"initial"`
 }
 
 // Input is one digital input (an operator's button, an interlock).
@@ -96,16 +100,22 @@ type Input struct {
 
 // Rule turns detections on one camera into an action.
 type Rule struct {
-	Name     string        `mapstructure:"name" json:"name"`
-	Camera   string        `mapstructure:"camera" json:"camera"`
-	Labels   []string      `mapstructure:"labels" json:"labels"` // empty: any label
-	MinScore float64       `mapstructure:"min_score" json:"min_score"`
-	MinArea  float64       `mapstructure:"min_area" json:"min_area"` // fraction of the frame, 0..1
-	Zone     [][]float64   `mapstructure:"zone" json:"zone"`         // normalised polygon; empty: whole frame
-	Frames   Frames        `mapstructure:"frames" json:"frames"`
+	Name     string      `mapstructure:"name" json:"name"`
+	Camera   string      `mapstructure:"camera" json:"camera"`
+	Labels   []string    `mapstructure:"labels" json:"labels"` // empty: any label
+	MinScore float64     `mapstructure:"min_score" json:"min_score"`
+	MinArea  float64     `mapstructure:"min_area" json:"min_area"`   // fraction of the frame, 0..1
+	Zone     [][]float64 `mapstructure:"zone" json:"zone"`           // normalised polygon; empty: whole frame
+	ZoneMode string      `mapstructure:"zone_mode" json:"zone_mode"` // center | inside | overlaps
+	Frames   Frames      `mapstructure:"frames" json:"frames"`
+	// Hold keeps a state action's level for this long after the last matching frame.
+	Hold     time.Duration `mapstructure:"hold" json:"hold"`
 	Cooldown time.Duration `mapstructure:"cooldown" json:"cooldown"`
-	Action   Action        `mapstructure:"action" json:"action"`
-	OnStall  string        `mapstructure:"on_stall" json:"on_stall"` // safe | hold
+	// Interlock names an input that must be high for the rule to fire (e.g. "robot
+	// running"); "" = always armed.
+	Interlock string `mapstructure:"interlock" json:"interlock"`
+	Action    Action `mapstructure:"action" json:"action"`
+	OnStall   string `mapstructure:"on_stall" json:"on_stall"` // safe | hold
 }
 
 // Frames asks for N matching frames among the last Of.
@@ -115,7 +125,8 @@ type Frames struct {
 }
 
 // Action is what a rule does when it fires: pulse an actuator, or set it to a state
-// (optionally latched until an input or an API acknowledge).
+// (held while the rule matches, or latched until an input or an API acknowledge), or,
+// with no actuator, only record the event. Every firing is an event with a snapshot.
 type Action struct {
 	Actuator string        `mapstructure:"actuator" json:"actuator"`
 	Pulse    time.Duration `mapstructure:"pulse" json:"pulse"`
@@ -152,6 +163,11 @@ type Trust struct {
 	Keys []string `mapstructure:"keys" json:"keys"`
 }
 
+// Snapshots are the frames saved with rule events.
+type Snapshots struct {
+	MaxBytes ByteSize `mapstructure:"max_bytes" json:"max_bytes"` // 0: none are saved
+}
+
 // Runtimes locates inference runtime libraries; empty means the system's search path.
 type Runtimes struct {
 	ONNXRuntime string `mapstructure:"onnxruntime" json:"onnxruntime"` // libonnxruntime.so.1
@@ -164,6 +180,16 @@ func (c *Config) ModelNamed(name string) *Model {
 	for i := range c.Models {
 		if c.Models[i].Name == name {
 			return &c.Models[i]
+		}
+	}
+	return nil
+}
+
+// RuleNamed returns the rule with the given name, or nil.
+func (c *Config) RuleNamed(name string) *Rule {
+	for i := range c.Rules {
+		if c.Rules[i].Name == name {
+			return &c.Rules[i]
 		}
 	}
 	return nil

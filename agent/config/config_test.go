@@ -116,7 +116,15 @@ var badConfigs = map[string][]string{
 	},
 	"not-in-this-build": {
 		"actuators[0].driver: the gpio driver is not part of this build yet; use sim",
-		"rules[0].action.until: latching until an input or acknowledge is not part of this build yet",
+	},
+	"bad-rules": {
+		`actuators[0].initial: "on" is not one of low, high`,
+		"rules[0].action.until: only a state action can be latched",
+		`rules[0].interlock: "running" is not the name of an input in inputs`,
+		`rules[0].zone_mode: "around" is not one of center, inside, overlaps`,
+		`rules[1].action.until: "button" is neither an input in inputs nor "ack"`,
+		"rules[1].hold: hold applies to a state action without until",
+		"rules[2].action.actuator: pulse, state, until and hold need an actuator",
 	},
 	"bad-scalars": {
 		`cameras[0].name: "my door": use letters, digits, '.', '_' and '-' (up to 63)`,

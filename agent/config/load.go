@@ -132,6 +132,7 @@ func scalarDefaults() map[string]any {
 		"outbox.fsync_interval":   "100ms",
 		"trust.keys":              []string{},
 		"runtimes.onnxruntime":    "",
+		"snapshots.max_bytes":     "64MiB",
 		"runtimes.tflite":         "",
 		"runtimes.openvino":       "",
 	}

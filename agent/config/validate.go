@@ -313,27 +313,51 @@ func (c *Config) validate() Errors {
 			bad(key+".cooldown", "%v is negative", r.Cooldown)
 		}
 		oneOf(key+".on_stall", r.OnStall, "safe", "hold")
-		a := r.Action
-		if _, ok := actuators[a.Actuator]; !ok {
-			bad(key+".action.actuator", "%q is not the name of an actuator in actuators", a.Actuator)
+		if r.ZoneMode != "" {
+			oneOf(key+".zone_mode", r.ZoneMode, "center", "inside", "overlaps")
 		}
-		switch {
-		case a.Pulse > 0 && a.State != "":
-			bad(key+".action", "set either pulse or state, not both")
-		case a.Pulse < 0:
-			bad(key+".action.pulse", "%v is negative", a.Pulse)
-		case a.Pulse == 0 && a.State == "":
-			bad(key+".action", "needs pulse (e.g. 500ms) or state (low or high)")
-		case a.State != "":
-			oneOf(key+".action.state", a.State, "low", "high")
+		if r.Interlock != "" {
+			if _, ok := inputs[r.Interlock]; !ok {
+				bad(key+".interlock", "%q is not the name of an input in inputs", r.Interlock)
+			}
+		}
+		a := r.Action
+		if a.Actuator == "" {
+			// An event-only rule: it records what it saw and moves nothing.
+			if a.Pulse != 0 || a.State != "" || a.Until != "" || r.Hold != 0 {
+				bad(key+".action.actuator", "pulse, state, until and hold need an actuator")
+			}
+		} else if _, ok := actuators[a.Actuator]; !ok {
+			bad(key+".action.actuator", "%q is not the name of an actuator in actuators", a.Actuator)
+		} else {
+			switch {
+			case a.Pulse > 0 && a.State != "":
+				bad(key+".action", "set either pulse or state, not both")
+			case a.Pulse < 0:
+				bad(key+".action.pulse", "%v is negative", a.Pulse)
+			case a.Pulse == 0 && a.State == "":
+				bad(key+".action", "needs pulse (e.g. 500ms) or state (low or high)")
+			case a.State != "":
+				oneOf(key+".action.state", a.State, "low", "high")
+			}
 		}
 		if a.Until != "" {
-			bad(key+".action.until", "latching until an input or acknowledge is not part of this build yet")
 			if a.State == "" {
 				bad(key+".action.until", "only a state action can be latched")
 			} else if _, ok := inputs[a.Until]; !ok && a.Until != "ack" {
 				bad(key+".action.until", "%q is neither an input in inputs nor \"ack\"", a.Until)
 			}
+		}
+		switch {
+		case r.Hold < 0:
+			bad(key+".hold", "%v is negative", r.Hold)
+		case r.Hold > 0 && (a.State == "" || a.Until != ""):
+			bad(key+".hold", "hold applies to a state action without until")
+		}
+	}
+	for i, a := range c.Actuators {
+		if a.Initial != "" {
+			oneOf(fmt.Sprintf("actuators[%d].initial", i), a.Initial, "low", "high")
 		}
 	}
 

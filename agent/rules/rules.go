@@ -1,11 +1,14 @@
 // Package rules decides when detections should move an actuator: per rule a camera,
-// labels, a minimum score and box area, a zone, N matching frames of the last M, and a
-// cooldown. It is pure Go (no gocv, no runtime, no hardware), so it is tested with
+// labels, a minimum score and box area, a zone, N matching frames of the last M, an
+// interlock input, a cooldown, and what the action does over time (a pulse; a state held
+// while the rule matches plus a hold time; a state latched until an input or an
+// acknowledge). It is pure Go (no gocv, no runtime, no hardware), so it is tested with
 // plain values and an injected clock.
 package rules
 
 import (
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
@@ -22,61 +25,183 @@ type Frame struct {
 	At time.Time
 }
 
-// Firing is a rule that matched: the detections that made it, and the action to take.
+// Kind says what a Firing asks of the actuator.
+type Kind string
+
+const (
+	// Fire carries out the rule's action (pulse, or drive its state).
+	Fire Kind = "fire"
+	// Release ends a held or latched state: the actuator returns to its normal level.
+	Release Kind = "release"
+)
+
+// Firing is a rule that changed what its actuator should do.
 type Firing struct {
-	Rule    string
-	Camera  string
+	Kind   Kind
+	Rule   string
+	Camera string
+	// Matches are the detections that made a Fire.
 	Matches []infer.Detection
 	Action  config.Action
-	OnStall string
+	// Reason says why a Release happened: "hold expired", "ack", "input ack", ...
+	Reason string
 }
 
-// Engine evaluates the rules of all cameras. It is not safe for concurrent use; the
-// agent gives each camera its own Engine over that camera's rules.
+// Options configure an Engine.
+type Options struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// InputHigh reports an input's debounced level, for rules with an interlock; nil
+	// treats every interlock as open (the rule never fires).
+	InputHigh func(name string) bool
+}
+
+// Engine evaluates rules. It is safe for concurrent use: frames come from the camera's
+// pipeline, acknowledgements from the HTTP API and inputs.
 type Engine struct {
+	opts Options
+
+	mu    sync.Mutex // guards the rules' state
 	rules []*rule
-	now   func() time.Time
 }
 
 type rule struct {
 	cfg       config.Rule
 	window    []bool // the last Of frames, newest last
 	lastFired time.Time
+	lastMatch time.Time
+	// active: the rule holds its actuator at the action's state (held or latched).
+	active bool
 }
 
-// New returns an engine for rules; now may be nil for time.Now.
-func New(rs []config.Rule, now func() time.Time) *Engine {
-	if now == nil {
-		now = time.Now
+// Status is a rule's state for the status page.
+type Status struct {
+	Name      string `json:"name"`
+	Camera    string `json:"camera"`
+	Active    bool   `json:"active"`
+	Latched   bool   `json:"latched"`
+	Until     string `json:"until,omitempty"`
+	LastFired string `json:"last_fired,omitempty"`
+}
+
+// New returns an engine for rules.
+func New(rs []config.Rule, opts Options) *Engine {
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
-	e := &Engine{now: now}
+	e := &Engine{opts: opts}
 	for _, r := range rs {
 		e.rules = append(e.rules, &rule{cfg: r})
 	}
 	return e
 }
 
-// Evaluate feeds one frame to every rule of its camera and returns those that fire.
+// Evaluate feeds one frame to every rule of its camera and returns what changes.
 func (e *Engine) Evaluate(f Frame) []Firing {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	var out []Firing
+	now := e.opts.Now()
 	for _, r := range e.rules {
 		if r.cfg.Camera != f.Camera {
 			continue
 		}
-		matches := r.match(f)
+		var matches []infer.Detection
+		if r.armed(e.opts.InputHigh) {
+			matches = r.match(f)
+		}
 		r.window = append(r.window, len(matches) > 0)
 		if len(r.window) > r.cfg.Frames.Of {
 			r.window = r.window[1:]
 		}
-		if len(matches) == 0 || count(r.window) < r.cfg.Frames.N {
-			continue
+		satisfied := len(matches) > 0 && count(r.window) >= r.cfg.Frames.N
+		if satisfied {
+			r.lastMatch = now
 		}
-		now := e.now()
-		if !r.lastFired.IsZero() && now.Sub(r.lastFired) < r.cfg.Cooldown {
-			continue
+		a := r.cfg.Action
+		switch {
+		case r.active && a.Until != "":
+			// Latched: only an acknowledge or the input releases it.
+		case r.active:
+			if !satisfied && now.Sub(r.lastMatch) >= r.cfg.Hold {
+				r.active = false
+				out = append(out, Firing{Kind: Release, Rule: r.cfg.Name, Camera: f.Camera, Action: a, Reason: "no longer seen"})
+			}
+		case satisfied && (r.lastFired.IsZero() || now.Sub(r.lastFired) >= r.cfg.Cooldown):
+			r.lastFired = now
+			r.active = a.State != ""
+			out = append(out, Firing{Kind: Fire, Rule: r.cfg.Name, Camera: f.Camera, Matches: matches, Action: a})
 		}
-		r.lastFired = now
-		out = append(out, Firing{Rule: r.cfg.Name, Camera: f.Camera, Matches: matches, Action: r.cfg.Action, OnStall: r.cfg.OnStall})
+	}
+	return out
+}
+
+// armed reports whether the rule's interlock input (if any) is high.
+func (r *rule) armed(inputHigh func(string) bool) bool {
+	if r.cfg.Interlock == "" {
+		return true
+	}
+	return inputHigh != nil && inputHigh(r.cfg.Interlock)
+}
+
+// Acknowledge releases the latched rule called name when it waits for until ("ack" for
+// the API, or an input's name). It reports false when the rule is not latched on that.
+func (e *Engine) Acknowledge(name, until string) (Firing, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range e.rules {
+		if r.cfg.Name == name && r.active && r.cfg.Action.Until == until {
+			r.active = false
+			return Firing{Kind: Release, Rule: name, Camera: r.cfg.Camera, Action: r.cfg.Action, Reason: releaseReason(until)}, true
+		}
+	}
+	return Firing{}, false
+}
+
+// InputRose releases every rule latched until the input called name.
+func (e *Engine) InputRose(name string) []Firing {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Firing
+	for _, r := range e.rules {
+		if r.active && r.cfg.Action.Until == name {
+			r.active = false
+			out = append(out, Firing{Kind: Release, Rule: r.cfg.Name, Camera: r.cfg.Camera, Action: r.cfg.Action, Reason: releaseReason(name)})
+		}
+	}
+	return out
+}
+
+func releaseReason(until string) string {
+	if until == "ack" {
+		return "acknowledged"
+	}
+	return "input " + until
+}
+
+// Holding lists the active rules that hold the actuator called name, in rule order.
+func (e *Engine) Holding(actuator string) []config.Rule {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []config.Rule
+	for _, r := range e.rules {
+		if r.active && r.cfg.Action.Actuator == actuator {
+			out = append(out, r.cfg)
+		}
+	}
+	return out
+}
+
+// Status reports every rule's state.
+func (e *Engine) Status() []Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Status, len(e.rules))
+	for i, r := range e.rules {
+		out[i] = Status{Name: r.cfg.Name, Camera: r.cfg.Camera, Active: r.active, Latched: r.active && r.cfg.Action.Until != "", Until: r.cfg.Action.Until}
+		if !r.lastFired.IsZero() {
+			out[i].LastFired = r.lastFired.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	return out
 }
@@ -105,17 +230,61 @@ func (r *rule) match(f Frame) []infer.Detection {
 		if area > 0 && float64(d.Area()/area) < r.cfg.MinArea {
 			continue
 		}
-		if len(r.cfg.Zone) >= 3 && f.Width > 0 && f.Height > 0 {
-			// The box's centre, in the zone's normalised coordinates.
-			cx := float64(d.Box[0]+d.Box[2]) / 2 / float64(f.Width)
-			cy := float64(d.Box[1]+d.Box[3]) / 2 / float64(f.Height)
-			if !inPolygon(cx, cy, r.cfg.Zone) {
-				continue
-			}
+		if len(r.cfg.Zone) >= 3 && f.Width > 0 && f.Height > 0 && !inZone(d.Box, f.Width, f.Height, r.cfg.Zone, r.cfg.ZoneMode) {
+			continue
 		}
 		out = append(out, d)
 	}
 	return out
+}
+
+// inZone tests a box (frame pixels) against a polygon in normalised coordinates:
+// "center" (the default) asks for the box's centre inside, "inside" for the whole box
+// (its four corners; zones are usually convex), "overlaps" for any overlap.
+func inZone(box [4]float32, w, h int, zone [][]float64, mode string) bool {
+	x1, y1 := float64(box[0])/float64(w), float64(box[1])/float64(h)
+	x2, y2 := float64(box[2])/float64(w), float64(box[3])/float64(h)
+	corners := [4][2]float64{{x1, y1}, {x2, y1}, {x2, y2}, {x1, y2}}
+	switch mode {
+	case "inside":
+		for _, c := range corners {
+			if !inPolygon(c[0], c[1], zone) {
+				return false
+			}
+		}
+		return true
+	case "overlaps":
+		for _, c := range corners {
+			if inPolygon(c[0], c[1], zone) {
+				return true
+			}
+		}
+		for _, p := range zone {
+			if p[0] >= x1 && p[0] <= x2 && p[1] >= y1 && p[1] <= y2 {
+				return true
+			}
+		}
+		// Neither contains a vertex of the other: they overlap only if edges cross.
+		for i, j := 0, len(zone)-1; i < len(zone); j, i = i, i+1 {
+			for k := range 4 {
+				c, d := corners[k], corners[(k+1)%4]
+				if segmentsCross(zone[j][0], zone[j][1], zone[i][0], zone[i][1], c[0], c[1], d[0], d[1]) {
+					return true
+				}
+			}
+		}
+		return false
+	default:
+		return inPolygon((x1+x2)/2, (y1+y2)/2, zone)
+	}
+}
+
+// segmentsCross reports whether segment a-b properly crosses segment c-d.
+func segmentsCross(ax, ay, bx, by, cx, cy, dx, dy float64) bool {
+	side := func(px, py, qx, qy, rx, ry float64) float64 { return (qx-px)*(ry-py) - (qy-py)*(rx-px) }
+	d1, d2 := side(cx, cy, dx, dy, ax, ay), side(cx, cy, dx, dy, bx, by)
+	d3, d4 := side(ax, ay, bx, by, cx, cy), side(ax, ay, bx, by, dx, dy)
+	return ((d1 > 0) != (d2 > 0)) && ((d3 > 0) != (d4 > 0))
 }
 
 // inPolygon is the even-odd ray casting test.
