@@ -117,16 +117,11 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	}
 
 	// Actuators first: every output is at its safe level before anything else runs.
-	for i, ac := range cfg.Actuators {
+	for _, ac := range cfg.Actuators {
 		safe, _ := hal.ParseLevel(ac.Safe)
-		var line hal.Line
-		var simLine *sim.Line
-		switch ac.Driver {
-		case "sim":
-			simLine = sim.New(nil)
-			line = simLine
-		default:
-			return a, fmt.Errorf("actuators[%d] (%s): driver %q is not built into this version; use driver: sim", i, ac.Name, ac.Driver)
+		line, simLine, err := openLine(ac)
+		if err != nil {
+			return a, err
 		}
 		out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Logger: logger})
 		if err != nil {
@@ -196,6 +191,42 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	}
 	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 	return a, nil
+}
+
+// openLine opens an actuator's output line with its driver. simLine is set for the sim
+// driver, whose history the status page shows.
+func openLine(ac config.Actuator) (line hal.Line, simLine *sim.Line, err error) {
+	switch ac.Driver {
+	case "sim":
+		simLine = sim.New(nil)
+		return simLine, simLine, nil
+	}
+	return nil, nil, fmt.Errorf("actuator %s: driver %q is not built into this version; use driver: sim", ac.Name, ac.Driver)
+}
+
+// DriveSafe drives every actuator of cfg to its safe level and releases it, without
+// running anything else: `vigil safe`, for systemd's ExecStopPost= after the agent was
+// killed. It reports one line per actuator and fails if any could not be driven.
+func DriveSafe(cfg *config.Config, report func(actuator, driver, result string)) error {
+	var errs []error
+	for _, ac := range cfg.Actuators {
+		safe, _ := hal.ParseLevel(ac.Safe)
+		line, _, err := openLine(ac)
+		if err == nil {
+			err = errors.Join(line.Out(safe), line.Close())
+		}
+		if err != nil {
+			report(ac.Name, ac.Driver, "FAILED: "+err.Error())
+			errs = append(errs, fmt.Errorf("actuator %s: %w", ac.Name, err))
+			continue
+		}
+		result := "safe (" + safe.String() + ")"
+		if ac.Driver == "sim" {
+			result += "; a simulated line holds no state between processes"
+		}
+		report(ac.Name, ac.Driver, result)
+	}
+	return errors.Join(errs...)
 }
 
 // newBackends lists the inference backends built into vigil, each opening its runtime

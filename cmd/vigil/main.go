@@ -43,6 +43,7 @@ Usage:
 Commands:
   run            run the agent (embedded defaults when there is no config file)
   check-config   validate a config file and print every problem
+  safe           drive every actuator to its safe level and exit (systemd ExecStopPost=)
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAgent(rest, stdout, stderr)
 	case "check-config":
 		return checkConfig(rest, stdout, stderr)
+	case "safe":
+		return driveSafe(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
@@ -155,6 +158,27 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		source = "embedded defaults"
 	}
 	fmt.Fprintf(stdout, "%s: OK (%d cameras, %d models, %d actuators, %d rules)\n", source, len(cfg.Cameras), len(cfg.Models), len(cfg.Actuators), len(cfg.Rules))
+	return exitOK
+}
+
+func driveSafe(args []string, stdout, stderr io.Writer) int {
+	fs, path := newFlags("safe [--config FILE]",
+		"Drives every actuator of the config to its safe level, releases the lines and exits:\nfor systemd's ExecStopPost=, so outputs are safe even after the agent was killed.\nExits 1 if any actuator could not be driven.", stderr)
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	cfg, err := config.Load(configPath(*path))
+	if err != nil {
+		printConfigError(stderr, configPath(*path), err)
+		return exitUsage
+	}
+	err = agent.DriveSafe(cfg, func(actuator, driver, result string) {
+		fmt.Fprintf(stdout, "%s (%s): %s\n", actuator, driver, result)
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "vigil safe: %v\n", err)
+		return exitFailed
+	}
 	return exitOK
 }
 

@@ -122,3 +122,18 @@ actuators:
 		t.Errorf("no clean-shutdown line in the log:\n%s", stderr.String())
 	}
 }
+
+func TestSafe(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "vigil.yaml")
+	os.WriteFile(cfg, []byte(`
+cameras: [{name: door, url: "pattern://"}]
+actuators:
+  - {name: weld-pause, driver: sim, safe: high, initial: low}
+  - {name: lamp, driver: sim}
+`), 0o644)
+	var out, errb bytes.Buffer
+	code := run([]string{"safe", "--config", cfg}, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "weld-pause (sim): safe (high)") || !strings.Contains(out.String(), "lamp (sim): safe (low)") {
+		t.Errorf("vigil safe: %d %q %q", code, out.String(), errb.String())
+	}
+}
