@@ -137,7 +137,7 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 	actuated := time.Since(f.Time)
 	if name != "" && fire.Kind == rules.Fire {
 		a.metrics.observeFiring(fire.Rule, actuated)
-		a.ruleStats[fire.Rule].record(actuated)
+		a.ruleStats[fire.Rule].record(actuated, detectLatency)
 	}
 	if err != nil {
 		cam.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", name, "err", err)

@@ -63,6 +63,10 @@ type RuleStatus struct {
 	ActuateP50 float64 `json:"actuate_ms_p50"`
 	ActuateP99 float64 `json:"actuate_ms_p99"`
 	LastMS     float64 `json:"actuate_ms_last"`
+	// AddedP50/P99: what the rule and the actuator command add after the frame's
+	// detections are ready (the actuate latency minus the same frame's detect latency).
+	AddedP50 float64 `json:"added_ms_p50"`
+	AddedP99 float64 `json:"added_ms_p99"`
 }
 
 // OutboxStatus is the durable queue.
@@ -214,20 +218,22 @@ func mustJSON(v any) []byte {
 type ruleStats struct {
 	mu      sync.Mutex // guards the fields below
 	firings uint64
-	latency []time.Duration // ring of the last statsWindow
+	latency []time.Duration // ring of the last statsWindow capture-to-actuator times
+	added   []time.Duration // the same firings' time after detection
 	pos     int
 	last    time.Duration
 }
 
-func (s *ruleStats) record(d time.Duration) {
+func (s *ruleStats) record(actuate, detect time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.firings++
-	s.last = d
+	s.last = actuate
 	if len(s.latency) < statsWindow {
-		s.latency = append(s.latency, d)
+		s.latency = append(s.latency, actuate)
+		s.added = append(s.added, actuate-detect)
 	} else {
-		s.latency[s.pos] = d
+		s.latency[s.pos], s.added[s.pos] = actuate, actuate-detect
 		s.pos = (s.pos + 1) % statsWindow
 	}
 }
@@ -237,5 +243,6 @@ func (s *ruleStats) status(rs rules.Status) RuleStatus {
 	defer s.mu.Unlock()
 	st := RuleStatus{Status: rs, Firings: s.firings, LastMS: ms(s.last)}
 	st.ActuateP50, st.ActuateP99 = percentiles(s.latency)
+	st.AddedP50, st.AddedP99 = percentiles(s.added)
 	return st
 }
