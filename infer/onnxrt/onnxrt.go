@@ -55,10 +55,13 @@ func (b *Backend) Library() string {
 	return fmt.Sprintf("%s (onnxruntime %s)", b.loaded, ort.GetVersion())
 }
 
+// sharedEnvironment is Backend.loaded when another Backend opened the library.
+const sharedEnvironment = "shared environment"
+
 func (b *Backend) initialize() error {
 	if ort.IsInitialized() {
 		// Another Backend in this process already set the environment up.
-		b.loaded = "shared environment"
+		b.loaded = sharedEnvironment
 		return nil
 	}
 	var errs []string
@@ -77,12 +80,23 @@ func (b *Backend) initialize() error {
 
 // Load opens an .onnx file. Inputs and outputs must be float32 tensors with fixed
 // shapes (a dynamic batch dimension is run as 1).
+//
+// opts.Device picks the execution provider: CPU (or empty: ONNX Runtime's default CPU
+// provider), CUDA (alias GPU), TensorRT, OpenVINO or OpenVINO:<device> (OpenVINO:GPU,
+// OpenVINO:NPU, ...). A provider the loaded library lacks is an error naming it and
+// the providers the library has. opts.Optimization is the graph optimisation level
+// (all, the default; extended; basic; disabled), opts.Threads the intra-op threads.
 func (b *Backend) Load(path string, opts infer.LoadOptions) (infer.Engine, error) {
 	if err := b.Available(); err != nil {
 		return nil, err
 	}
-	if opts.Device != "" && !strings.EqualFold(opts.Device, "CPU") {
-		return nil, fmt.Errorf("onnxruntime: device %q: this build runs ONNX Runtime on the CPU only", opts.Device)
+	prov, err := parseDevice(opts.Device)
+	if err != nil {
+		return nil, fmt.Errorf("onnxruntime: model %s: %w", path, err)
+	}
+	level, err := optimizationLevel(opts.Optimization)
+	if err != nil {
+		return nil, fmt.Errorf("onnxruntime: model %s: %w", path, err)
 	}
 	ins, outs, err := ort.GetInputOutputInfo(path)
 	if err != nil {
@@ -110,22 +124,21 @@ func (b *Backend) Load(path string, opts infer.LoadOptions) (infer.Engine, error
 	if err := so.SetInterOpNumThreads(1); err != nil {
 		return nil, fmt.Errorf("onnxruntime: inter-op threads: %w", err)
 	}
-	if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelEnableAll); err != nil {
+	if err := so.SetGraphOptimizationLevel(level); err != nil {
 		return nil, fmt.Errorf("onnxruntime: graph optimisation: %w", err)
 	}
-	names := func(ts []infer.TensorInfo) []string {
-		n := make([]string, len(ts))
-		for i, t := range ts {
-			n[i] = t.Name
+	if prov != nil {
+		lib, available, err := b.providers()
+		if err != nil {
+			return nil, fmt.Errorf("onnxruntime: model %s: device %q: %w", path, opts.Device, err)
 		}
-		return n
+		if err := appendProvider(so, prov, lib, available); err != nil {
+			return nil, fmt.Errorf("onnxruntime: model %s: %w", path, err)
+		}
 	}
-	e.session, err = ort.NewDynamicAdvancedSession(path, names(e.inputs), names(e.outputs), so)
-	if err != nil {
-		return nil, fmt.Errorf("onnxruntime: load model %s: %w", path, err)
-	}
-	// The tensors wrap Go slices that the engine owns, made once here, so Run
-	// neither copies nor allocates them.
+
+	// The tensors wrap Go slices that the engine owns, made once here and bound to
+	// the session, so Run neither copies nor allocates.
 	alloc := func(infos []infer.TensorInfo, bufs *[][]float32, vals *[]ort.Value) error {
 		for _, info := range infos {
 			buf := make([]float32, info.Elements())
@@ -139,14 +152,44 @@ func (b *Backend) Load(path string, opts infer.LoadOptions) (infer.Engine, error
 		return nil
 	}
 	if err := alloc(e.inputs, &e.in, &e.inVals); err != nil {
-		e.Close()
+		e.destroyTensors()
 		return nil, err
 	}
 	if err := alloc(e.outputs, &e.out, &e.outVals); err != nil {
-		e.Close()
+		e.destroyTensors()
 		return nil, err
 	}
+	names := func(ts []infer.TensorInfo) []string {
+		n := make([]string, len(ts))
+		for i, t := range ts {
+			n[i] = t.Name
+		}
+		return n
+	}
+	e.session, err = ort.NewAdvancedSession(path, names(e.inputs), names(e.outputs), e.inVals, e.outVals, so)
+	if err != nil {
+		e.destroyTensors()
+		return nil, fmt.Errorf("onnxruntime: load model %s: %w", path, err)
+	}
 	return e, nil
+}
+
+// providers lists the execution providers of the library in use, and names it.
+func (b *Backend) providers() (string, []string, error) {
+	if b.loaded != sharedEnvironment {
+		p, err := availableProviders(b.loaded)
+		return b.loaded, p, err
+	}
+	// Another Backend loaded the library: find which of the usual ones is loaded.
+	var errs []string
+	for _, lib := range append(b.libraries, DefaultLibraries...) {
+		p, err := availableProviders(lib)
+		if err == nil {
+			return lib, p, nil
+		}
+		errs = append(errs, err.Error())
+	}
+	return "", nil, errors.New(strings.Join(errs, "; "))
 }
 
 func describe(infos []ort.InputOutputInfo, what string) ([]infer.TensorInfo, error) {
@@ -170,7 +213,7 @@ func describe(infos []ort.InputOutputInfo, what string) ([]infer.TensorInfo, err
 }
 
 type engine struct {
-	session         *ort.DynamicAdvancedSession
+	session         *ort.AdvancedSession // bound to inVals and outVals
 	inputs          []infer.TensorInfo
 	outputs         []infer.TensorInfo
 	in, out         [][]float32
@@ -186,7 +229,7 @@ func (e *engine) Run() error {
 	if e.session == nil {
 		return errors.New("onnxruntime: run: engine is closed")
 	}
-	if err := e.session.Run(e.inVals, e.outVals); err != nil {
+	if err := e.session.Run(); err != nil {
 		return fmt.Errorf("onnxruntime: run: %w", err)
 	}
 	return nil
@@ -198,11 +241,16 @@ func (e *engine) Close() error {
 	}
 	err := e.session.Destroy()
 	e.session = nil
+	e.destroyTensors()
+	return err
+}
+
+// destroyTensors frees the tensors, after the session that uses them.
+func (e *engine) destroyTensors() {
 	for _, v := range append(e.inVals, e.outVals...) {
 		v.Destroy()
 	}
 	e.inVals, e.outVals = nil, nil
-	return err
 }
 
 // staticShape runs a dynamic batch dimension as 1.
