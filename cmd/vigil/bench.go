@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -86,20 +87,23 @@ func bench(args []string, stdout, stderr io.Writer) int {
 func printBench(w io.Writer, r agent.BenchReport) {
 	fmt.Fprintf(w, "camera %s: %s (%dx%d)\nmodel %s: %s on %s\n%g s per stage\n\n",
 		r.Camera, r.Source, r.FrameWidth, r.FrameHeight, r.Model, r.Bundle, r.Backend, r.Seconds)
-	const row = "%-16s %7s %8s %8s %8s  %s\n"
-	fmt.Fprintf(w, row, "stage", "frames", "fps", "p50 ms", "p99 ms", "")
-	fmt.Fprintf(w, row, "decode-only", fmt.Sprint(r.Decode.Frames), f1(r.Decode.FPS), "", "", "")
+	row := func(cols ...any) {
+		line := fmt.Sprintf("%-16s %7s %8s %8s %8s  %s", cols...)
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+	}
+	row("stage", "frames", "fps", "p50 ms", "p99 ms", "")
+	row("decode-only", fmt.Sprint(r.Decode.Frames), f1(r.Decode.FPS), "", "", "")
 	in := r.Inference
-	fmt.Fprintf(w, row, "inference-only", fmt.Sprint(in.Runs), f1(in.FPS), f2(in.LatencyP50), f2(in.LatencyP99),
+	row("inference-only", fmt.Sprint(in.Runs), f1(in.FPS), f2(in.LatencyP50), f2(in.LatencyP99),
 		"pre-processing + model + decoding")
-	fmt.Fprintf(w, row, "  engine only", "", f1(in.EngineFPS), f2(in.EngineP50), f2(in.EngineP99),
+	row("  engine only", "", f1(in.EngineFPS), f2(in.EngineP50), f2(in.EngineP99),
 		fmt.Sprintf("the model alone; pre-processing %.2f ms, decoding %.2f ms (p50)", in.PreP50, in.PostP50))
 	p := r.Pipeline
 	mode := "latest frame"
 	if p.Lossless {
 		mode = "lossless"
 	}
-	fmt.Fprintf(w, row, "pipeline", fmt.Sprint(p.Frames), f1(p.FPS), f2(p.LatencyP50), f2(p.LatencyP99),
+	row("pipeline", fmt.Sprint(p.Frames), f1(p.FPS), f2(p.LatencyP50), f2(p.LatencyP99),
 		fmt.Sprintf("capture->detection; %d captured, %d dropped (%s)", p.Captured, p.Dropped, mode))
 	verdict := "met"
 	if r.PipelineRatio < benchGoal {
