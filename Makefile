@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG  ?=
 
-.PHONY: all deps build run test test-mats bench check-config fmt vet clean
+.PHONY: all deps build run test test-mats bench bench-compare check-config fmt vet clean
 
 all: build
 
@@ -28,10 +28,24 @@ test:
 test-mats:
 	$(GO) test -count=1 -tags matprofile ./capture ./agent
 
-## bench: detector, decode (file, RTSP) and pipeline benchmarks, incl. four RTSP cameras
+## bench: detector, decode (file, RTSP) and pipeline benchmarks, incl. four RTSP cameras.
+## `vigil bench` measures a configured camera; `make bench-compare` pits it against Python.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 60x ./infer/detector ./capture
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./agent
+
+## bench-compare: `vigil bench` and the plain Python + OpenCV-DNN loop a user would write
+## (scripts/bench-python-opencv) on the same clip and model, BENCH_SECONDS per stage; prints
+## both rates and their ratio. Installs python3-opencv (scripts/install-deps --bench).
+BENCH_SECONDS ?= 10
+bench-compare: build
+	scripts/install-deps --bench
+	printf '%s\n' 'cameras: [{name: sample, url: "file://assets/footage/people.mp4"}]' \
+		'models: [{name: default, bundle: assets/models/yolox-nano}]' > bin/bench-compare.yaml
+	./bin/vigil bench --config bin/bench-compare.yaml --seconds $(BENCH_SECONDS) --json > bin/bench-vigil.json
+	/usr/bin/python3 scripts/bench-python-opencv --seconds $(BENCH_SECONDS) \
+		--clip assets/footage/people.mp4 --model assets/models/yolox-nano/model.onnx > bin/bench-python.json
+	@/usr/bin/python3 scripts/bench-python-opencv --compare bin/bench-vigil.json bin/bench-python.json
 
 ## check-config: validate CONFIG (or the embedded defaults)
 check-config: build

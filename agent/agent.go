@@ -260,17 +260,25 @@ func loadModel(backends *infer.Registry, dir string, mc config.Model) (*detector
 	return d, name, err
 }
 
-func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error) {
+// cameraSpec is what capture opens for a camera.
+func cameraSpec(cc config.Camera) (capture.Spec, error) {
 	u, err := config.ParseCameraURL(cc.URL)
 	if err != nil {
-		return nil, fmt.Errorf("camera %s: %w", cc.Name, err)
+		return capture.Spec{}, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
 	// A camera with no frame for stall_timeout is reported stalled; an RTSP read or
 	// open that blocks for twice that fails, and the supervisor reconnects.
-	spec := capture.Spec{
+	return capture.Spec{
 		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
 		Transport: cc.RTSPTransport, OpenTimeout: 2 * cc.StallTimeout, ReadTimeout: 2 * cc.StallTimeout,
 		Width: u.Width, Height: u.Height, FPS: u.FPS, PixelFormat: u.PixelFormat,
+	}, nil
+}
+
+func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error) {
+	spec, err := cameraSpec(cc)
+	if err != nil {
+		return nil, err
 	}
 	cam := &camera{
 		cfg: cc,

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/capture/rtsptest"
 	"github.com/vigil-edge/vigil/infer"
@@ -135,5 +137,78 @@ func BenchmarkFourRTSPCameras(b *testing.B) {
 		b.ReportMetric(cpu4/4, "cpu-%/camera")
 		b.ReportMetric((cpu4-cpu1)/3, "cpu-%/extra-camera")
 		b.ReportMetric((rss4-rss1)/3/(1<<20), "MiB/extra-camera")
+	}
+}
+
+// The bench's private config keeps only the chosen camera and its model, drops every
+// output, reads a file camera in a loop as fast as it decodes, and plays a bundled
+// file from its own state directory.
+func TestBenchConfig(t *testing.T) {
+	cfg := &config.Config{
+		Device: config.Device{StateDir: "var"},
+		Cameras: []config.Camera{
+			{Name: "door", URL: "rtsp://u:p@10.0.0.5/s", DetectFPS: 5, Model: "big"},
+			{Name: "sample", URL: "file://./var/bundled/footage/people.mp4", DetectFPS: 10, Model: "default"},
+			{Name: "bench", URL: "file:///srv/clips/a%20b.mp4?realtime=true&loop=false", DetectFPS: 2, Model: "default"},
+		},
+		Models:    []config.Model{{Name: "big", Bundle: "/models/big"}, {Name: "default"}},
+		Actuators: []config.Actuator{{Name: "relay", Driver: "sim"}},
+		Rules:     []config.Rule{{Name: "r", Camera: "door"}},
+		MQTT:      config.MQTT{Enabled: true},
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		cam, url, model string
+	}{
+		{"door", "rtsp://u:p@10.0.0.5/s", "big"},
+		{"sample", "file://" + filepath.Join(dir, "bundled", "footage", "people.mp4") + "?loop=true&realtime=false", "default"},
+		{"bench", "file:///srv/clips/a%20b.mp4?loop=true&realtime=false", "default"},
+	} {
+		i := slices.IndexFunc(cfg.Cameras, func(c config.Camera) bool { return c.Name == tc.cam })
+		bc, err := benchConfig(cfg, cfg.Cameras[i], dir)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.cam, err)
+		}
+		if len(bc.Cameras) != 1 || bc.Cameras[0].URL != tc.url || bc.Cameras[0].DetectFPS < 1e6 {
+			t.Errorf("%s: cameras %+v, want only it, url %s, detect_fps unlimited", tc.cam, bc.Cameras, tc.url)
+		}
+		if len(bc.Models) != 1 || bc.Models[0].Name != tc.model {
+			t.Errorf("%s: models %+v, want only %s", tc.cam, bc.Models, tc.model)
+		}
+		if bc.Device.StateDir != dir || bc.Actuators != nil || bc.Rules != nil || bc.MQTT.Enabled {
+			t.Errorf("%s: state %s, actuators %v, rules %v, mqtt %v: want %s and no outputs", tc.cam, bc.Device.StateDir, bc.Actuators, bc.Rules, bc.MQTT.Enabled, dir)
+		}
+		if u, err := config.ParseCameraURL(bc.Cameras[0].URL); err != nil || (u.Kind == "file" && (u.Realtime || !u.Loop)) {
+			t.Errorf("%s: %s -> %+v, %v", tc.cam, bc.Cameras[0].URL, u, err)
+		}
+	}
+	if len(cfg.Cameras) != 3 || cfg.Cameras[1].DetectFPS != 10 || cfg.Device.StateDir != "var" || !cfg.MQTT.Enabled {
+		t.Errorf("benchConfig changed the caller's config: %+v", cfg)
+	}
+}
+
+// collect returns each detection's latency once, in order, across the ring's wrap.
+func TestCollectLatencies(t *testing.T) {
+	s := newDetectStats()
+	now := time.Now()
+	recordN := func(from, to int) {
+		for i := from; i < to; i++ {
+			s.record(0, time.Duration(i), now, nil)
+		}
+	}
+	var got []time.Duration
+	recordN(0, 10)
+	seen := s.collect(4, &got) // the window opened after the 4th detection
+	for _, step := range []int{100, statsWindow - 7, statsWindow, 1, 3} {
+		recordN(int(seen), int(seen)+step)
+		seen = s.collect(seen, &got)
+	}
+	if seen != s.frames || len(got) != int(seen)-4 {
+		t.Fatalf("collected %d latencies up to %d, want %d", len(got), seen, seen-4)
+	}
+	for i, d := range got {
+		if d != time.Duration(i+4) {
+			t.Fatalf("latency %d is %v, want %v", i, d, time.Duration(i+4))
+		}
 	}
 }

@@ -44,6 +44,7 @@ Commands:
   run            run the agent (embedded defaults when there is no config file)
   check-config   validate a config file and print every problem
   safe           drive every actuator to its safe level and exit (systemd ExecStopPost=)
+  bench          measure decode, inference and pipeline rates on a camera
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -62,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(rest, stdout, stderr)
 	case "safe":
 		return driveSafe(rest, stdout, stderr)
+	case "bench":
+		return bench(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
