@@ -429,6 +429,22 @@ func TestMissingRuntimeIsReported(t *testing.T) {
 	}
 }
 
+// A model on a backend whose runtime this machine lacks (OpenVINO cannot be installed
+// here) is a failed model with an error naming the library; the cameras keep running and
+// the outputs stay safe.
+func TestBackendWithoutRuntimeIsReported(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.Models[0].Backend = "openvino"
+	r := start(t, cfg)
+	st := r.status(t)
+	if m := st.Models[0]; m.State != "failed" || m.Backend != "openvino" || !strings.Contains(m.Error, "libopenvino_c.so") {
+		t.Errorf("model status: %+v", m)
+	}
+	waitFor(t, 10*time.Second, "the camera to stream without detection", func() bool {
+		return r.status(t).Cameras[0].Frames > 0
+	})
+}
+
 // With MQTT enabled, events reach a real broker as envelopes, the retained status says
 // online with the version and models, and the link shows on /api/status and /metrics.
 func TestEventsReachTheBroker(t *testing.T) {

@@ -9,7 +9,10 @@ import (
 // The rooms that must build and test anywhere never depend on cgo vision or inference
 // code (STYLE.md §1, §7): a change that pulls gocv or a runtime into them fails here.
 func TestLeafRoomsStayFreeOfCgo(t *testing.T) {
-	forbidden := []string{"gocv.io/x/gocv", "github.com/yalue/onnxruntime_go"}
+	forbidden := []string{
+		"gocv.io/x/gocv", "github.com/yalue/onnxruntime_go",
+		"github.com/vigil-edge/vigil/infer/openvino", "github.com/vigil-edge/vigil/infer/tflite", "github.com/vigil-edge/vigil/infer/ocvdnn",
+	}
 	for _, pkg := range []string{"../sync/...", "../hal/...", "./rules", "./config", "../infer"} {
 		out, err := exec.Command("go", "list", "-deps", pkg).CombinedOutput()
 		if err != nil {
