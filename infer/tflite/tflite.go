@@ -446,16 +446,16 @@ func (e *engine) readOutputs() error {
 	return nil
 }
 
-// quantize writes q = round(x/scale) + zero, clamped to [lo, hi]. Scale 0 means the
-// tensor carries no quantisation: q = round(x).
+// quantize writes q = round(x/scale) + zero, clamped to [lo, hi], rounding halves
+// away from zero as TFLite's own QUANTIZE does. Scale 0 means the tensor carries no
+// quantisation: q = round(x).
 func quantize[Q uint8 | int8](dst []Q, src []float32, scale float32, zero int32, lo, hi float32) {
-	inv := float32(1)
-	if scale != 0 {
-		inv = 1 / scale
+	if scale == 0 {
+		scale, zero = 1, 0
 	}
 	z := float32(zero)
 	for i, x := range src {
-		q := float32(math.RoundToEven(float64(x*inv))) + z
+		q := float32(math.Round(float64(x/scale))) + z
 		if q != q { // NaN
 			q = z
 		}
