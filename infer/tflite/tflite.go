@@ -158,6 +158,8 @@ func parseDevice(d string) (string, error) {
 }
 
 // engine is one interpreter. Everything it points to is C memory it frees in Close.
+// Like every infer.Engine it is for one caller at a time (TFLite interpreters are not
+// safe for concurrent use either); infer/detector serialises the calls.
 type engine struct {
 	lib  *library
 	path string
