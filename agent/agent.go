@@ -30,6 +30,7 @@ import (
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
 	"github.com/vigil-edge/vigil/infer/openvino"
+	"github.com/vigil-edge/vigil/infer/tflite"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -233,7 +234,7 @@ func DriveSafe(cfg *config.Config, report func(actuator, driver, result string))
 // newBackends lists the inference backends built into vigil, each opening its runtime
 // library (from the config, or the system's) only when a model first needs it.
 func newBackends(rt config.Runtimes) *infer.Registry {
-	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime), openvino.New(rt.OpenVINO))
+	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime), tflite.New(rt.TFLite), openvino.New(rt.OpenVINO))
 }
 
 // loadModel picks the backend (the config's choice over the bundle's preference) and

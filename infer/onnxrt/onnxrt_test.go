@@ -10,9 +10,27 @@ import (
 	"testing"
 
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/enginetest"
 )
 
-var model = filepath.Join("..", "..", "assets", "models", "yolox-nano", "model.onnx")
+var (
+	bundle = filepath.Join("..", "..", "assets", "models", "yolox-nano")
+	model  = filepath.Join(bundle, "model.onnx")
+)
+
+func TestConformance(t *testing.T) {
+	b := New("")
+	if err := b.Available(); err != nil {
+		t.Fatalf("ONNX Runtime is required (scripts/install-deps): %v", err)
+	}
+	enginetest.Run(t, b, bundle, infer.LoadOptions{Threads: 2})
+}
+
+// BenchmarkONNXRuntimeRun is the engine's Run alone, for comparison with
+// BenchmarkTFLiteRun (infer/tflite) on the same network.
+func BenchmarkONNXRuntimeRun(b *testing.B) {
+	enginetest.BenchmarkRun(b, New(""), model, infer.LoadOptions{Threads: 1})
+}
 
 func TestLoadAndRun(t *testing.T) {
 	b := New("")
