@@ -8,7 +8,7 @@ CONFIG  ?=
 
 all: build
 
-## deps: install apt packages, the ONNX Runtime library, the locale (idempotent; needs root or sudo)
+## deps: install apt packages, the ONNX Runtime and TFLite libraries, the locale (idempotent; needs root or sudo)
 deps:
 	scripts/install-deps
 

@@ -641,3 +641,18 @@ func TestStallDrivesRuleActuatorsSafe(t *testing.T) {
 	}
 	srv.Resume()
 }
+
+// A bundle for the tflite backend (the float16 YOLOX-Nano on TFLite 2.2) runs in the
+// agent like the default one.
+func TestTFLiteModel(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	bundle, _ := filepath.Abs(filepath.Join("..", "infer", "testdata", "models", "yolox-nano-float16"))
+	cfg.Models[0].Bundle = bundle
+	r := start(t, cfg)
+	waitFor(t, 60*time.Second, "a detection event from the tflite model", func() bool {
+		return eventOfKind(r.status(t).Events, "detection") != nil
+	})
+	if m := r.status(t).Models[0]; m.Backend != "tflite" || m.State != "loaded" {
+		t.Errorf("model: %+v", m)
+	}
+}
