@@ -230,3 +230,20 @@ func TestPulseEndRetriedUntilSafe(t *testing.T) {
 		t.Fatalf("history %v, state %+v", h, o.State())
 	}
 }
+
+// BenchmarkOutputSet is one actuator command on the sim driver: the hal's share of the
+// rule-to-actuator budget.
+func BenchmarkOutputSet(b *testing.B) {
+	o, err := hal.NewOutput("relay", sim.New(nil), hal.OutputOptions{Safe: hal.Low})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer o.Close()
+	level := hal.High
+	for b.Loop() {
+		if err := o.Set(level, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		level = !level
+	}
+}
