@@ -169,3 +169,91 @@ func TestEventOnlyRule(t *testing.T) {
 		t.Errorf("an event-only rule moved the actuator: %+v", s)
 	}
 }
+
+// An operator's button (a sim input here, set through the API) releases a rule latched
+// until it; an interlock input keeps a rule disarmed while it is low.
+func TestInputsReleaseLatchAndArmInterlock(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), `
+inputs:
+  - {name: ack-button, driver: sim, debounce: 20ms}
+  - {name: robot-running, driver: sim, debounce: 0s}
+`)
+	cfg.Rules[0].Action = config.Action{Actuator: "line-stop", State: "high", Until: "ack-button"}
+	cfg.Rules[0].Interlock = "robot-running"
+	r := start(t, cfg)
+
+	// People are in view, but the robot is not running: the rule stays disarmed.
+	waitFor(t, 30*time.Second, "detections with people", func() bool {
+		return r.status(t).Cameras[0].Detect.Frames > 20
+	})
+	if st := r.status(t); st.Rules[0].Firings != 0 || r.agent.actuators["line-stop"].State().State != "low" {
+		t.Fatalf("fired with the interlock open: %+v", st.Rules[0])
+	}
+	if code, msg := r.post(t, "/api/inputs/robot-running", "s3cret", `{"state":"high"}`); code != http.StatusOK {
+		t.Fatalf("set robot-running: %d %s", code, msg)
+	}
+	waitFor(t, 30*time.Second, "the rule to latch once the robot runs", func() bool {
+		return r.status(t).Rules[0].Latched
+	})
+
+	if code, msg := r.post(t, "/api/inputs/ack-button", "s3cret", `{"state":"high"}`); code != http.StatusOK {
+		t.Fatalf("press: %d %s", code, msg)
+	}
+	waitFor(t, 10*time.Second, "the button to release the latch", func() bool {
+		return r.agent.actuators["line-stop"].State().State == "low"
+	})
+	st := r.status(t)
+	if st.Rules[0].Latched || !strings.Contains(r.agent.actuators["line-stop"].State().LastReason, "released: input ack-button") {
+		t.Errorf("after the button: %+v %+v", st.Rules[0], r.agent.actuators["line-stop"].State())
+	}
+	var inputs []string
+	for _, in := range st.Inputs {
+		inputs = append(inputs, in.Name+"="+in.State)
+	}
+	if strings.Join(inputs, ",") != "ack-button=high,robot-running=high" {
+		t.Errorf("inputs on the status: %v", inputs)
+	}
+	if ev := eventOfKind(st.Events, "input"); ev == nil {
+		t.Errorf("no input event: %+v", st.Events)
+	}
+	if code, _ := r.post(t, "/api/inputs/nope", "s3cret", `{"state":"high"}`); code != http.StatusNotFound {
+		t.Errorf("unknown input: %d", code)
+	}
+	if code, _ := r.post(t, "/api/inputs/ack-button", "s3cret", `{"state":"pressed"}`); code != http.StatusBadRequest {
+		t.Errorf("bad state: %d", code)
+	}
+}
+
+// A gpio actuator whose chip does not exist (this machine has no GPIO) is in the fault
+// state with the reason, and a fault event says so; the camera, the model and the other
+// actuators run.
+func TestMissingGPIOChipIsAFaultNotACrash(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), `
+inputs:
+  - {name: ack, driver: gpio, chip: gpiochip7, line: GPIO27}
+`)
+	cfg.Actuators = append(cfg.Actuators, config.Actuator{Name: "weld-pause", Driver: "gpio", Chip: "gpiochip7", Line: "GPIO17", Safe: "low"})
+	r := start(t, cfg)
+	var st Status
+	waitFor(t, 30*time.Second, "the sim relay to pulse", func() bool {
+		st = r.status(t)
+		return st.Actuators[0].Transitions >= 1
+	})
+	weld := st.Actuators[1]
+	if weld.Name != "weld-pause" || weld.State.State != "fault" || !strings.Contains(weld.LastError, "GPIO") {
+		t.Errorf("gpio actuator: %+v", weld)
+	}
+	if in := st.Inputs[0]; in.State != "fault" || in.LastError == "" {
+		t.Errorf("gpio input: %+v", in)
+	}
+	fault := eventOfKind(st.Events, "fault")
+	if fault == nil || bodyField(*fault, "actuator") != "weld-pause" {
+		t.Errorf("no fault event: %+v", st.Events)
+	}
+	if code, _ := r.post(t, "/api/actuators/weld-pause", "s3cret", `{"state":"high"}`); code != http.StatusInternalServerError {
+		t.Errorf("command to a faulty actuator: %d", code)
+	}
+	if code, _ := r.post(t, "/api/inputs/ack", "s3cret", `{"state":"high"}`); code != http.StatusConflict {
+		t.Errorf("setting a gpio input: %d", code)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/hal/gpio"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
@@ -58,7 +59,8 @@ type Agent struct {
 	models    map[string]*model // by name
 	modOrder  []string
 	cameras   []*camera
-	inputs    map[string]interface{ Level() hal.Level } // by name; wired with the hal inputs
+	inputs    map[string]*input // by name
+	inOrder   []string
 	rules     *rules.Engine
 	ruleStats map[string]*ruleStats // by rule name
 	snapshots *snapshotStore
@@ -81,6 +83,11 @@ type actuator struct {
 	normal hal.Level
 }
 
+type input struct {
+	*hal.Input
+	sim *sim.Input // nil for hardware drivers; the API sets it
+}
+
 type model struct {
 	name     string
 	dir      string
@@ -99,7 +106,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	}
 	a = &Agent{
 		cfg: cfg, version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
-		actuators: map[string]*actuator{}, models: map[string]*model{},
+		actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{},
 		events: newEventLog(100),
 	}
 	defer func() {
@@ -118,23 +125,31 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		return a, err
 	}
 
-	// Actuators first: every output is at its safe level before anything else runs.
+	// Actuators first: every output is at its safe level before anything else runs. An
+	// output whose line cannot be driven (a GPIO chip missing) stays in the fault state,
+	// retried on every command, and the rest of the agent runs.
+	var faults []map[string]string
 	for _, ac := range cfg.Actuators {
 		safe, _ := hal.ParseLevel(ac.Safe)
-		line, simLine, err := openLine(ac)
-		if err != nil {
-			return a, err
-		}
-		out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Logger: logger})
-		if err != nil {
-			return a, err
-		}
 		normal := safe
 		if ac.Initial != "" {
 			normal, _ = hal.ParseLevel(ac.Initial)
 		}
+		line, simLine := openLine(ac)
+		out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Normal: &normal, Logger: logger})
+		if err != nil {
+			a.logger.Error("actuator in fault; the agent runs without it until its line works", "actuator", ac.Name, "err", err)
+			faults = append(faults, map[string]string{"actuator": ac.Name, "driver": ac.Driver, "error": err.Error()})
+		}
 		a.actuators[ac.Name] = &actuator{Output: out, sim: simLine, normal: normal}
 		a.actOrder = append(a.actOrder, ac.Name)
+	}
+	for _, ic := range cfg.Inputs {
+		line, simIn := openInputLine(ic)
+		in := &input{sim: simIn}
+		in.Input = hal.NewInput(ic.Name, line, hal.InputOptions{Debounce: ic.Debounce, Logger: logger, OnChange: a.inputChanged})
+		a.inputs[ic.Name] = in
+		a.inOrder = append(a.inOrder, ic.Name)
 	}
 
 	a.outbox, err = outbox.Open(outbox.Options{
@@ -144,6 +159,9 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	})
 	if err != nil {
 		return a, err
+	}
+	for _, body := range faults {
+		a.recordEvent("fault", body)
 	}
 	if cfg.MQTT.Enabled {
 		if a.link, err = a.newLink(logger); err != nil {
@@ -195,15 +213,53 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	return a, nil
 }
 
-// openLine opens an actuator's output line with its driver. simLine is set for the sim
-// driver, whose history the status page shows.
-func openLine(ac config.Actuator) (line hal.Line, simLine *sim.Line, err error) {
-	switch ac.Driver {
-	case "sim":
+// openLine gives an actuator's output line for its driver. simLine is set for the sim
+// driver, whose history the status page shows. A gpio line is opened on first use and
+// reopened (at most once a second) while that fails, so an output whose chip is missing
+// is in fault, not fatal, and works once the chip is there.
+func openLine(ac config.Actuator) (line hal.Line, simLine *sim.Line) {
+	if ac.Driver == "sim" {
 		simLine = sim.New(nil)
-		return simLine, simLine, nil
+		return simLine, simLine
 	}
-	return nil, nil, fmt.Errorf("actuator %s: driver %q is not built into this version; use driver: sim", ac.Name, ac.Driver)
+	return hal.Retrying(gpio.Driver, func() (hal.Line, error) {
+		return gpio.OpenOutput(ac.Chip, ac.Line, ac.ActiveLow)
+	}), nil
+}
+
+// openInputLine is openLine for inputs.
+func openInputLine(ic config.Input) (line hal.InputLine, simIn *sim.Input) {
+	if ic.Driver == "sim" {
+		simIn = sim.NewInput()
+		return simIn, simIn
+	}
+	return hal.RetryingInput(gpio.Driver, func() (hal.InputLine, error) {
+		return gpio.OpenInput(ic.Chip, ic.Line, ic.ActiveLow, gpio.PullNoChange)
+	}), nil
+}
+
+// inputChanged records an input's accepted change as an event and, when it goes high,
+// releases the rules latched until it.
+func (a *Agent) inputChanged(name string, level hal.Level) {
+	a.logger.Info("input changed", "input", name, "level", level)
+	a.recordEvent("input", map[string]string{"input": name, "state": level.String()})
+	if level == hal.High {
+		for _, fire := range a.rules.InputRose(name) {
+			a.release(context.Background(), fire)
+		}
+	}
+}
+
+// recordEvent puts an event into the outbox and the recent-events list, logging a
+// failure to commit it.
+func (a *Agent) recordEvent(kind string, body any) {
+	env, err := a.enqueueEvent(context.Background(), kind, body)
+	if err != nil {
+		a.logger.Error("event not committed", "kind", kind, "seq", env.Seq, "err", err)
+	}
+	if env.Seq != 0 {
+		a.events.add(env)
+	}
 }
 
 // DriveSafe drives every actuator of cfg to its safe level and releases it, without
@@ -213,8 +269,12 @@ func DriveSafe(cfg *config.Config, report func(actuator, driver, result string))
 	var errs []error
 	for _, ac := range cfg.Actuators {
 		safe, _ := hal.ParseLevel(ac.Safe)
-		line, _, err := openLine(ac)
-		if err == nil {
+		var err error
+		if ac.Driver == "sim" {
+			err = nil // nothing outlives the process that drove it
+		} else if line, oerr := gpio.OpenOutput(ac.Chip, ac.Line, ac.ActiveLow); oerr != nil {
+			err = oerr
+		} else {
 			err = errors.Join(line.Out(safe), line.Close())
 		}
 		if err != nil {
@@ -306,6 +366,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, cam := range a.cameras {
 		g.Go(a.guard("camera "+cam.cfg.Name, func() error { return cam.cap.Run(ctx) }))
 		g.Go(a.guard("pipeline "+cam.cfg.Name, func() error { return a.detectLoop(ctx, cam) }))
+	}
+	for _, name := range a.inOrder {
+		in := a.inputs[name]
+		g.Go(a.guard("input "+name, func() error { return in.Run(ctx) }))
 	}
 	a.goNormal(ctx)
 	// Requests inherit the agent's context, so event streams end when it stops
@@ -519,6 +583,9 @@ func (a *Agent) Close() error {
 			if err := a.actuators[name].Close(); err != nil {
 				errs = append(errs, err)
 			}
+		}
+		for _, name := range a.inOrder {
+			a.inputs[name].Close()
 		}
 		if a.listener != nil {
 			a.listener.Close() // already closed after Run; needed when Run never ran

@@ -40,6 +40,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /api/snapshots/{file}", a.savedSnapshot)
 	mux.HandleFunc("POST /api/actuators/{name}", a.requireToken(a.commandActuator))
 	mux.HandleFunc("POST /api/rules/{name}/ack", a.requireToken(a.acknowledgeRule))
+	mux.HandleFunc("POST /api/inputs/{name}", a.requireToken(a.setSimInput))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -228,4 +229,35 @@ func (a *Agent) acknowledgeRule(w http.ResponseWriter, r *http.Request) {
 	fire.Reason += " over http by " + r.RemoteAddr
 	a.release(r.Context(), fire)
 	writeJSON(w, http.StatusOK, map[string]any{"rule": name, "released": true})
+}
+
+// setSimInput sets a simulated input ({"state":"high"}), to try rules that wait for a
+// button or an interlock without the hardware. A gpio input is read, never set.
+func (a *Agent) setSimInput(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	in, ok := a.inputs[name]
+	if !ok {
+		writeError(w, http.StatusNotFound, "no input named %q", name)
+		return
+	}
+	if in.sim == nil {
+		writeError(w, http.StatusConflict, "input %s is a %s input: it is read from the hardware, not set", name, in.State().Driver)
+		return
+	}
+	var body struct {
+		State string `json:"state"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1024))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		writeError(w, http.StatusBadRequest, "body: %v; want {\"state\":\"high\"}", err)
+		return
+	}
+	level, err := hal.ParseLevel(body.State)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "state: %v", err)
+		return
+	}
+	in.sim.Set(level)
+	writeJSON(w, http.StatusOK, map[string]string{"input": name, "state": level.String()})
 }

@@ -25,6 +25,7 @@ type Status struct {
 	Models    []ModelStatus     `json:"models"`
 	Actuators []ActuatorStatus  `json:"actuators"`
 	Rules     []RuleStatus      `json:"rules"`
+	Inputs    []hal.InputState  `json:"inputs"`
 	Outbox    OutboxStatus      `json:"outbox"`
 	MQTT      mqttlink.State    `json:"mqtt"`
 	Events    []outbox.Envelope `json:"events"`
@@ -87,7 +88,7 @@ type OutboxStatus struct {
 func (a *Agent) Status(withHistory bool) Status {
 	st := Status{
 		Device: a.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
-		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{},
+		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{}, Inputs: []hal.InputState{},
 		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20),
 	}
 	if a.link != nil {
@@ -123,6 +124,9 @@ func (a *Agent) Status(withHistory bool) Status {
 			as.History = act.sim.History()
 		}
 		st.Actuators = append(st.Actuators, as)
+	}
+	for _, name := range a.inOrder {
+		st.Inputs = append(st.Inputs, a.inputs[name].State())
 	}
 	for _, rs := range a.rules.Status() {
 		st.Rules = append(st.Rules, a.ruleStats[rs.Name].status(rs))

@@ -1,8 +1,3 @@
-// Package hal drives the hardware Vigil acts on: named outputs (relays, stack lights,
-// a weld robot's pause line) and, later, digital inputs. The root package holds the
-// Actuator contract and Output, the one implementation of its timing and fail-safe
-// logic; drivers (hal/sim, hal/gpio) only move a line. It never imports gocv or an
-// inference runtime, so its tests run anywhere.
 package hal
 
 import (
@@ -46,8 +41,8 @@ type Actuator interface {
 	Name() string
 	// Set drives the output to level and cancels a pulse in progress.
 	Set(level Level, reason string) error
-	// Pulse drives the output to the opposite of its safe level for d, then back to
-	// safe. A pulse during a pulse extends it.
+	// Pulse drives the output to the other level than its normal one for d, then back to
+	// it. A pulse during a pulse extends it.
 	Pulse(d time.Duration, reason string) error
 	// Safe drives the configured safe level.
 	Safe(reason string) error
@@ -56,8 +51,10 @@ type Actuator interface {
 
 // State is what the status page shows of an actuator.
 type State struct {
-	Name        string `json:"name"`
-	Driver      string `json:"driver"`
+	Name   string `json:"name"`
+	Driver string `json:"driver"`
+	// State is "low" or "high", or "fault" while the line has never been driven
+	// successfully or its last drive failed (LastError says why).
 	State       string `json:"state"`
 	Safe        string `json:"safe"`
 	Transitions uint64 `json:"transitions"`
@@ -65,6 +62,14 @@ type State struct {
 	LastReason  string `json:"last_reason,omitempty"`
 	LastError   string `json:"last_error,omitempty"`
 }
+
+// StateFault is State.State (and InputState.State) of a line that cannot be driven or
+// read.
+const StateFault = "fault"
+
+// retryInterval bounds how often a failing line is retried without a command: the
+// reopen of a Retrying line, and the return to safe at the end of a pulse.
+const retryInterval = time.Second
 
 // Line is what a driver provides: one output line. Out is called with Output's lock
 // held, so a driver sees one call at a time.
@@ -79,11 +84,13 @@ type Output struct {
 	name   string
 	line   Line
 	safe   Level
+	normal Level // a pulse's resting level
 	logger *slog.Logger
 	now    func() time.Time
 
 	mu          sync.Mutex // guards the fields below and serialises Out calls
-	level       Level
+	level       Level      // the level last driven successfully (safe before the first)
+	driven      bool       // the line has been driven successfully at least once
 	transitions uint64
 	lastChange  time.Time
 	lastReason  string
@@ -96,15 +103,28 @@ type Output struct {
 
 // OutputOptions configure an Output.
 type OutputOptions struct {
-	Safe   Level
+	Safe Level
+	// Normal is the operating level a pulse leaves and returns to; nil means Safe.
+	// (The agent drives it once the pipeline runs; Output itself starts at Safe.)
+	Normal *Level
 	Logger *slog.Logger
 	Now    func() time.Time
 }
 
 // NewOutput drives line to its safe level at once (an actuator is safe before anything
 // else runs) and returns the Output. The Output owns line.
+//
+// When the safe level cannot be driven (a GPIO chip missing at start, a line held by
+// another process), NewOutput returns the error AND a usable Output: it is in the fault
+// state (State().State == "fault", LastError set) and every later command (Set, Pulse,
+// Safe) tries the line again, so a caller that wants the rest of the agent to run keeps
+// the Output and reports the error; one that wants to refuse to start closes it. With a
+// Retrying line, a chip that appears later starts working on the next command.
 func NewOutput(name string, line Line, opts OutputOptions) (*Output, error) {
-	o := &Output{name: name, line: line, safe: opts.Safe, logger: opts.Logger, now: opts.Now}
+	o := &Output{name: name, line: line, safe: opts.Safe, normal: opts.Safe, logger: opts.Logger, now: opts.Now}
+	if opts.Normal != nil {
+		o.normal = *opts.Normal
+	}
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
@@ -112,12 +132,13 @@ func NewOutput(name string, line Line, opts OutputOptions) (*Output, error) {
 		o.now = time.Now
 	}
 	o.logger = o.logger.With("component", "hal", "actuator", name)
-	if err := line.Out(o.safe); err != nil {
-		return nil, fmt.Errorf("actuator %s: drive safe level %s: %w", name, o.safe, err)
-	}
 	o.level = o.safe
-	o.lastChange = o.now()
 	o.lastReason = "start"
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.driveLocked(o.safe, "start"); err != nil {
+		return o, fmt.Errorf("actuator %s: drive safe level %s at start: %w", name, o.safe, o.lastErr)
+	}
 	return o, nil
 }
 
@@ -132,14 +153,14 @@ func (o *Output) Set(level Level, reason string) error {
 	return o.driveLocked(level, reason)
 }
 
-// Pulse drives the non-safe level for d, then safe again.
+// Pulse drives the other level than the normal one for d, then the normal level again.
 func (o *Output) Pulse(d time.Duration, reason string) error {
 	if d <= 0 {
 		return fmt.Errorf("actuator %s: pulse of %v", o.name, d)
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if err := o.driveLocked(!o.safe, reason); err != nil {
+	if err := o.driveLocked(!o.normal, reason); err != nil {
 		return err
 	}
 	until := o.now().Add(d)
@@ -152,8 +173,11 @@ func (o *Output) Pulse(d time.Duration, reason string) error {
 	return nil
 }
 
-// endPulse returns to safe unless the pulse it ended was cancelled or extended since:
-// a timer that already fired cannot be stopped, so it checks the generation.
+// endPulse returns to normal unless the pulse it ended was cancelled or extended since:
+// a timer that already fired cannot be stopped, so it checks the generation. If the
+// line refuses, the output may be left at its unsafe level with nobody to command it
+// again, so endPulse tries again every retryInterval until it succeeds or a command
+// (which bumps the generation) takes over.
 func (o *Output) endPulse(gen uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -161,10 +185,12 @@ func (o *Output) endPulse(gen uint64) {
 		return
 	}
 	o.pulseTimer = nil
-	o.pulseUntil = time.Time{}
-	if err := o.driveLocked(o.safe, "pulse end"); err != nil {
-		o.logger.Error("end of pulse: could not return to the safe level", "err", err)
+	if err := o.driveLocked(o.normal, "pulse end"); err != nil {
+		o.logger.Error("end of pulse: could not return to the normal level; retrying", "err", err, "retry_in", retryInterval)
+		o.pulseTimer = time.AfterFunc(retryInterval, func() { o.endPulse(gen) })
+		return
 	}
+	o.pulseUntil = time.Time{}
 }
 
 // Safe drives the safe level and cancels any pulse.
@@ -190,7 +216,19 @@ func (o *Output) driveLocked(level Level, reason string) error {
 		o.logger.Error("drive output", "level", level, "reason", reason, "err", err)
 		return fmt.Errorf("actuator %s: drive %s: %w", o.name, level, err)
 	}
-	o.lastErr = nil
+	if o.lastErr != nil {
+		o.logger.Info("output works again", "level", level, "reason", reason)
+		o.lastErr = nil
+	}
+	if !o.driven {
+		// The first level that reaches the line is where the Output starts, not a
+		// transition: before it, the line's level was unknown.
+		o.driven = true
+		o.level = level
+		o.lastChange = o.now()
+		o.lastReason = reason
+		return nil
+	}
 	if level == o.level {
 		return nil
 	}
@@ -202,18 +240,32 @@ func (o *Output) driveLocked(level Level, reason string) error {
 	return nil
 }
 
-// State reports the current level and counters.
+// State reports the current level and counters; State is "fault" while the line has
+// never been driven or its last drive failed.
 func (o *Output) State() State {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s := State{
 		Name: o.name, Driver: o.line.Driver(), State: o.level.String(), Safe: o.safe.String(),
-		Transitions: o.transitions, LastChange: o.lastChange.UTC().Format(time.RFC3339Nano), LastReason: o.lastReason,
+		Transitions: o.transitions, LastReason: o.lastReason,
+	}
+	if !o.lastChange.IsZero() {
+		s.LastChange = o.lastChange.UTC().Format(time.RFC3339Nano)
+	}
+	if !o.driven || o.lastErr != nil {
+		s.State = StateFault
 	}
 	if o.lastErr != nil {
 		s.LastError = o.lastErr.Error()
 	}
 	return s
+}
+
+// Fault returns the error of the last failed drive, or nil while the line works.
+func (o *Output) Fault() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.lastErr
 }
 
 // Close drives the safe level, then releases the line. A second Close returns nil.

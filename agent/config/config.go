@@ -91,11 +91,14 @@ type Actuator struct {
 
 // Input is one digital input (an operator's button, an interlock).
 type Input struct {
-	Name     string        `mapstructure:"name" json:"name"`
-	Driver   string        `mapstructure:"driver" json:"driver"` // gpio | sim
-	Chip     string        `mapstructure:"chip" json:"chip"`
-	Line     string        `mapstructure:"line" json:"line"`
-	Debounce time.Duration `mapstructure:"debounce" json:"debounce"`
+	Name   string `mapstructure:"name" json:"name"`
+	Driver string `mapstructure:"driver" json:"driver"` // gpio | sim
+	Chip   string `mapstructure:"chip" json:"chip"`
+	Line   string `mapstructure:"line" json:"line"`
+	// ActiveLow: the input is active (logical high) when the line is electrically low,
+	// as with a button to ground and a pull-up.
+	ActiveLow bool          `mapstructure:"active_low" json:"active_low"`
+	Debounce  time.Duration `mapstructure:"debounce" json:"debounce"`
 }
 
 // Rule turns detections on one camera into an action.

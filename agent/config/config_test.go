@@ -30,6 +30,18 @@ func TestGoodConfig(t *testing.T) {
 	if r := cfg.Rules[1]; r.MinScore != 0.5 || r.Frames != (Frames{1, 1}) || r.Action.State != "low" || r.OnStall != "hold" {
 		t.Errorf("rule defaults: %+v", r)
 	}
+	if a := cfg.Actuators[2]; a.Driver != "gpio" || a.Chip != "/dev/gpiochip0" || a.Line != "17" || !a.ActiveLow || a.Safe != "low" {
+		t.Errorf("gpio actuator: %+v", a)
+	}
+	if in := cfg.Inputs[0]; in.Driver != "gpio" || in.Line != "GPIO27" || !in.ActiveLow || in.Debounce != 50*time.Millisecond {
+		t.Errorf("gpio input: %+v", in)
+	}
+	if in := cfg.Inputs[1]; in.ActiveLow || in.Line != "0" || in.Debounce != 50*time.Millisecond {
+		t.Errorf("input defaults: %+v", in)
+	}
+	if in := cfg.Inputs[2]; in.Driver != "sim" {
+		t.Errorf("sim input: %+v", in)
+	}
 	if cfg.Outbox.MaxBytes != 64<<20 || cfg.Outbox.Fsync != "always" {
 		t.Errorf("outbox: %+v", cfg.Outbox)
 	}
@@ -114,9 +126,6 @@ var badConfigs = map[string][]string{
 		"rules[1].zone: a polygon needs at least 3 points, got 2",
 		"rules[1].zone[1]: [2 0] is not a point [x, y] in normalised coordinates 0..1",
 	},
-	"not-in-this-build": {
-		"actuators[0].driver: the gpio driver is not part of this build yet; use sim",
-	},
 	"bad-rules": {
 		`actuators[0].initial: "on" is not one of low, high`,
 		"rules[0].action.until: only a state action can be latched",
@@ -125,6 +134,14 @@ var badConfigs = map[string][]string{
 		`rules[1].action.until: "button" is neither an input in inputs nor "ack"`,
 		"rules[1].hold: hold applies to a state action without until",
 		"rules[2].action.actuator: pulse, state, until and hold need an actuator",
+	},
+	"bad-gpio-lines": {
+		"actuators[1].line: gpiochip0 line GPIO17 is already used by actuators[0]",
+		"actuators[2].chip: the gpio driver needs a chip, e.g. gpiochip0 or /dev/gpiochip0",
+		"actuators[2].line: -3 is a negative offset; give a line name (GPIO17) or an offset from 0",
+		`inputs[0].line: "GPIO27 " has surrounding spaces`,
+		"inputs[1].line: the gpio driver needs a line name or offset, e.g. GPIO17 or 17",
+		"inputs[2].line: gpiochip0 line GPIO17 is already used by actuators[0]",
 	},
 	"bad-scalars": {
 		`cameras[0].name: "my door": use letters, digits, '.', '_' and '-' (up to 63)`,

@@ -251,20 +251,40 @@ func (c *Config) validate() Errors {
 		}
 	}
 
+	// gpio lines: each needs a chip and a line, and one line serves one actuator or input.
+	lineUsers := map[string]string{} // "chip line" -> the key of its first user
+	gpioLine := func(key, chip, line string) {
+		if chip == "" {
+			bad(key+".chip", "the gpio driver needs a chip, e.g. gpiochip0 or /dev/gpiochip0")
+		} else if strings.TrimSpace(chip) != chip {
+			bad(key+".chip", "%q has surrounding spaces", chip)
+		}
+		switch off, err := strconv.Atoi(line); {
+		case line == "":
+			bad(key+".line", "the gpio driver needs a line name or offset, e.g. GPIO17 or 17")
+		case err == nil && off < 0:
+			bad(key+".line", "%d is a negative offset; give a line name (GPIO17) or an offset from 0", off)
+		case strings.TrimSpace(line) != line:
+			bad(key+".line", "%q has surrounding spaces", line)
+		}
+		if chip == "" || line == "" {
+			return
+		}
+		id := strings.TrimPrefix(chip, "/dev/") + " line " + line
+		if first, ok := lineUsers[id]; ok {
+			bad(key+".line", "%s is already used by %s", id, first)
+			return
+		}
+		lineUsers[id] = key
+	}
+
 	actuators := unique("actuators", "name", namesOf(c.Actuators, func(a Actuator) string { return a.Name }))
 	for i, a := range c.Actuators {
 		key := fmt.Sprintf("actuators[%d]", i)
 		oneOf(key+".driver", a.Driver, "sim", "gpio")
 		oneOf(key+".safe", a.Safe, "low", "high")
 		if a.Driver == "gpio" {
-			// Not yet: refuse here rather than pass check-config and fail at start.
-			bad(key+".driver", "the gpio driver is not part of this build yet; use sim")
-			if a.Chip == "" {
-				bad(key+".chip", "the gpio driver needs a chip, e.g. gpiochip0")
-			}
-			if a.Line == "" {
-				bad(key+".line", "the gpio driver needs a line name or offset, e.g. GPIO17")
-			}
+			gpioLine(key, a.Chip, a.Line)
 		}
 	}
 
@@ -275,8 +295,8 @@ func (c *Config) validate() Errors {
 		if in.Debounce < 0 {
 			bad(key+".debounce", "%v is negative", in.Debounce)
 		}
-		if in.Driver == "gpio" && (in.Chip == "" || in.Line == "") {
-			bad(key, "the gpio driver needs chip and line")
+		if in.Driver == "gpio" {
+			gpioLine(key, in.Chip, in.Line)
 		}
 	}
 

@@ -137,3 +137,21 @@ actuators:
 		t.Errorf("vigil safe: %d %q %q", code, out.String(), errb.String())
 	}
 }
+
+// On this machine there is no GPIO chip: `vigil safe` says which actuator it could not
+// drive and why, still drives the others, and exits 1 so systemd logs the failure.
+func TestSafeReportsAGPIOLineItCannotDrive(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "vigil.yaml")
+	os.WriteFile(cfg, []byte(`
+cameras: [{name: door, url: "pattern://"}]
+actuators:
+  - {name: weld-pause, driver: gpio, chip: gpiochip0, line: GPIO17, safe: low}
+  - {name: lamp, driver: sim}
+`), 0o644)
+	var out, errb bytes.Buffer
+	code := run([]string{"safe", "--config", cfg}, &out, &errb)
+	if code != 1 || !strings.Contains(out.String(), "weld-pause (gpio): FAILED: ") || !strings.Contains(out.String(), "lamp (sim): safe (low)") ||
+		!strings.Contains(errb.String(), "actuator weld-pause") {
+		t.Errorf("vigil safe: %d\n%s\n%s", code, out.String(), errb.String())
+	}
+}
