@@ -161,7 +161,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		return a, err
 	}
 	for _, body := range faults {
-		a.recordEvent("fault", body)
+		a.recordEvent(context.Background(), "fault", body)
 	}
 	if cfg.MQTT.Enabled {
 		if a.link, err = a.newLink(logger); err != nil {
@@ -242,7 +242,7 @@ func openInputLine(ic config.Input) (line hal.InputLine, simIn *sim.Input) {
 // releases the rules latched until it.
 func (a *Agent) inputChanged(name string, level hal.Level) {
 	a.logger.Info("input changed", "input", name, "level", level)
-	a.recordEvent("input", map[string]string{"input": name, "state": level.String()})
+	a.recordEvent(context.Background(), "input", map[string]string{"input": name, "state": level.String()})
 	if level == hal.High {
 		for _, fire := range a.rules.InputRose(name) {
 			a.release(context.Background(), fire)
@@ -251,15 +251,16 @@ func (a *Agent) inputChanged(name string, level hal.Level) {
 }
 
 // recordEvent puts an event into the outbox and the recent-events list, logging a
-// failure to commit it.
-func (a *Agent) recordEvent(kind string, body any) {
-	env, err := a.enqueueEvent(context.Background(), kind, body)
+// failure to commit it (the outbox keeps a queued event and retries the disk).
+func (a *Agent) recordEvent(ctx context.Context, kind string, body any) outbox.Envelope {
+	env, err := a.enqueueEvent(ctx, kind, body)
 	if err != nil {
 		a.logger.Error("event not committed", "kind", kind, "seq", env.Seq, "err", err)
 	}
 	if env.Seq != 0 {
 		a.events.add(env)
 	}
+	return env
 }
 
 // DriveSafe drives every actuator of cfg to its safe level and releases it, without
@@ -413,13 +414,7 @@ func (a *Agent) cameraChanged(name, state, lastErr string) {
 	if lastErr != "" {
 		body["error"] = lastErr
 	}
-	env, err := a.enqueueEvent(context.Background(), "camera", body)
-	if err != nil {
-		a.logger.Error("camera event not committed", "camera", name, "seq", env.Seq, "err", err)
-	}
-	if env.Seq != 0 {
-		a.events.add(env)
-	}
+	a.recordEvent(context.Background(), "camera", body)
 }
 
 // stallCheck is how often the cameras' health is looked at for on_stall.
@@ -471,9 +466,7 @@ func (a *Agent) failSafe(cam *camera, reason string) {
 		}
 		a.logger.Warn("fail-safe: actuator driven safe", "actuator", r.Action.Actuator, "rule", r.Name, "reason", reason)
 		body := map[string]string{"actuator": r.Action.Actuator, "rule": r.Name, "camera": cam.cfg.Name, "command": "safe", "reason": reason}
-		if env, err := a.enqueueEvent(context.Background(), "failsafe", body); err == nil || env.Seq != 0 {
-			a.events.add(env)
-		}
+		a.recordEvent(context.Background(), "failsafe", body)
 	}
 }
 
@@ -493,9 +486,7 @@ func (a *Agent) restore(cam *camera, reason string) {
 		level, _ := a.settle(name, reason)
 		a.logger.Info("fail-safe over: actuator restored", "actuator", name, "level", level, "reason", reason)
 		body := map[string]string{"actuator": name, "camera": cam.cfg.Name, "command": level.String(), "reason": reason}
-		if env, err := a.enqueueEvent(context.Background(), "failsafe", body); err == nil || env.Seq != 0 {
-			a.events.add(env)
-		}
+		a.recordEvent(context.Background(), "failsafe", body)
 	}
 }
 

@@ -192,13 +192,7 @@ func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := map[string]any{"actuator": name, "command": cmd, "source": "http", "remote": r.RemoteAddr}
-	env, err := a.enqueueEvent(r.Context(), "actuator", body)
-	if err != nil {
-		a.logger.Error("actuator event not committed", "actuator", name, "seq", env.Seq, "err", err)
-	}
-	if env.Seq != 0 {
-		a.events.add(env)
-	}
+	a.recordEvent(r.Context(), "actuator", body)
 	writeJSON(w, http.StatusOK, act.State())
 }
 

@@ -174,14 +174,7 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 		body.LatencyMS.Actuate = ms(actuated)
 	}
 	body.Snapshot, body.SnapshotError = a.snapshots.save(cam.cfg.Name, f, fire.Matches)
-	env, err := a.enqueueEvent(ctx, "detection", body)
-	if err != nil {
-		cam.logger.Error("event not committed", "rule", fire.Rule, "seq", env.Seq, "err", err)
-		if env.Seq == 0 {
-			return
-		}
-	}
-	a.events.add(env)
+	env := a.recordEvent(ctx, "detection", body)
 	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", name, "seq", env.Seq,
 		"detect_ms", body.LatencyMS.Detect, "actuate_ms", body.LatencyMS.Actuate)
 }
@@ -204,13 +197,7 @@ func (a *Agent) release(ctx context.Context, fire rules.Firing) {
 // recordRelease records a rule letting go of its actuator as an event.
 func (a *Agent) recordRelease(ctx context.Context, fire rules.Firing, action map[string]any) {
 	body := map[string]any{"rule": fire.Rule, "camera": fire.Camera, "released": fire.Reason, "action": action}
-	env, err := a.enqueueEvent(ctx, "release", body)
-	if err != nil {
-		a.logger.Error("release event not committed", "rule", fire.Rule, "seq", env.Seq, "err", err)
-	}
-	if env.Seq != 0 {
-		a.events.add(env)
-	}
+	env := a.recordEvent(ctx, "release", body)
 	a.logger.Info("rule released", "rule", fire.Rule, "reason", fire.Reason, "seq", env.Seq)
 }
 

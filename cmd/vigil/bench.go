@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/agent"
-	"github.com/vigil-edge/vigil/agent/config"
 )
 
 // benchGoal is the pipeline_ratio the pipeline should reach: decoding and inference
@@ -43,9 +42,8 @@ func bench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vigil bench: --seconds %v must be greater than 0\n", *seconds)
 		return exitUsage
 	}
-	cfg, err := config.Load(configPath(*path))
-	if err != nil {
-		printConfigError(stderr, configPath(*path), err)
+	cfg, ok := loadConfig(configPath(*path), stderr)
+	if !ok {
 		return exitUsage
 	}
 	// The agent's routine log (model loaded, camera streaming) would bury the figures.

@@ -101,9 +101,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return parseExit(err)
 	}
-	cfg, err := config.Load(configPath(*path))
-	if err != nil {
-		printConfigError(stderr, configPath(*path), err)
+	cfg, ok := loadConfig(configPath(*path), stderr)
+	if !ok {
 		return exitUsage
 	}
 	logger := newLogger(cfg.Log, stderr)
@@ -170,12 +169,11 @@ func driveSafe(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return parseExit(err)
 	}
-	cfg, err := config.Load(configPath(*path))
-	if err != nil {
-		printConfigError(stderr, configPath(*path), err)
+	cfg, ok := loadConfig(configPath(*path), stderr)
+	if !ok {
 		return exitUsage
 	}
-	err = agent.DriveSafe(cfg, func(actuator, driver, result string) {
+	err := agent.DriveSafe(cfg, func(actuator, driver, result string) {
 		fmt.Fprintf(stdout, "%s (%s): %s\n", actuator, driver, result)
 	})
 	if err != nil {
@@ -183,6 +181,17 @@ func driveSafe(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// loadConfig loads and validates the config at path ("" for the default), printing
+// every problem when it is invalid.
+func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		printConfigError(stderr, path, err)
+		return nil, false
+	}
+	return cfg, true
 }
 
 func printConfigError(w io.Writer, path string, err error) {
