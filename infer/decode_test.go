@@ -3,6 +3,7 @@ package infer_test
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -421,5 +422,46 @@ func TestDecoderManifestErrors(t *testing.T) {
 	m = parse(t, "task: classify\n"+head+"output: {decoder: classify, softmax: false}\n")
 	if m.Output.TopK != 1 {
 		t.Errorf("classify's top_k defaults to %d, want 1", m.Output.TopK)
+	}
+}
+
+// BenchmarkDecodeYOLOv8 decodes a YOLOv8n-sized output (640x640 input, 80 classes,
+// 8400 anchors) of low scores with a few clusters of strong boxes, as a real frame
+// has; there is no real YOLOv8 model here to take the output from.
+func BenchmarkDecodeYOLOv8(b *testing.B) {
+	labels := make([]string, 80)
+	for i := range labels {
+		labels[i] = fmt.Sprint("c", i)
+	}
+	m, err := infer.ParseManifest([]byte(fmt.Sprintf("name: x\nversion: 1\nfile: m.onnx\ninput: {width: 640, height: 640}\n"+
+		"output: {decoder: yolov8}\nlabels: [%s]\nthresholds: {score: 0.25}\n", strings.Join(labels, ", "))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 8400
+	out := make([]float32, 84*n)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range n {
+		out[i], out[n+i], out[2*n+i], out[3*n+i] = rng.Float32()*640, rng.Float32()*640, 10+rng.Float32()*100, 10+rng.Float32()*100
+		for k := range 80 {
+			out[(4+k)*n+i] = rng.Float32() * 0.05
+		}
+		if i%200 == 0 { // 42 strong anchors
+			out[(4+i%80)*n+i] = 0.5 + rng.Float32()*0.5
+		}
+	}
+	dec, err := infer.NewDecoder(m, []infer.TensorInfo{{Name: "output0", Shape: []int64{1, 84, n}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	outs := [][]float32{out}
+	g := infer.Geometry{FrameW: 1280, FrameH: 720, ScaleX: 0.5, ScaleY: 0.5, OffsetY: 140}
+	var dets []infer.Detection
+	b.ReportAllocs()
+	for b.Loop() {
+		dets = dec.Decode(outs, g, dets[:0])
+	}
+	if len(dets) == 0 {
+		b.Fatal("no detections")
 	}
 }

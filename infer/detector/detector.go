@@ -178,7 +178,9 @@ func (d *Detector) preprocess(frame gocv.Mat) (infer.Geometry, error) {
 	nw, nh := in.Width, in.Height
 	if in.Resize == "letterbox" {
 		r := min(float64(in.Width)/float64(fw), float64(in.Height)/float64(fh))
-		nw, nh = int(float64(fw)*r), int(float64(fh)*r)
+		// At least a pixel: OpenCV aborts the process on a resize to nothing, which a
+		// very thin frame would otherwise ask for.
+		nw, nh = max(int(float64(fw)*r), 1), max(int(float64(fh)*r), 1)
 		g.ScaleX, g.ScaleY = float32(r), float32(r)
 		if in.Align == "center" {
 			g.OffsetX, g.OffsetY = float32((in.Width-nw)/2), float32((in.Height-nh)/2)
@@ -197,8 +199,8 @@ func (d *Detector) preprocess(frame gocv.Mat) (infer.Geometry, error) {
 
 // fill writes the resized image (nw x nh, BGR, continuous) at (ox, oy) into the input
 // tensor and the letterbox padding around it. It goes a row at a time, so the pixel
-// loop has no bounds or padding tests: at 416x416 it runs for every frame and must
-// stay a small part of the inference time.
+// loop has no padding tests and few bounds checks: it runs over the whole input for
+// every frame and must stay a small part of the inference time.
 func (d *Detector) fill(pix []uint8, nw, nh, ox, oy int) {
 	in := d.manifest.Input
 	W, H := in.Width, in.Height
@@ -217,15 +219,25 @@ func (d *Detector) fill(pix []uint8, nw, nh, ox, oy int) {
 			fillValue(p1[from:to], padV[1])
 			fillValue(p2[from:to], padV[2])
 		}
+		// The pixel loop reads the frame's channels in their order (B, G, R) and
+		// writes each to the plane, through the LUT, of the model channel it feeds,
+		// so it indexes the pixel with constants.
+		var planes [3][]float32
+		var luts [3]*[256]float32
+		for c, j := range d.src {
+			planes[j], luts[j] = d.in[c*plane:(c+1)*plane], &d.lut[c]
+		}
+		lb, lg, lr := luts[0], luts[1], luts[2]
 		fillPlanes(0, oy*W) // rows above the image
 		for y := range nh {
 			o := (y+oy)*W + ox
 			fillPlanes(o-ox, o) // left of the image
 			row := pix[y*nw*3 : (y+1)*nw*3]
-			r0, r1, r2 := p0[o:o+nw], p1[o:o+nw], p2[o:o+nw]
-			for x := range r0 {
+			rb := planes[0][o : o+nw]
+			rg, rr := planes[1][o:o+len(rb)], planes[2][o:o+len(rb)]
+			for x := range rb {
 				p := row[3*x : 3*x+3 : 3*x+3]
-				r0[x], r1[x], r2[x] = l0[p[s0]], l1[p[s1]], l2[p[s2]]
+				rb[x], rg[x], rr[x] = lb[p[0]], lg[p[1]], lr[p[2]]
 			}
 			fillPlanes(o+nw, o-ox+W) // right of it
 		}

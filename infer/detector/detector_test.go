@@ -298,10 +298,11 @@ func BenchmarkDecode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	outs := [][]float32{out}
 	var dets []infer.Detection
 	b.ReportAllocs()
 	for b.Loop() {
-		dets = dec.Decode([][]float32{out}, meta.Geometry, dets[:0])
+		dets = dec.Decode(outs, meta.Geometry, dets[:0])
 	}
 	if len(dets) != 3 {
 		b.Fatalf("decoded %d detections, want the 3 of the reference: %v", len(dets), dets)

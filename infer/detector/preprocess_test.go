@@ -114,3 +114,23 @@ func BenchmarkPreprocess(b *testing.B) {
 		}
 	}
 }
+
+// A frame far thinner than the input's aspect ratio letterboxes to a single column
+// instead of asking OpenCV for an empty resize (which aborts the process).
+func TestPreprocessThinFrame(t *testing.T) {
+	d := newPreprocessor(t, infer.InputSpec{Width: 32, Height: 32, Layout: "NCHW", Color: "BGR", Resize: "letterbox", Align: "top-left",
+		Mean: []float32{0, 0, 0}, Scale: []float32{1, 1, 1}})
+	thin := gocv.NewMatWithSize(1000, 1, gocv.MatTypeCV8UC3)
+	defer thin.Close()
+	thin.SetTo(gocv.NewScalar(200, 200, 200, 0))
+	g, err := d.preprocess(thin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.resized.Cols() != 1 || d.resized.Rows() != 32 || g.ScaleY != 0.032 {
+		t.Errorf("resized to %dx%d with %+v, want 1x32 at scale 0.032", d.resized.Cols(), d.resized.Rows(), g)
+	}
+	if d.in[0] != 200 || d.in[1] != 114 {
+		t.Errorf("input row 0 starts %v, %v; want the pixel 200 then padding 114", d.in[0], d.in[1])
+	}
+}
