@@ -465,3 +465,62 @@ func BenchmarkDecodeYOLOv8(b *testing.B) {
 		b.Fatal("no detections")
 	}
 }
+
+// Whatever a model outputs (NaN, infinities, class ids off the labels, counts beyond
+// N), decoding neither panics nor returns a box outside the frame or a NaN score.
+func FuzzDecoders(f *testing.F) {
+	f.Add([]byte{0, 0, 0x80, 0x7f, 0, 0, 0xc0, 0x7f, 1, 2, 3, 4}) // +Inf, NaN, ...
+	f.Add(make([]byte, 64))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		vals := make([]float32, len(raw)/4)
+		for i := range vals {
+			vals[i] = math.Float32frombits(uint32(raw[4*i]) | uint32(raw[4*i+1])<<8 | uint32(raw[4*i+2])<<16 | uint32(raw[4*i+3])<<24)
+		}
+		// fill takes n values from vals, cycling, padding with zeros if there are none.
+		next := 0
+		fill := func(n int) []float32 {
+			out := make([]float32, n)
+			for i := range out {
+				if len(vals) > 0 {
+					out[i] = vals[next%len(vals)]
+					next++
+				}
+			}
+			return out
+		}
+		g := infer.Geometry{FrameW: 100, FrameH: 80, ScaleX: 0.64, ScaleY: 0.8}
+		checkAll := func(name string, dets []infer.Detection) {
+			for _, d := range dets {
+				if !(d.Score >= 0 || d.Score < 0) || d.Box[0] < 0 || d.Box[1] < 0 || d.Box[2] > 100 || d.Box[3] > 80 || !(d.Box[2] > d.Box[0]) {
+					t.Fatalf("%s decoded %+v", name, d)
+				}
+			}
+		}
+		info := func(name string, shape ...int64) infer.TensorInfo { return infer.TensorInfo{Name: name, Shape: shape} }
+
+		dec, err := infer.NewDecoder(ssdManifest(t, ""), []infer.TensorInfo{
+			info("TFLite_Detection_PostProcess", 1, 5, 4), info("TFLite_Detection_PostProcess:1", 1, 5),
+			info("TFLite_Detection_PostProcess:2", 1, 5), info("TFLite_Detection_PostProcess:3", 1),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAll("ssd", dec.Decode([][]float32{fill(20), fill(5), fill(5), fill(1)}, g, nil))
+
+		dec, err = infer.NewDecoder(yolov8Manifest(t, ""), []infer.TensorInfo{info("out", 1, 7, 9)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAll("yolov8", dec.Decode([][]float32{fill(63)}, g, nil))
+
+		dec, err = infer.NewDecoder(classifyManifest(t, "softmax: true, top_k: 3", ""), []infer.TensorInfo{info("logits", 1, 4)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range dec.Decode([][]float32{fill(4)}, g, nil) {
+			if !(d.Score > 0 && d.Score <= 1) {
+				t.Fatalf("classify decoded %+v", d)
+			}
+		}
+	})
+}
