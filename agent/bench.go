@@ -19,6 +19,8 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
 )
 
 // ErrUnknownCamera is returned by Bench when BenchOptions.Camera names no camera of
@@ -275,8 +277,10 @@ const benchWarmup = 3
 // benchInference runs the camera's detector on frame for d.
 func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Duration, r *BenchInference) error {
 	det := cam.model.detector
+	var dets []infer.Detection // reused, as the pipeline does
+	var err error
 	for range benchWarmup {
-		if _, _, err := det.Detect(frame); err != nil {
+		if dets, _, err = det.Detect(frame, dets[:0]); err != nil {
 			return fmt.Errorf("model %s: detect: %w", cam.model.name, err)
 		}
 	}
@@ -285,7 +289,8 @@ func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Dur
 	start := time.Now()
 	for time.Since(start) < d && ctx.Err() == nil {
 		t0 := time.Now()
-		_, timing, err := det.Detect(frame)
+		var timing detector.Timing
+		dets, timing, err = det.Detect(frame, dets[:0])
 		if err != nil {
 			return fmt.Errorf("model %s: detect: %w", cam.model.name, err)
 		}

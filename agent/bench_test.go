@@ -57,7 +57,7 @@ func BenchmarkPipeline(b *testing.B) {
 	inferFPS := func() float64 {
 		start := time.Now()
 		for range frames / 2 {
-			if _, _, err := d.Detect(frame); err != nil {
+			if _, _, err := d.Detect(frame, nil); err != nil {
 				b.Fatal(err)
 			}
 		}

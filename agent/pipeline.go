@@ -35,6 +35,10 @@ type camera struct {
 	stats  *detectStats
 	// safed: failSafe drove this camera's rule outputs safe and they are not restored.
 	safed atomic.Bool
+	// dets is the detect loop's reusable detections slice (Detect appends into it).
+	// Nothing keeps it past process: rules copy their matches into each Firing, and
+	// stats, metrics and the snapshot read it only during the call.
+	dets []infer.Detection
 }
 
 // detectLoop runs the camera's model on its newest frames, at most detect_fps times a
@@ -89,7 +93,8 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 	if d := cam.model.detector; d != nil {
 		var timing detector.Timing
 		var err error
-		dets, timing, err = d.Detect(f.Mat)
+		cam.dets, timing, err = d.Detect(f.Mat, cam.dets[:0])
+		dets = cam.dets
 		if err != nil {
 			if cam.stats.fail(err) {
 				cam.logger.Error("detection failed", "frame", f.Seq, "err", err)

@@ -2,7 +2,6 @@ package infer
 
 import (
 	"fmt"
-	"math"
 	"slices"
 )
 
@@ -24,10 +23,17 @@ func (g Geometry) ToFrame(b [4]float32) [4]float32 {
 	}
 }
 
-// Decoder turns a model's output tensors into detections in frame coordinates,
-// filtered by the score threshold and NMS.
+// Decoder turns a model's output tensors into detections in frame coordinates, filtered
+// by the score threshold, NMS and the maximum number of detections.
+//
+// A decoder keeps scratch buffers, so it is not safe for concurrent use (a Detector
+// serialises its calls).
 type Decoder interface {
-	Decode(out [][]float32, g Geometry) []Detection
+	// Decode appends one frame's detections, best score first, to dst and returns the
+	// extended slice. It uses dst's spare capacity for the candidates before NMS, so a
+	// caller that passes the previous result back as dst[:0] gets no allocation once
+	// that slice has grown to the largest number of candidates seen.
+	Decode(out [][]float32, g Geometry, dst []Detection) []Detection
 }
 
 // NewDecoder builds the manifest's decoder and checks that the model's outputs have the
@@ -36,90 +42,67 @@ func NewDecoder(m *Manifest, outputs []TensorInfo) (Decoder, error) {
 	switch m.Output.Decoder {
 	case "yolox":
 		return newYOLOX(m, outputs)
+	case "yolov8":
+		return newYOLOv8(m, outputs)
+	case "ssd":
+		return newSSD(m, outputs)
+	case "classify":
+		return newClassify(m, outputs)
 	default:
 		return nil, fmt.Errorf("output.decoder: unknown decoder %q", m.Output.Decoder)
 	}
 }
 
-// yoloxDecoder decodes YOLOX's single output [1, rows, 5+classes]: per row tx, ty, tw, th,
-// objectness, then class probabilities (objectness and classes already sigmoided),
-// rows ordered by stride level, then row-major grid cells.
-type yoloxDecoder struct {
+// DefaultMaxDetections is output.max_detections when model.yaml does not set it.
+const DefaultMaxDetections = 100
+
+// filter is what every detection decoder does after collecting candidates: score
+// threshold (applied by the decoder while collecting), NMS and the detection cap.
+type filter struct {
 	labels   []string
-	strides  []int
-	gridW    []int
-	gridH    []int
-	rows     int
-	cols     int
 	score    float32
 	iou      float32
 	agnostic bool
+	max      int
 }
 
-func newYOLOX(m *Manifest, outputs []TensorInfo) (*yoloxDecoder, error) {
-	d := &yoloxDecoder{
-		labels: m.Labels, strides: m.Output.Strides, cols: 5 + len(m.Labels),
-		score: m.Thresholds.Score, iou: m.Thresholds.NMSIoU, agnostic: m.Output.NMS == "agnostic",
+func newFilter(m *Manifest) filter {
+	f := filter{
+		labels: m.Labels, score: m.Thresholds.Score, iou: m.Thresholds.NMSIoU,
+		agnostic: m.Output.NMS == "agnostic", max: m.Output.MaxDetections,
 	}
-	for _, s := range d.strides {
-		gw, gh := m.Input.Width/s, m.Input.Height/s
-		d.gridW = append(d.gridW, gw)
-		d.gridH = append(d.gridH, gh)
-		d.rows += gw * gh
+	if f.max <= 0 { // a Manifest built in code, without ParseManifest's defaults
+		f.max = DefaultMaxDetections
 	}
-	if len(outputs) != 1 {
-		return nil, fmt.Errorf("yolox decoder needs exactly 1 output, the model has %d", len(outputs))
-	}
-	want := []int64{1, int64(d.rows), int64(d.cols)}
-	got := outputs[0].Shape
-	if len(got) != 3 || (got[0] != 1 && got[0] != -1) || got[1] != want[1] || got[2] != want[2] {
-		return nil, fmt.Errorf("output %s: the yolox decoder with strides %v, input %dx%d and %d labels needs shape %v",
-			outputs[0], d.strides, m.Input.Width, m.Input.Height, len(m.Labels), want)
-	}
-	return d, nil
+	return f
 }
 
-func (d *yoloxDecoder) Decode(out [][]float32, g Geometry) []Detection {
-	data := out[0]
-	var cands []Detection
-	row := 0
-	for level, stride := range d.strides {
-		s := float32(stride)
-		for gy := 0; gy < d.gridH[level]; gy++ {
-			for gx := 0; gx < d.gridW[level]; gx++ {
-				r := data[row*d.cols : (row+1)*d.cols]
-				row++
-				obj := r[4]
-				// score = obj * cls <= obj: most rows are rejected here without a class scan.
-				if obj <= d.score {
-					continue
-				}
-				best, bestP := 0, r[5]
-				for k, p := range r[6:] {
-					if p > bestP {
-						best, bestP = k+1, p
-					}
-				}
-				score := obj * bestP
-				if score <= d.score {
-					continue
-				}
-				cx, cy := (r[0]+float32(gx))*s, (r[1]+float32(gy))*s
-				w, h := float32(math.Exp(float64(r[2])))*s, float32(math.Exp(float64(r[3])))*s
-				cands = append(cands, Detection{
-					Label: d.labels[best], Class: best, Score: score,
-					Box: g.ToFrame([4]float32{cx - w/2, cy - h/2, cx + w/2, cy + h/2}),
-				})
-			}
-		}
+// add appends a candidate whose box is in input pixels, mapped to the frame. A box
+// that lies wholly outside the frame (in the letterbox padding) is no detection.
+func (f *filter) add(dst []Detection, class int, score float32, box [4]float32, g Geometry) []Detection {
+	b := g.ToFrame(box)
+	if !(b[2] > b[0] && b[3] > b[1]) {
+		return dst
 	}
-	return NMS(cands, d.iou, d.agnostic)
+	return append(dst, Detection{Label: f.labels[class], Class: class, Score: score, Box: b})
+}
+
+// finish runs NMS on the candidates dst[base:] and returns dst with the survivors.
+func (f *filter) finish(dst []Detection, base int) []Detection {
+	kept := nms(dst[base:], f.iou, f.agnostic, f.max)
+	return dst[:base+len(kept)]
 }
 
 // NMS keeps the best-scoring detections, dropping any whose box overlaps a kept one of
 // the same class (any class when agnostic) by more than iou. The result is sorted by
-// score, best first. dets is reordered in place.
+// score, best first. dets is reordered in place and the result shares its memory.
 func NMS(dets []Detection, iou float32, agnostic bool) []Detection {
+	return nms(dets, iou, agnostic, len(dets))
+}
+
+// nms is NMS keeping at most maxDets detections.
+func nms(dets []Detection, iou float32, agnostic bool, maxDets int) []Detection {
+	// Stable, so equal scores keep the decoder's order and results are reproducible.
 	slices.SortStableFunc(dets, func(a, b Detection) int {
 		switch {
 		case a.Score > b.Score:
@@ -131,6 +114,9 @@ func NMS(dets []Detection, iou float32, agnostic bool) []Detection {
 	})
 	kept := dets[:0]
 	for _, d := range dets {
+		if len(kept) >= maxDets {
+			break
+		}
 		keep := true
 		for _, k := range kept {
 			if (agnostic || k.Class == d.Class) && IoU(k.Box, d.Box) > iou {
@@ -144,3 +130,7 @@ func NMS(dets []Detection, iou float32, agnostic bool) []Detection {
 	}
 	return kept
 }
+
+// batchOne reports whether a shape starts with a batch of one (or a dynamic batch,
+// which engines run as one).
+func batchOne(shape []int64) bool { return len(shape) > 0 && (shape[0] == 1 || shape[0] == -1) }

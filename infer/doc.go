@@ -5,4 +5,24 @@
 // Runtimes live in sub-packages (infer/onnxrt, ...), each loading its library at run
 // time; infer/detector adds gocv pre-processing around an Engine; infer/backends lists
 // the backends this build knows. Only agent/ wires them together.
+//
+// # Decoders
+//
+// model.yaml's output.decoder picks how output tensors become detections; the shapes
+// are checked against the labels when the model loads:
+//
+//   - yolox: one output [1, rows, 5+C] (box, objectness, class scores per grid cell of
+//     output.strides).
+//   - yolov8: one ultralytics detect output [1, 4+C, N] (cx, cy, w, h in input pixels,
+//     then C class scores) or its transpose [1, N, 4+C].
+//   - ssd: the four outputs of TFLite's detection post-process (boxes, class ids,
+//     scores, count), told apart by shape; output.class_offset shifts class ids onto
+//     the labels, output.scores_output names the scores output where names don't say.
+//   - classify (with task: classify): one output [1, C]; output.softmax says whether it
+//     is logits, output.top_k how many classes to report (as whole-frame detections).
+//
+// Every decoder keeps scores above thresholds.score, runs NMS per class (or across
+// classes with output.nms: agnostic; classify needs none), keeps the best
+// output.max_detections (default 100), and maps boxes back to the frame, clipped.
+// Decoding appends to a caller's slice, so a reused slice makes it allocation-free.
 package infer

@@ -26,7 +26,7 @@ func TestManifestErrors(t *testing.T) {
 		"unknown key":   {"task: detect", "tsak: detect", "field tsak not found"},
 		"bad layout":    {"layout: NCHW", "layout: CHW", `input.layout: "CHW" is not one of [NCHW NHWC]`},
 		"bad stride":    {"strides: [8, 16, 32]", "strides: [8, 16, 30]", "output.strides: stride 30 must be positive and divide the input size 416x416"},
-		"no decoder":    {"decoder: yolox", "decoder: yolov9", `output.decoder: "yolov9" is not one of [yolox]`},
+		"no decoder":    {"decoder: yolox", "decoder: yolov9", `output.decoder: "yolov9" is not one of [yolox yolov8 ssd classify]`},
 		"escaping file": {"file: model.onnx", "file: ../../etc/passwd", "file: \"../../etc/passwd\" must be a path inside the bundle directory"},
 		"bad score":     {"score: 0.3", "score: 1.5", "thresholds.score: 1.5 is outside [0, 1)"},
 		"zero scale":    {"scale: [1, 1, 1]", "scale: [1, 0, 1]", "input.scale: values must not be 0"},
@@ -96,7 +96,7 @@ func TestYOLOXDecoderGeometry(t *testing.T) {
 	r[0], r[1], r[2], r[3], r[4] = 0.5, 0.5, 0, 0, 0.9 // centre of the cell, w = h = stride
 	r[5+16] = 0.8                                      // dog
 	// A frame of 832x832 letterboxed at scale 0.5.
-	dets := dec.Decode([][]float32{data}, Geometry{FrameW: 832, FrameH: 832, ScaleX: 0.5, ScaleY: 0.5})
+	dets := dec.Decode([][]float32{data}, Geometry{FrameW: 832, FrameH: 832, ScaleX: 0.5, ScaleY: 0.5}, nil)
 	if len(dets) != 1 || dets[0].Label != "dog" {
 		t.Fatalf("decoded %+v", dets)
 	}

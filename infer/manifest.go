@@ -43,11 +43,25 @@ type InputSpec struct {
 	Scale  []float32 `yaml:"scale"`  // per channel; default 1
 }
 
-// OutputSpec names the decoder that turns output tensors into detections.
+// OutputSpec names the decoder that turns output tensors into detections, and the
+// settings of that decoder.
 type OutputSpec struct {
-	Decoder string `yaml:"decoder"` // yolox
-	Strides []int  `yaml:"strides"` // grid strides, for anchor-free decoders
+	Decoder string `yaml:"decoder"` // yolox | yolov8 | ssd | classify
+	Strides []int  `yaml:"strides"` // yolox: grid strides
 	NMS     string `yaml:"nms"`     // per-class (default) | agnostic
+	// MaxDetections caps the detections per frame, best first; default 100.
+	MaxDetections int `yaml:"max_detections"`
+	// ClassOffset (ssd) is added to the class ids the model outputs to index labels,
+	// e.g. 1 for a label list that starts with a background entry the model skips.
+	ClassOffset int `yaml:"class_offset"`
+	// ScoresOutput (ssd) names the scores output where the output names do not say
+	// which of the two [1, N] outputs holds scores and which class ids.
+	ScoresOutput string `yaml:"scores_output"`
+	// Softmax (classify, required) says whether the output is logits to be turned
+	// into probabilities (true) or probabilities already (false).
+	Softmax *bool `yaml:"softmax"`
+	// TopK (classify) is the number of best classes reported per frame; default 1.
+	TopK int `yaml:"top_k"`
 }
 
 // Thresholds filter decoded candidates.
@@ -58,13 +72,13 @@ type Thresholds struct {
 
 // Choices for manifest fields; the first of each is the default.
 var (
-	tasks    = []string{"detect"}
+	tasks    = []string{"detect", "classify"}
 	layouts  = []string{"NCHW", "NHWC"}
 	colors   = []string{"RGB", "BGR"}
 	resizes  = []string{"letterbox", "stretch"}
 	aligns   = []string{"top-left", "center"}
 	nmsKinds = []string{"per-class", "agnostic"}
-	decoders = []string{"yolox"}
+	decoders = []string{"yolox", "yolov8", "ssd", "classify"}
 )
 
 // ParseManifest decodes and validates a model.yaml. Unknown keys are errors, so a typo
@@ -132,6 +146,12 @@ func (m *Manifest) setDefaults() {
 	if m.Input.Scale == nil {
 		m.Input.Scale = []float32{1, 1, 1}
 	}
+	if m.Output.MaxDetections == 0 {
+		m.Output.MaxDetections = DefaultMaxDetections
+	}
+	if m.Output.Decoder == "classify" && m.Output.TopK == 0 {
+		m.Output.TopK = 1
+	}
 	if m.Thresholds.NMSIoU == 0 {
 		m.Thresholds.NMSIoU = 0.45
 	}
@@ -183,16 +203,7 @@ func (m *Manifest) validate() error {
 	}
 	oneOf("output.decoder", m.Output.Decoder, decoders)
 	oneOf("output.nms", m.Output.NMS, nmsKinds)
-	if m.Output.Decoder == "yolox" {
-		if len(m.Output.Strides) == 0 {
-			bad("output.strides", "the yolox decoder needs its grid strides, e.g. [8, 16, 32]")
-		}
-		for _, s := range m.Output.Strides {
-			if s <= 0 || m.Input.Width%s != 0 || m.Input.Height%s != 0 {
-				bad("output.strides", "stride %d must be positive and divide the input size %dx%d", s, m.Input.Width, m.Input.Height)
-			}
-		}
-	}
+	m.validateOutput(bad)
 	if len(m.Labels) == 0 {
 		bad("labels", "missing")
 	}
@@ -203,4 +214,48 @@ func (m *Manifest) validate() error {
 		bad("thresholds.nms_iou", "%v is outside (0, 1]", t)
 	}
 	return errors.Join(errs...)
+}
+
+// validateOutput checks the decoder's settings: those it needs, and that no setting of
+// another decoder is given (a misplaced key would otherwise be silently ignored).
+func (m *Manifest) validateOutput(bad func(key, format string, args ...any)) {
+	o := m.Output
+	dec := o.Decoder
+	switch {
+	case m.Task == "classify" && dec != "classify":
+		bad("task", "classify needs output.decoder: classify, not %q", dec)
+	case m.Task != "classify" && dec == "classify":
+		bad("output.decoder", "the classify decoder goes with task: classify, not %q", m.Task)
+	}
+	if o.MaxDetections < 0 {
+		bad("output.max_detections", "%d must be positive", o.MaxDetections)
+	}
+	only := func(key, decoder string, set bool) {
+		if set && dec != decoder {
+			bad(key, "only the %s decoder uses it, this bundle's decoder is %q", decoder, dec)
+		}
+	}
+	only("output.strides", "yolox", len(o.Strides) > 0)
+	only("output.class_offset", "ssd", o.ClassOffset != 0)
+	only("output.scores_output", "ssd", o.ScoresOutput != "")
+	only("output.softmax", "classify", o.Softmax != nil)
+	only("output.top_k", "classify", o.TopK != 0)
+	switch dec {
+	case "yolox":
+		if len(o.Strides) == 0 {
+			bad("output.strides", "the yolox decoder needs its grid strides, e.g. [8, 16, 32]")
+		}
+		for _, s := range o.Strides {
+			if s <= 0 || m.Input.Width%s != 0 || m.Input.Height%s != 0 {
+				bad("output.strides", "stride %d must be positive and divide the input size %dx%d", s, m.Input.Width, m.Input.Height)
+			}
+		}
+	case "classify":
+		if o.Softmax == nil {
+			bad("output.softmax", "missing: the classify decoder needs true (the output is logits) or false (probabilities)")
+		}
+		if o.TopK < 1 {
+			bad("output.top_k", "%d must be at least 1", o.TopK)
+		}
+	}
 }

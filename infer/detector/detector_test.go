@@ -1,7 +1,9 @@
 package detector_test
 
 import (
+	"flag"
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/internal/tensorfile"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
 )
 
@@ -57,7 +60,7 @@ func TestDetectorMatchesReference(t *testing.T) {
 	d := loadDetector(t)
 	for name, want := range golden {
 		t.Run(name, func(t *testing.T) {
-			dets, timing, err := d.Detect(readImage(t, name))
+			dets, timing, err := d.Detect(readImage(t, name), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,7 +130,7 @@ func TestDetectOnGrayFrame(t *testing.T) {
 	gray := gocv.NewMat()
 	defer gray.Close()
 	gocv.CvtColor(img, &gray, gocv.ColorBGRToGray)
-	dets, _, err := d.Detect(gray)
+	dets, _, err := d.Detect(gray, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,12 +139,136 @@ func TestDetectOnGrayFrame(t *testing.T) {
 	}
 }
 
+var update = flag.Bool("update", false, "rewrite infer/testdata's golden output tensor from the bundled model")
+
+// goldenBase is the bundled model's raw output on testdata/dog.jpg, the input of the
+// decoder tests and benchmarks in package infer.
+var goldenBase = filepath.Join("..", "testdata", "yolox-nano-dog")
+
+// recorder is a real engine that keeps a copy of its output after each Run.
+type recorder struct {
+	infer.Engine
+	out []float32
+}
+
+func (r *recorder) Run() error {
+	err := r.Engine.Run()
+	r.out = slices.Clone(r.Engine.Output(0))
+	return err
+}
+
+// TestGenerateGolden runs the bundled model through the detector on dog.jpg and checks
+// that its raw output still matches the stored golden tensor (same model, same
+// pre-processing). With -update it rewrites the tensor:
+//
+//	go test ./infer/detector -run TestGenerateGolden -update
+func TestGenerateGolden(t *testing.T) {
+	m, err := infer.LoadManifest(bundleDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine, err := onnxrt.New("").Load(m.Path(bundleDir), infer.LoadOptions{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{Engine: engine}
+	d, err := detector.New(rec, m)
+	if err != nil {
+		engine.Close()
+		t.Fatal(err)
+	}
+	defer d.Close()
+	img := readImage(t, "dog.jpg")
+	if _, _, err := d.Detect(img, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Top-left letterbox, as the detector does it for this manifest.
+	r := float32(min(float64(m.Input.Width)/float64(img.Cols()), float64(m.Input.Height)/float64(img.Rows())))
+	meta := tensorfile.Meta{
+		Source: fmt.Sprintf("assets/models/yolox-nano (%s %s) on infer/detector/testdata/dog.jpg, through infer/detector and ONNX Runtime (go test ./infer/detector -run TestGenerateGolden -update)",
+			m.Name, m.Version),
+		Shape:    engine.Outputs()[0].Shape,
+		Geometry: infer.Geometry{FrameW: img.Cols(), FrameH: img.Rows(), ScaleX: r, ScaleY: r},
+	}
+	if *update {
+		if err := tensorfile.Write(goldenBase, rec.out, meta); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s.f32.gz", goldenBase)
+		return
+	}
+	want, wantMeta, err := tensorfile.Read(goldenBase)
+	if err != nil {
+		t.Fatalf("%v (regenerate with -update)", err)
+	}
+	if !slices.Equal(wantMeta.Shape, meta.Shape) || wantMeta.Geometry != meta.Geometry {
+		t.Fatalf("golden tensor is %v %+v, the model now gives %v %+v", wantMeta.Shape, wantMeta.Geometry, meta.Shape, meta.Geometry)
+	}
+	// Runtimes and CPUs differ in the last bits; a changed model or pre-processing
+	// moves values far more.
+	var worst float64
+	for i := range want {
+		worst = max(worst, math.Abs(float64(rec.out[i]-want[i])))
+	}
+	if worst > 1e-3 {
+		t.Errorf("model output differs from the golden tensor by up to %g (regenerate with -update if the change is intended)", worst)
+	}
+}
+
+// Detect allocates nothing per frame in steady state beyond what the engine's Run
+// does: pre-processing and decoding reuse their buffers, and the detections go into
+// the caller's slice.
+func TestDetectDoesNotAllocate(t *testing.T) {
+	m, err := infer.LoadManifest(bundleDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine, err := onnxrt.New("").Load(m.Path(bundleDir), infer.LoadOptions{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := detector.New(engine, m)
+	if err != nil {
+		engine.Close()
+		t.Fatal(err)
+	}
+	defer d.Close()
+	img := readImage(t, "dog.jpg")
+	var dets []infer.Detection
+	for range 2 { // warm up: dets grows to the candidate count
+		if dets, _, err = d.Detect(img, dets[:0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(dets) == 0 {
+		t.Fatal("no detections on dog.jpg")
+	}
+	allocs := testing.AllocsPerRun(5, func() {
+		dets, _, err = d.Detect(img, dets[:0])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAllocs := testing.AllocsPerRun(5, func() { err = engine.Run() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Detect: %v allocations per frame, of which the engine's Run: %v", allocs, runAllocs)
+	if allocs != runAllocs {
+		t.Errorf("Detect makes %v allocations per frame beyond the engine's Run (%v in all)", allocs-runAllocs, allocs)
+	}
+}
+
 func BenchmarkDetect(b *testing.B) {
 	d := loadDetector(b)
 	img := readImage(b, "dog.jpg")
+	var dets []infer.Detection
 	var pre, inf, post float64
+	b.ReportAllocs()
 	for b.Loop() {
-		_, t, err := d.Detect(img)
+		var t detector.Timing
+		var err error
+		dets, t, err = d.Detect(img, dets[:0])
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -153,6 +280,33 @@ func BenchmarkDetect(b *testing.B) {
 	b.ReportMetric(pre/n*1e3, "pre-ms/op")
 	b.ReportMetric(inf/n*1e3, "infer-ms/op")
 	b.ReportMetric(post/n*1e3, "post-ms/op")
+	b.ReportMetric((pre+post)/inf*100, "pre+post-%-of-infer")
+}
+
+// BenchmarkDecode decodes the golden output (the bundled model on dog.jpg) as Detect
+// does, into a reused slice.
+func BenchmarkDecode(b *testing.B) {
+	m, err := infer.LoadManifest(bundleDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, meta, err := tensorfile.Read(goldenBase)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dec, err := infer.NewDecoder(m, []infer.TensorInfo{{Name: "output", Type: infer.Float32, Shape: meta.Shape}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	outs := [][]float32{out}
+	var dets []infer.Detection
+	b.ReportAllocs()
+	for b.Loop() {
+		dets = dec.Decode(outs, meta.Geometry, dets[:0])
+	}
+	if len(dets) != 3 {
+		b.Fatalf("decoded %d detections, want the 3 of the reference: %v", len(dets), dets)
+	}
 }
 
 func ExampleDetector_Detect() {
@@ -165,7 +319,7 @@ func ExampleDetector_Detect() {
 	defer d.Close()
 	img := gocv.IMRead("testdata/person.jpg", gocv.IMReadColor)
 	defer img.Close()
-	dets, _, _ := d.Detect(img)
+	dets, _, _ := d.Detect(img, nil)
 	fmt.Println(dets[0].Label)
 	// Output: person
 }

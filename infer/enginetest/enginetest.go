@@ -68,7 +68,7 @@ func Run(t *testing.T, backend infer.Backend, bundleDir string, opts infer.LoadO
 		d := load(t, backend, bundleDir, opts)
 		for _, name := range []string{"dog.jpg", "person.jpg"} {
 			t.Run(name, func(t *testing.T) {
-				dets, _, err := d.Detect(readImage(t, name))
+				dets, _, err := d.Detect(readImage(t, name), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -159,7 +159,7 @@ func Run(t *testing.T, backend infer.Backend, bundleDir string, opts infer.LoadO
 		// time), so concurrent callers get exactly the results of serial calls.
 		d := load(t, backend, bundleDir, opts)
 		img := readImage(t, "dog.jpg")
-		want, _, err := d.Detect(img)
+		want, _, err := d.Detect(img, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +176,7 @@ func Run(t *testing.T, backend infer.Backend, bundleDir string, opts infer.LoadO
 		for i := range goroutines {
 			wg.Go(func() {
 				for range detectsPerGo {
-					got, _, err := d.Detect(frames[i])
+					got, _, err := d.Detect(frames[i], nil)
 					if err != nil {
 						errs <- err
 						return
