@@ -29,7 +29,7 @@ const (
 	operatorOpcodeIndex = 0 // uint
 
 	tensorShape          = 0 // [int]
-	tflTensorType           = 1 // TensorType (byte)
+	tflTensorType        = 1 // TensorType (byte)
 	tensorNameField      = 3 // string
 	tensorQuantization   = 4 // QuantizationParameters
 	tensorShapeSignature = 7 // [int]
