@@ -43,6 +43,7 @@ Usage:
 Commands:
   run            run the agent (embedded defaults when there is no config file)
   check-config   validate a config file and print every problem
+  model inspect  show a model file's or bundle's inputs, outputs and operators
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAgent(rest, stdout, stderr)
 	case "check-config":
 		return checkConfig(rest, stdout, stderr)
+	case "model":
+		return modelCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
