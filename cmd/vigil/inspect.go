@@ -47,7 +47,7 @@ func modelCmd(args []string, stdout, stderr io.Writer) int {
 type inspectReport struct {
 	Path string `json:"path"`
 	// Bundle is model.yaml as read (defaults filled in), for a bundle directory.
-	Bundle map[string]any    `json:"bundle,omitempty"`
+	Bundle map[string]any   `json:"bundle,omitempty"`
 	Model  *modelfile.Model `json:"model"`
 	// OK says the model file could be read and, for a bundle, model.yaml fits it;
 	// Error says why not.
