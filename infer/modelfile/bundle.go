@@ -34,9 +34,43 @@ func CheckBundle(dir string) (*infer.Manifest, *Model, error) {
 		return m, model, fmt.Errorf("%s: %w", path, err)
 	}
 	if _, err := infer.NewDecoder(m, model.Outputs); err != nil {
+		if n := fittingLabelCount(m, model.Outputs); n > 0 {
+			return m, model, fmt.Errorf("%s: labels: %d labels, but the model's outputs fit the %s decoder with %d classes (%w)",
+				path, len(m.Labels), m.Output.Decoder, n, err)
+		}
 		return m, model, fmt.Errorf("%s: %w", path, withKey("output.decoder", err))
 	}
 	return m, model, nil
+}
+
+// maxLabels bounds the label counts fittingLabelCount tries (output dimensions come
+// from the file and may be anything).
+const maxLabels = 1 << 16
+
+// fittingLabelCount finds out whether only the number of labels is wrong: it returns a
+// label count with which the manifest's decoder accepts the outputs, or 0. The
+// decoder itself is the judge, so this holds for every decoder; the candidates are
+// each output dimension less the few box and score columns decoders put before the
+// classes.
+func fittingLabelCount(m *infer.Manifest, outputs []infer.TensorInfo) int {
+	tried := map[int64]bool{int64(len(m.Labels)): true}
+	for _, out := range outputs {
+		for _, d := range out.Shape {
+			for _, extra := range []int64{0, 4, 5} {
+				n := d - extra
+				if n <= 0 || n > maxLabels || tried[n] {
+					continue
+				}
+				tried[n] = true
+				alt := *m
+				alt.Labels = make([]string, n)
+				if _, err := infer.NewDecoder(&alt, outputs); err == nil {
+					return int(n)
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // manifestKeys are the model.yaml sections an error may already start with.
