@@ -1,26 +1,30 @@
-// Package ocvdnn is the opencv backend: ONNX models on OpenCV's DNN module through gocv,
-// a fallback for machines where no other runtime is installed (OpenCV is there anyway
-// for capture).
+// Package ocvdnn is the opencv backend: ONNX models on OpenCV's DNN module (the system
+// OpenCV 4.6 that gocv links too), a fallback for machines where no other runtime is
+// installed (OpenCV is there anyway, for capture).
 //
 // OpenCV throws a C++ exception on a missing or malformed model file, on an operator
-// its importer does not know and on a DNN backend or target the build lacks, and gocv
-// does not catch it, so the whole process aborts. This backend therefore never hands
-// OpenCV anything unchecked: the model file is read once, parsed and checked in Go
-// (infer/modelfile; see Check), and OpenCV reads the network from those same bytes, so
-// the file cannot change between the check and the load. Only the CPU is used: the
-// OpenCV this project builds against (Debian 12's 4.6) has no other DNN target, and
-// asking for one aborts at the first Forward.
-//
-// What the check cannot rule out: a model made only of supported operators whose
-// attributes OpenCV 4.6 still rejects (an unusual Resize mode, say) can make the
-// importer throw. Models from the usual exporters are fine; catching every such case
-// would need OpenCV called inside a C++ try/catch, which gocv v0.32 does not do.
+// its importer does not know, on a graph whose shapes do not add up and on a DNN backend
+// or target the build lacks; gocv does not catch these, so through gocv the whole
+// process aborts. This backend therefore makes its few OpenCV calls through a small C++
+// shim (shim.cpp) that catches every exception and returns it as an error, and before
+// that checks the model in Go (infer/modelfile; see Check), so the usual problems get a
+// clear message naming the operator or tensor. OpenCV reads the network from the bytes
+// that were checked, so the file cannot change between the check and the load. Only
+// the CPU is used: the OpenCV this project builds against (Debian 12's 4.6) has no
+// other DNN target (with gocv, asking for one aborts at the first Forward).
 //
 // Threads: OpenCV's worker pool is process-wide (cv::setNumThreads) and shared with
-// capture and pre-processing, and gocv v0.32 does not expose it, so LoadOptions.Threads
-// is not applied per model: OpenCV uses one thread per core, or the number in the
-// OPENCV_FOR_THREADS_NUM environment variable, read when the process starts.
+// capture and pre-processing, so LoadOptions.Threads is not applied per model (one
+// model's setting would silently change every other OpenCV user's): OpenCV uses one
+// thread per core, or the number in the OPENCV_FOR_THREADS_NUM environment variable,
+// read when the process starts.
 package ocvdnn
+
+// #cgo pkg-config: opencv4
+// #cgo CXXFLAGS: --std=c++11
+// #include <stdlib.h>
+// #include "shim.h"
+import "C"
 
 import (
 	"errors"
@@ -28,8 +32,7 @@ import (
 	"os"
 	"slices"
 	"strings"
-
-	"gocv.io/x/gocv"
+	"unsafe"
 
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/modelfile"
@@ -67,42 +70,16 @@ func (b *Backend) Load(path string, opts infer.LoadOptions) (infer.Engine, error
 	if err := Check(model); err != nil {
 		return nil, fmt.Errorf("opencv: model %s: %w", path, err)
 	}
-	net, err := gocv.ReadNetFromONNXBytes(data)
-	if err != nil {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("opencv: model %s is empty", path)
+	}
+	e := &engine{inputs: model.Inputs, outputs: model.Outputs}
+	if err := shimErr(C.ocvdnn_read_onnx((*C.char)(unsafe.Pointer(&data[0])), C.size_t(len(data)), &e.net)); err != nil {
 		return nil, fmt.Errorf("opencv: load model %s: %w", path, err)
 	}
-	e := &engine{net: net, inputs: model.Inputs, outputs: model.Outputs}
-	if net.Empty() {
-		e.Close()
-		return nil, fmt.Errorf("opencv: load model %s: OpenCV built an empty network", path)
-	}
-	// Forward with a name OpenCV does not know throws; make sure it knows them all.
-	if err := e.checkOutputs(); err != nil {
+	if err := e.prepare(); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("opencv: model %s: %w", path, err)
-	}
-	// The OpenCV backend on the CPU target exists in every build; nothing else is
-	// asked for.
-	net.SetPreferableBackend(gocv.NetBackendOpenCV)
-	net.SetPreferableTarget(gocv.NetTargetCPU)
-	for _, t := range e.inputs {
-		// The input buffer is the memory of a Mat OpenCV allocated, so Run hands it
-		// over without copying it in Go (OpenCV's setInput copies it once).
-		m := gocv.NewMatWithSizes(staticShape(t.Shape), gocv.MatTypeCV32F)
-		buf, err := m.DataPtrFloat32()
-		if err == nil && len(buf) != t.Elements() {
-			err = fmt.Errorf("OpenCV made %d elements, want %d", len(buf), t.Elements())
-		}
-		e.inMats = append(e.inMats, m)
-		if err != nil {
-			e.Close()
-			return nil, fmt.Errorf("opencv: input buffer %s: %w", t, err)
-		}
-		e.in = append(e.in, buf)
-	}
-	for _, t := range e.outputs {
-		e.out = append(e.out, make([]float32, t.Elements()))
-		e.outNames = append(e.outNames, t.Name)
 	}
 	return e, nil
 }
@@ -179,12 +156,17 @@ func staticShape(s []int64) []int {
 
 // engine is one loaded network. Like every Engine it is not safe for concurrent use.
 type engine struct {
-	net             gocv.Net
+	net             *C.ocvdnn_net
 	closed          bool
 	inputs, outputs []infer.TensorInfo
-	inMats          []gocv.Mat // own the input buffers' memory
-	in, out         [][]float32
-	outNames        []string
+	// The input buffers live in C memory, so OpenCV may read them directly.
+	inMem   []unsafe.Pointer
+	inDims  [][]C.int
+	inNames []*C.char
+	// outNames is a C array of C strings, for forward.
+	outNames **C.char
+	outStrs  []*C.char
+	in, out  [][]float32
 }
 
 func (e *engine) Inputs() []infer.TensorInfo  { return e.inputs }
@@ -192,73 +174,92 @@ func (e *engine) Outputs() []infer.TensorInfo { return e.outputs }
 func (e *engine) Input(i int) []float32       { return e.in[i] }
 func (e *engine) Output(i int) []float32      { return e.out[i] }
 
-// checkOutputs makes sure each ONNX graph output is an output layer of the network
-// OpenCV built, which Forward needs.
-func (e *engine) checkOutputs() error {
-	var have []string
-	for _, id := range e.net.GetUnconnectedOutLayers() {
-		l := e.net.GetLayer(id)
-		have = append(have, l.GetName())
-		l.Close()
+// prepare checks the outputs OpenCV built and makes the buffers.
+func (e *engine) prepare() error {
+	var cnames *C.char
+	if err := shimErr(C.ocvdnn_output_names(e.net, &cnames)); err != nil {
+		return fmt.Errorf("list outputs: %w", err)
 	}
+	have := strings.Split(C.GoString(cnames), "\n")
+	C.free(unsafe.Pointer(cnames))
 	for _, t := range e.outputs {
 		if !slices.Contains(have, t.Name) {
 			return fmt.Errorf("output %q is not an output of the network OpenCV built from it (those are %q)", t.Name, have)
 		}
 	}
+	for _, t := range e.inputs {
+		n := t.Elements()
+		mem := C.calloc(C.size_t(n), 4)
+		if mem == nil {
+			return fmt.Errorf("input %s: out of memory", t)
+		}
+		e.inMem = append(e.inMem, mem)
+		e.in = append(e.in, unsafe.Slice((*float32)(mem), n))
+		var dims []C.int
+		for _, d := range staticShape(t.Shape) {
+			dims = append(dims, C.int(d))
+		}
+		e.inDims = append(e.inDims, dims)
+		e.inNames = append(e.inNames, C.CString(t.Name))
+	}
+	e.outNames = (**C.char)(C.malloc(C.size_t(len(e.outputs)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))
+	names := unsafe.Slice(e.outNames, len(e.outputs))
+	for i, t := range e.outputs {
+		e.outStrs = append(e.outStrs, C.CString(t.Name))
+		names[i] = e.outStrs[i]
+		e.out = append(e.out, make([]float32, t.Elements()))
+	}
 	return nil
 }
 
+// Run sets the inputs (OpenCV copies each once), runs the network and copies each
+// result into its output buffer.
 func (e *engine) Run() error {
 	if e.closed {
 		return errors.New("opencv: run: engine is closed")
 	}
 	for i, t := range e.inputs {
-		e.net.SetInput(e.inMats[i], t.Name)
-	}
-	if len(e.outNames) == 1 {
-		m := e.net.Forward(e.outNames[0])
-		defer m.Close()
-		return e.copyOut(0, m)
-	}
-	mats := e.net.ForwardLayers(e.outNames)
-	defer func() {
-		for _, m := range mats {
-			m.Close()
+		err := shimErr(C.ocvdnn_set_input(e.net, e.inNames[i], (*C.float)(e.inMem[i]), &e.inDims[i][0], C.int(len(e.inDims[i]))))
+		if err != nil {
+			return fmt.Errorf("opencv: run: input %s: %w", t.Name, err)
 		}
-	}()
-	if len(mats) != len(e.out) {
-		return fmt.Errorf("opencv: run: %d outputs, want %d", len(mats), len(e.out))
 	}
-	for i, m := range mats {
-		if err := e.copyOut(i, m); err != nil {
-			return err
+	if err := shimErr(C.ocvdnn_forward(e.net, e.outNames, C.int(len(e.outputs)))); err != nil {
+		return fmt.Errorf("opencv: run: %w", err)
+	}
+	for i, t := range e.outputs {
+		buf := e.out[i]
+		if err := shimErr(C.ocvdnn_copy_output(e.net, C.int(i), (*C.float)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))); err != nil {
+			return fmt.Errorf("opencv: run: output %s: %w", t, err)
 		}
 	}
 	return nil
 }
 
-// copyOut copies OpenCV's result for output i into the engine's buffer.
-func (e *engine) copyOut(i int, m gocv.Mat) error {
-	data, err := m.DataPtrFloat32()
-	if err != nil {
-		return fmt.Errorf("opencv: run: output %s: %w", e.outputs[i].Name, err)
-	}
-	if len(data) != len(e.out[i]) {
-		return fmt.Errorf("opencv: run: output %s: OpenCV computed shape %v (%d elements), the model declares %d", e.outputs[i], m.Size(), len(data), len(e.out[i]))
-	}
-	copy(e.out[i], data)
-	return nil
-}
-
+// Close frees the network and the input buffers; Input's slices are invalid after it.
 func (e *engine) Close() error {
 	if e.closed {
 		return errors.New("opencv: engine already closed")
 	}
 	e.closed = true
-	for _, m := range e.inMats {
-		m.Close()
+	C.ocvdnn_free(e.net)
+	e.net = nil
+	for _, m := range e.inMem {
+		C.free(m)
 	}
-	e.inMats = nil
-	return e.net.Close()
+	for _, s := range append(e.inNames, e.outStrs...) {
+		C.free(unsafe.Pointer(s))
+	}
+	C.free(unsafe.Pointer(e.outNames))
+	e.inMem, e.inNames, e.outStrs, e.outNames, e.in = nil, nil, nil, nil, nil
+	return nil
+}
+
+// shimErr turns a shim call's result into an error, freeing the message.
+func shimErr(msg *C.char) error {
+	if msg == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return errors.New(strings.TrimSpace(C.GoString(msg)))
 }

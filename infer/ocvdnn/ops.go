@@ -3,8 +3,10 @@ package ocvdnn
 // OpenCV 4.6's ONNX importer (modules/dnn/src/onnx/onnx_importer.cpp, 4.6.0) maps node
 // types to its layers through two dispatch tables, buildDispatchMap_ONNX_AI and
 // buildDispatchMap_COM_MICROSOFT. A node type missing from them is handed to
-// parseCustomLayer, which throws (and so aborts the process through gocv) unless a layer
-// of that exact name is registered. So only the types below are let through.
+// parseCustomLayer, which throws unless a layer of that exact name is registered
+// (through gocv, that exception aborts the process). Check lets only the types below
+// through, so an unsupported model gets an error naming its operators before OpenCV
+// sees it.
 //
 // The lists are the 4.6.0 source's dispatch keys; every one of them was checked to be a
 // string in the onnx_importer.cpp.o that Debian 12's libopencv-dev 4.6.0 ships (in
