@@ -29,6 +29,7 @@ import (
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/ocvdnn"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
 	"github.com/vigil-edge/vigil/infer/openvino"
 	"github.com/vigil-edge/vigil/infer/tflite"
@@ -295,7 +296,7 @@ func DriveSafe(cfg *config.Config, report func(actuator, driver, result string))
 // newBackends lists the inference backends built into vigil, each opening its runtime
 // library (from the config, or the system's) only when a model first needs it.
 func newBackends(rt config.Runtimes) *infer.Registry {
-	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime), tflite.New(rt.TFLite), openvino.New(rt.OpenVINO))
+	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime), tflite.New(rt.TFLite), openvino.New(rt.OpenVINO), ocvdnn.New())
 }
 
 // loadModel picks the backend (the config's choice over the bundle's preference) and

@@ -110,18 +110,6 @@ func TestYOLOXDecoderGeometry(t *testing.T) {
 	}
 }
 
-func FuzzParseManifest(f *testing.F) {
-	base, _ := os.ReadFile(bundledManifest)
-	f.Add(base)
-	f.Add([]byte("name: x\nversion: 1\nfile: m.onnx\ninput: {width: 32, height: 32}\noutput: {decoder: yolox, strides: [8]}\nlabels: [a]\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		m, err := ParseManifest(data)
-		if err == nil && (m.Input.Width <= 0 || len(m.Labels) == 0) {
-			t.Fatalf("invalid manifest accepted: %+v", m)
-		}
-	})
-}
-
 type namedBackend string
 
 func (b namedBackend) Name() string                             { return string(b) }

@@ -45,6 +45,7 @@ Commands:
   check-config   validate a config file and print every problem
   safe           drive every actuator to its safe level and exit (systemd ExecStopPost=)
   bench          measure decode, inference and pipeline rates on a camera
+  model inspect  show a model file's or bundle's inputs, outputs and operators
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -65,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return driveSafe(rest, stdout, stderr)
 	case "bench":
 		return bench(rest, stdout, stderr)
+	case "model":
+		return modelCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK

@@ -67,19 +67,10 @@ func Load(backend infer.Backend, dir string, opts infer.LoadOptions) (*Detector,
 // engine: Close closes it.
 func New(engine infer.Engine, m *infer.Manifest) (*Detector, error) {
 	ins := engine.Inputs()
-	if len(ins) != 1 {
-		return nil, fmt.Errorf("the model has %d inputs; detectors take exactly one image input", len(ins))
+	if err := infer.CheckInput(m, ins); err != nil {
+		return nil, err
 	}
-	w, h := int64(m.Input.Width), int64(m.Input.Height)
 	nchw := m.Input.Layout == "NCHW"
-	want := []int64{1, h, w, 3}
-	if nchw {
-		want = []int64{1, 3, h, w}
-	}
-	got := ins[0].Shape
-	if len(got) != 4 || (got[0] != 1 && got[0] != -1) || got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
-		return nil, fmt.Errorf("input %s does not match model.yaml's input (%dx%d %s needs shape %v)", ins[0], w, h, m.Input.Layout, want)
-	}
 	dec, err := infer.NewDecoder(m, engine.Outputs())
 	if err != nil {
 		return nil, err
