@@ -253,9 +253,10 @@ func TestDetectDoesNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("Detect: %v allocations per frame, of which the engine's Run: %v", allocs, runAllocs)
-	if allocs != runAllocs {
-		t.Errorf("Detect makes %v allocations per frame beyond the engine's Run (%v in all)", allocs-runAllocs, allocs)
+	// The onnxruntime engine runs a session bound to its own tensors, so neither it nor
+	// the detector around it allocates per frame.
+	if allocs != 0 || runAllocs != 0 {
+		t.Errorf("Detect makes %v allocations per frame (the engine's Run %v); want 0", allocs, runAllocs)
 	}
 }
 
