@@ -28,11 +28,14 @@ test:
 test-mats:
 	$(GO) test -count=1 -tags matprofile ./capture ./agent
 
-## bench: detector, decode (file, RTSP) and pipeline benchmarks, incl. four RTSP cameras.
+## bench: engines (ours against a bare ONNX Runtime session, TFLite), detector stages,
+## decoders, decode (file, RTSP), rule-to-actuator, and the pipeline incl. four RTSP cameras.
 ## `vigil bench` measures a configured camera; `make bench-compare` pits it against Python.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 60x ./infer/detector ./capture
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./agent
+	$(GO) test -run '^$$' -bench . -benchtime 40x ./infer/onnxrt ./infer/tflite ./infer/detector ./capture
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./infer
+	$(GO) test -run '^$$' -bench 'RuleToActuator' -benchtime 20000x ./agent
+	$(GO) test -run '^$$' -bench 'Pipeline|FourRTSP|CaptureToActuator' -benchtime 1x ./agent
 
 ## bench-compare: `vigil bench` and the plain Python + OpenCV-DNN loop a user would write
 ## (scripts/bench-python-opencv) on the same clip and model, BENCH_SECONDS per stage; prints

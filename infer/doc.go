@@ -2,9 +2,11 @@
 // what every room may share: the Engine and Backend contracts, tensor descriptions,
 // the model bundle manifest (model.yaml), detections, and the output decoders with NMS.
 //
-// Runtimes live in sub-packages (infer/onnxrt, ...), each loading its library at run
-// time; infer/detector adds gocv pre-processing around an Engine; infer/backends lists
-// the backends this build knows. Only agent/ wires them together.
+// Runtimes live in sub-packages (infer/onnxrt, infer/tflite, infer/openvino, each opening
+// its library at run time; infer/ocvdnn over the OpenCV that capture links anyway);
+// infer/modelfile reads ONNX and TFLite files in pure Go; infer/detector adds gocv
+// pre-processing around an Engine. Only agent/ wires them together (agent.newBackends
+// lists the backends as an infer.Registry).
 //
 // # Decoders
 //

@@ -215,6 +215,7 @@ func BenchmarkRun(b *testing.B, backend infer.Backend, path string, opts infer.L
 	if err := e.Run(); err != nil { // warm-up
 		b.Fatal(err)
 	}
+	b.ReportAllocs()
 	for b.Loop() {
 		if err := e.Run(); err != nil {
 			b.Fatal(err)

@@ -171,18 +171,6 @@ func TestCloseTwice(t *testing.T) {
 	}
 }
 
-func BenchmarkRun(b *testing.B) {
-	e, err := New().Load(model, infer.LoadOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close()
-	for i := range e.Input(0) {
-		e.Input(0)[i] = 114
-	}
-	for b.Loop() {
-		if err := e.Run(); err != nil {
-			b.Fatal(err)
-		}
-	}
+func BenchmarkOpenCVRun(b *testing.B) {
+	enginetest.BenchmarkRun(b, New(), model, infer.LoadOptions{})
 }

@@ -6,37 +6,20 @@ import (
 	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/enginetest"
 )
 
 // benchThreads is the intra-op thread count both benchmarks use, so their ratio
 // measures only what the engine adds around ONNX Runtime.
 const benchThreads = 1
 
-// BenchmarkEngineRun is inference through the engine: its bound buffers, Run.
+// BenchmarkEngineRun is inference through the engine (the conformance suite's Run
+// benchmark, which every backend shares): its bound buffers, Run.
 // Compare with BenchmarkBareSession in the same run:
 //
 //	go test -run '^$' -bench 'EngineRun|BareSession' -benchtime 50x ./infer/onnxrt/
 func BenchmarkEngineRun(b *testing.B) {
-	be := New("")
-	if err := be.Available(); err != nil {
-		b.Fatalf("ONNX Runtime is required (scripts/install-deps): %v", err)
-	}
-	e, err := be.Load(model, infer.LoadOptions{Threads: benchThreads})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close()
-	fillGradient(e.Input(0))
-	if err := e.Run(); err != nil { // warm-up
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		if err := e.Run(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	enginetest.BenchmarkRun(b, New(""), model, infer.LoadOptions{Threads: benchThreads})
 }
 
 // BenchmarkBareSession is the same model on a plain onnxruntime_go AdvancedSession,
@@ -68,7 +51,9 @@ func BenchmarkBareSession(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Destroy()
-	fillGradient(in.GetData())
+	for i := range in.GetData() { // the same input as enginetest.BenchmarkRun
+		in.GetData()[i] = 114
+	}
 	if err := s.Run(); err != nil { // warm-up
 		b.Fatal(err)
 	}

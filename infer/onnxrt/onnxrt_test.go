@@ -26,12 +26,6 @@ func TestConformance(t *testing.T) {
 	enginetest.Run(t, b, bundle, infer.LoadOptions{Threads: 2})
 }
 
-// BenchmarkONNXRuntimeRun is the engine's Run alone, for comparison with
-// BenchmarkTFLiteRun (infer/tflite) on the same network.
-func BenchmarkONNXRuntimeRun(b *testing.B) {
-	enginetest.BenchmarkRun(b, New(""), model, infer.LoadOptions{Threads: 1})
-}
-
 func TestLoadAndRun(t *testing.T) {
 	b := New("")
 	if err := b.Available(); err != nil {
