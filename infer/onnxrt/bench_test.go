@@ -1,6 +1,7 @@
 package onnxrt
 
 import (
+	"fmt"
 	"testing"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -9,9 +10,10 @@ import (
 	"github.com/vigil-edge/vigil/infer/enginetest"
 )
 
-// benchThreads is the intra-op thread count both benchmarks use, so their ratio
-// measures only what the engine adds around ONNX Runtime.
-const benchThreads = 1
+// benchThreads are the intra-op thread counts both benchmarks run with, so their ratio
+// per count measures what the engine adds around ONNX Runtime (including its choice to
+// turn the workers' spinning off, which shows with 2 threads).
+var benchThreads = []int{1, 2}
 
 // BenchmarkEngineRun is inference through the engine (the conformance suite's Run
 // benchmark, which every backend shares): its bound buffers, Run.
@@ -19,12 +21,22 @@ const benchThreads = 1
 //
 //	go test -run '^$' -bench 'EngineRun|BareSession' -benchtime 50x ./infer/onnxrt/
 func BenchmarkEngineRun(b *testing.B) {
-	enginetest.BenchmarkRun(b, New(""), model, infer.LoadOptions{Threads: benchThreads})
+	for _, n := range benchThreads {
+		b.Run(fmt.Sprintf("threads=%d", n), func(b *testing.B) {
+			enginetest.BenchmarkRun(b, New(""), model, infer.LoadOptions{Threads: n})
+		})
+	}
 }
 
 // BenchmarkBareSession is the same model on a plain onnxruntime_go AdvancedSession,
 // set up as its README shows, with the same threads: the baseline for the engine.
 func BenchmarkBareSession(b *testing.B) {
+	for _, n := range benchThreads {
+		b.Run(fmt.Sprintf("threads=%d", n), func(b *testing.B) { benchBareSession(b, n) })
+	}
+}
+
+func benchBareSession(b *testing.B, threads int) {
 	if err := New("").Available(); err != nil {
 		b.Fatalf("ONNX Runtime is required (scripts/install-deps): %v", err)
 	}
@@ -43,7 +55,7 @@ func BenchmarkBareSession(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer so.Destroy()
-	if err := so.SetIntraOpNumThreads(benchThreads); err != nil {
+	if err := so.SetIntraOpNumThreads(threads); err != nil {
 		b.Fatal(err)
 	}
 	s, err := ort.NewAdvancedSession(model, []string{"images"}, []string{"output"}, []ort.Value{in}, []ort.Value{out}, so)
