@@ -435,6 +435,7 @@ func TestMissingRuntimeIsReported(t *testing.T) {
 func TestBackendWithoutRuntimeIsReported(t *testing.T) {
 	cfg := testConfig(t, t.TempDir(), "")
 	cfg.Models[0].Backend = "openvino"
+	cfg.Actuators[0].Initial = "high" // its normal level, which a blind rule must not get
 	r := start(t, cfg)
 	st := r.status(t)
 	if m := st.Models[0]; m.State != "failed" || m.Backend != "openvino" || !strings.Contains(m.Error, "libopenvino_c.so") {
@@ -443,6 +444,9 @@ func TestBackendWithoutRuntimeIsReported(t *testing.T) {
 	waitFor(t, 10*time.Second, "the camera to stream without detection", func() bool {
 		return r.status(t).Cameras[0].Frames > 0
 	})
+	if s := r.agent.actuators["line-stop"].State(); s.State != "low" || s.Transitions != 0 {
+		t.Errorf("with its model missing, the actuator left its safe level: %+v", s)
+	}
 }
 
 // With MQTT enabled, events reach a real broker as envelopes, the retained status says
