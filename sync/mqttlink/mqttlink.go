@@ -78,6 +78,11 @@ type State struct {
 	InFlight  int    `json:"in_flight"`
 }
 
+// Handler receives a message on a subscribed topic. It runs on the link's receiving
+// goroutine, one message at a time: it must return quickly and must not wait for the
+// link (hand long work to another goroutine).
+type Handler func(topic string, payload []byte)
+
 // Link drains a Queue to a broker, reconnecting with backoff.
 type Link struct {
 	q      Queue
@@ -86,7 +91,10 @@ type Link struct {
 
 	mu        sync.Mutex // guards the fields below
 	state     State
-	attempted string // the broker of the last connection attempt
+	attempted string             // the broker of the last connection attempt
+	client    paho.Client        // the connected client; nil between sessions
+	subs      map[string]Handler // by topic filter; renewed on every connect
+	retained  map[string][]byte  // by topic; published on every connect and on change
 }
 
 // New returns a link; Run connects it.
@@ -123,7 +131,61 @@ func New(q Queue, opts Options) (*Link, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Link{q: q, opts: opts, logger: opts.Logger.With("component", "mqtt"), state: State{State: StateConnecting}}, nil
+	return &Link{
+		q: q, opts: opts, logger: opts.Logger.With("component", "mqtt"), state: State{State: StateConnecting},
+		subs: map[string]Handler{}, retained: map[string][]byte{},
+	}, nil
+}
+
+// Subscribe receives the messages on filter (QoS 1), now if connected and again after
+// every reconnect: the session is clean (the outbox, not the broker, keeps what must
+// survive), so subscriptions are renewed and retained messages arrive again each time.
+func (l *Link) Subscribe(filter string, h Handler) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.subs[filter] = h
+	if l.client != nil {
+		l.subscribeLocked(l.client, filter, h)
+	}
+}
+
+// Unsubscribe stops receiving filter.
+func (l *Link) Unsubscribe(filter string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.subs, filter)
+	if l.client != nil {
+		l.await("unsubscribe "+filter, l.client.Unsubscribe(filter))
+	}
+}
+
+// Retain keeps payload as the retained snapshot of topic (prefix/device/suffix):
+// published now if connected and again on every connect, outside the outbox's
+// sequence (DESIGN.md: status, models/state).
+func (l *Link) Retain(suffix string, payload []byte) {
+	topic := l.Topic(suffix)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.retained[topic] = payload
+	if l.client != nil {
+		l.await("publish "+topic, l.client.Publish(topic, 1, true, payload))
+	}
+}
+
+func (l *Link) subscribeLocked(client paho.Client, filter string, h Handler) {
+	l.await("subscribe "+filter, client.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		h(m.Topic(), m.Payload())
+	}))
+}
+
+// await logs a token's failure without waiting for it here: a handler may call
+// Subscribe, and paho completes a token only after the running handler returns.
+func (l *Link) await(what string, tok paho.Token) {
+	go func() {
+		if tok.WaitTimeout(30*time.Second) && tok.Error() != nil {
+			l.logger.Warn("mqtt: "+what+" failed; renewed on the next connect", "err", tok.Error())
+		}
+	}()
 }
 
 // Topic is prefix/device/suffix.
@@ -255,6 +317,20 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 		client.Disconnect(0)
 		return fmt.Errorf("publish online status: %w", err)
 	}
+	l.mu.Lock()
+	l.client = client
+	for topic, payload := range l.retained {
+		l.await("publish "+topic, client.Publish(topic, 1, true, payload))
+	}
+	for filter, h := range l.subs {
+		l.subscribeLocked(client, filter, h)
+	}
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.client = nil
+		l.mu.Unlock()
+	}()
 	err = l.drain(ctx, client, lost, failures)
 	if ctx.Err() != nil {
 		// A clean stop says so itself; the last will is for unclean ones.

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/goleak"
 
 	"github.com/vigil-edge/vigil/sync/mqttlink"
@@ -350,4 +352,63 @@ func TestRefusedMessageIsNamed(t *testing.T) {
 	if d := ob.Stats().Depth; d != 1 {
 		t.Errorf("outbox depth %d, want the refused message kept", d)
 	}
+}
+
+// publishRetained puts a retained message on the broker as the cloud would.
+func publishRetained(t *testing.T, url, topic, payload string) {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("cloud-pub"))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect publisher: %v", tok.Error())
+	}
+	defer c.Disconnect(100)
+	if tok := c.Publish(topic, 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+}
+
+// Subscriptions and retained snapshots outlive the connection: after the broker
+// restarts (forgetting everything), the link subscribes again and publishes its
+// retained state again, so a deployment manifest still arrives and the cloud still
+// sees the device's model state.
+func TestSubscribeAndRetainAcrossReconnect(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	ob := newOutbox(t)
+	l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+
+	var mu sync.Mutex
+	var got []string
+	l.Subscribe("vigil/"+device+"/models/deploy", func(topic string, payload []byte) {
+		mu.Lock()
+		got = append(got, topic+"="+string(payload))
+		mu.Unlock()
+	})
+	received := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= n }
+	}
+	l.Retain("models/state", []byte(`{"phase":"active"}`))
+
+	publishRetained(t, b.URL, "vigil/"+device+"/models/deploy", "m1")
+	waitFor(t, 10*time.Second, "the manifest", received(1))
+	state := b.Subscribe(t, "cloud", "vigil/"+device+"/models/state")
+	waitFor(t, 10*time.Second, "the retained model state", func() bool { return len(state.Messages()) == 1 })
+
+	b.Stop() // a broker without persistence forgets subscriptions and retained messages
+	waitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
+	b.Restart()
+	waitFor(t, 30*time.Second, "the link to reconnect", func() bool { return l.State().Connects >= 2 })
+	later := b.Subscribe(t, "cloud-2", "vigil/"+device+"/models/state")
+	waitFor(t, 10*time.Second, "the model state published again", func() bool {
+		m := later.Messages()
+		return len(m) == 1 && m[0].Retained && string(m[0].Payload) == `{"phase":"active"}`
+	})
+	publishRetained(t, b.URL, "vigil/"+device+"/models/deploy", "m2")
+	waitFor(t, 10*time.Second, "a manifest after the reconnect", received(2))
+	mu.Lock()
+	defer mu.Unlock()
+	if got[0] != "vigil/"+device+"/models/deploy=m1" || got[len(got)-1] != "vigil/"+device+"/models/deploy=m2" {
+		t.Errorf("received %q", got)
+	}
+
+	l.Unsubscribe("vigil/" + device + "/models/deploy")
 }
