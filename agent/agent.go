@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -89,12 +90,30 @@ type input struct {
 	sim *sim.Input // nil for hardware drivers; the API sets it
 }
 
+// model is one configured model. What runs can change while the pipelines use it (a
+// pushed model is swapped in), so the pipelines load it atomically for each frame.
 type model struct {
-	name     string
-	dir      string
+	name    string
+	cfg     config.Model
+	running atomic.Pointer[loaded] // nil while no bundle is loaded
+	err     error                  // why the configured bundle did not load at start
+}
+
+// loaded is a bundle loaded on a backend.
+type loaded struct {
+	detector *detector.Detector
+	dir      string // the bundle directory
 	backend  string
-	detector *detector.Detector // nil when loading failed
-	err      error
+	// deployment names the push that installed it; "" for the configured bundle.
+	deployment string
+}
+
+// detector is the running detector, or nil.
+func (m *model) detector() *detector.Detector {
+	if l := m.running.Load(); l != nil {
+		return l.detector
+	}
+	return nil
 }
 
 // New builds an agent from a validated config: it prepares the state directory, opens
@@ -174,16 +193,19 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	// cameras keep streaming without detection and the actuators stay safe.
 	backends := newBackends(cfg.Runtimes)
 	for _, mc := range cfg.Models {
-		m := &model{name: mc.Name, dir: mc.Bundle}
-		if m.dir == "" {
-			m.dir = filepath.Join(bundled, assets.DefaultBundleDir)
+		m := &model{name: mc.Name, cfg: mc}
+		dir := mc.Bundle
+		if dir == "" {
+			dir = filepath.Join(bundled, assets.DefaultBundleDir)
 		}
-		m.detector, m.backend, m.err = loadModel(backends, m.dir, mc)
-		if m.err != nil {
-			a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", m.err)
+		d, backend, err := loadModel(backends, dir, mc)
+		if err != nil {
+			m.err = err
+			a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", err)
 		} else {
-			man := m.detector.Manifest()
-			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", m.backend)
+			m.running.Store(&loaded{detector: d, dir: dir, backend: backend})
+			man := d.Manifest()
+			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", backend)
 		}
 		a.models[mc.Name] = m
 		a.modOrder = append(a.modOrder, mc.Name)
@@ -507,7 +529,7 @@ func (a *Agent) settle(name, reason string) (hal.Level, error) {
 // blind, so outputs stay at their safe level instead of their normal one.
 func (a *Agent) modelsLoaded() bool {
 	for _, m := range a.models {
-		if m.detector == nil {
+		if m.detector() == nil {
 			return false
 		}
 	}
@@ -588,7 +610,7 @@ func (a *Agent) Close() error {
 			}
 		}
 		for _, name := range a.modOrder {
-			if d := a.models[name].detector; d != nil {
+			if d := a.models[name].detector(); d != nil {
 				d.Close()
 			}
 		}

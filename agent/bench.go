@@ -176,8 +176,9 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 	if cam.model.err != nil {
 		return rep, fmt.Errorf("model %s did not load: %w", cam.model.name, cam.model.err)
 	}
-	man := cam.model.detector.Manifest()
-	rep.Bundle, rep.Backend = man.Name+" "+man.Version, cam.model.backend
+	run := cam.model.running.Load()
+	man := run.detector.Manifest()
+	rep.Bundle, rep.Backend = man.Name+" "+man.Version, run.backend
 
 	progress("decode-only", opts.Duration)
 	frame, err := benchDecode(ctx, spec, opts.Duration, &rep.Decode)
@@ -276,7 +277,7 @@ const benchWarmup = 3
 
 // benchInference runs the camera's detector on frame for d.
 func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Duration, r *BenchInference) error {
-	det := cam.model.detector
+	det := cam.model.detector()
 	var dets []infer.Detection // reused, as the pipeline does
 	var err error
 	for range benchWarmup {

@@ -90,7 +90,7 @@ func (p *pacer) admit(now time.Time) bool {
 // process runs one frame through detection, rules and actions.
 func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 	var dets []infer.Detection
-	if d := cam.model.detector; d != nil {
+	if d := cam.model.detector(); d != nil {
 		var timing detector.Timing
 		var err error
 		cam.dets, timing, err = d.Detect(f.Mat, cam.dets[:0])

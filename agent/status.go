@@ -47,7 +47,9 @@ type ModelStatus struct {
 	Backend string `json:"backend"`
 	Input   string `json:"input,omitempty"`
 	State   string `json:"state"` // loaded | failed
-	Error   string `json:"error,omitempty"`
+	// Deployment is the push that installed the running bundle ("" for the configured one).
+	Deployment string `json:"deployment,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // ActuatorStatus is one actuator, with its recent transitions when simulated.
@@ -102,11 +104,12 @@ func (a *Agent) Status(withHistory bool) Status {
 	}
 	for _, name := range a.modOrder {
 		m := a.models[name]
-		ms := ModelStatus{Name: name, Backend: m.backend, State: "loaded"}
-		if m.detector != nil {
-			man := m.detector.Manifest()
+		ms := ModelStatus{Name: name, Backend: m.cfg.Backend, State: "loaded"}
+		if run := m.running.Load(); run != nil {
+			ms.Backend, ms.Deployment = run.backend, run.deployment
+			man := run.detector.Manifest()
 			ms.Model, ms.Version = man.Name, man.Version
-			if ins := m.detector.Inputs(); len(ins) > 0 {
+			if ins := run.detector.Inputs(); len(ins) > 0 {
 				ms.Input = ins[0].String()
 			}
 		} else {
@@ -146,12 +149,12 @@ func (a *Agent) Status(withHistory bool) Status {
 func (a *Agent) readiness() (bool, []string) {
 	var missing []string
 	for _, name := range a.modOrder {
-		if m := a.models[name]; m.detector == nil {
+		if m := a.models[name]; m.detector() == nil {
 			missing = append(missing, "model "+name+" not loaded")
 		}
 	}
 	for _, cam := range a.cameras {
-		if cam.model.detector != nil && cam.stats.status().Frames == 0 {
+		if cam.model.detector() != nil && cam.stats.status().Frames == 0 {
 			missing = append(missing, "camera "+cam.cfg.Name+" has no detection yet")
 		}
 	}
