@@ -24,6 +24,7 @@ type Config struct {
 	Trust     Trust      `mapstructure:"trust" json:"trust"`
 	Runtimes  Runtimes   `mapstructure:"runtimes" json:"runtimes"`
 	Snapshots Snapshots  `mapstructure:"snapshots" json:"snapshots"`
+	Deploy    Deploy     `mapstructure:"deploy" json:"deploy"`
 
 	// Source is the file the config came from; "" for the embedded defaults.
 	Source string `mapstructure:"-" json:"source"`
@@ -164,6 +165,20 @@ type Outbox struct {
 // Trust lists the keys that may sign model deployments.
 type Trust struct {
 	Keys []string `mapstructure:"keys" json:"keys"`
+}
+
+// Deploy governs models pushed over MQTT (trust.keys says who may sign them).
+type Deploy struct {
+	// MaxBytes refuses a bundle larger than this before any of it is downloaded.
+	MaxBytes ByteSize `mapstructure:"max_bytes" json:"max_bytes"`
+	// WarmupRuns inferences must each finish within WarmupBudget before a new model
+	// goes live.
+	WarmupRuns   int           `mapstructure:"warmup_runs" json:"warmup_runs"`
+	WarmupBudget time.Duration `mapstructure:"warmup_budget" json:"warmup_budget"`
+	// Watch is how long after going live a model is rolled back on detection errors or
+	// when its median inference time exceeds MaxSlowdown times the previous model's.
+	Watch       time.Duration `mapstructure:"watch" json:"watch"`
+	MaxSlowdown float64       `mapstructure:"max_slowdown" json:"max_slowdown"`
 }
 
 // Snapshots are the frames saved with rule events.

@@ -133,6 +133,11 @@ func scalarDefaults() map[string]any {
 		"trust.keys":              []string{},
 		"runtimes.onnxruntime":    "",
 		"snapshots.max_bytes":     "64MiB",
+		"deploy.max_bytes":        "512MiB",
+		"deploy.warmup_runs":      5,
+		"deploy.warmup_budget":    "2s",
+		"deploy.watch":            "30s",
+		"deploy.max_slowdown":     3.0,
 		"runtimes.tflite":         "",
 		"runtimes.openvino":       "",
 	}

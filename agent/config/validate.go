@@ -424,6 +424,21 @@ func (c *Config) validate() Errors {
 		bad("outbox.fsync_interval", "%v must be greater than 0", c.Outbox.FsyncInterval)
 	}
 
+	if c.Deploy.MaxBytes < 1<<20 {
+		bad("deploy.max_bytes", "%v is below the minimum of 1MiB", c.Deploy.MaxBytes)
+	}
+	if c.Deploy.WarmupRuns < 1 {
+		bad("deploy.warmup_runs", "%d: at least 1 inference must pass before a model goes live", c.Deploy.WarmupRuns)
+	}
+	if c.Deploy.WarmupBudget <= 0 {
+		bad("deploy.warmup_budget", "%v must be greater than 0", c.Deploy.WarmupBudget)
+	}
+	if c.Deploy.Watch < 0 {
+		bad("deploy.watch", "%v is negative", c.Deploy.Watch)
+	}
+	if c.Deploy.MaxSlowdown < 1 {
+		bad("deploy.max_slowdown", "%v: a factor of at least 1", c.Deploy.MaxSlowdown)
+	}
 	for i, k := range c.Trust.Keys {
 		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
 			bad(fmt.Sprintf("trust.keys[%d]", i), "not a base64 Ed25519 public key (32 bytes)")
