@@ -34,6 +34,7 @@ import (
 	"github.com/vigil-edge/vigil/infer/onnxrt"
 	"github.com/vigil-edge/vigil/infer/openvino"
 	"github.com/vigil-edge/vigil/infer/tflite"
+	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -56,6 +57,8 @@ type Agent struct {
 
 	outbox    *outbox.Outbox
 	link      *mqttlink.Link       // nil when mqtt.enabled is false
+	store     *deploy.Store        // models installed by deployments
+	deployer  *deployer            // nil when mqtt.enabled is false
 	actuators map[string]*actuator // by name
 	actOrder  []string
 	models    map[string]*model // by name
@@ -93,10 +96,11 @@ type input struct {
 // model is one configured model. What runs can change while the pipelines use it (a
 // pushed model is swapped in), so the pipelines load it atomically for each frame.
 type model struct {
-	name    string
-	cfg     config.Model
-	running atomic.Pointer[loaded] // nil while no bundle is loaded
-	err     error                  // why the configured bundle did not load at start
+	name       string
+	cfg        config.Model
+	configured string                 // the bundle directory the config names (or the bundled one)
+	running    atomic.Pointer[loaded] // nil while no bundle is loaded
+	err        error                  // why the configured bundle did not load at start
 }
 
 // loaded is a bundle loaded on a backend.
@@ -106,6 +110,7 @@ type loaded struct {
 	backend  string
 	// deployment names the push that installed it; "" for the configured bundle.
 	deployment string
+	stats      runStats
 }
 
 // detector is the running detector, or nil.
@@ -192,25 +197,30 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	// A model that cannot load is reported on the status page and in /readyz; its
 	// cameras keep streaming without detection and the actuators stay safe.
 	backends := newBackends(cfg.Runtimes)
+	if a.store, err = deploy.OpenStore(filepath.Join(state, "models"), deploy.Limits{MaxBytes: int64(cfg.Deploy.MaxBytes)}); err != nil {
+		return a, fmt.Errorf("open the model store: %w", err)
+	}
 	for _, mc := range cfg.Models {
-		m := &model{name: mc.Name, cfg: mc}
-		dir := mc.Bundle
-		if dir == "" {
-			dir = filepath.Join(bundled, assets.DefaultBundleDir)
+		m := &model{name: mc.Name, cfg: mc, configured: mc.Bundle}
+		if m.configured == "" {
+			m.configured = filepath.Join(bundled, assets.DefaultBundleDir)
 		}
-		d, backend, err := loadModel(backends, dir, mc)
+		run, err := a.loadAtStart(backends, m)
 		if err != nil {
 			m.err = err
 			a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", err)
 		} else {
-			m.running.Store(&loaded{detector: d, dir: dir, backend: backend})
-			man := d.Manifest()
-			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", backend)
+			m.running.Store(run)
+			man := run.detector.Manifest()
+			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", run.backend, "deployment", run.deployment)
 		}
 		a.models[mc.Name] = m
 		a.modOrder = append(a.modOrder, mc.Name)
 	}
 
+	if a.link != nil {
+		a.deployer = newDeployer(a, a.store, backends, logger)
+	}
 	a.rules = rules.New(cfg.Rules, rules.Options{InputHigh: a.inputHigh})
 	a.ruleStats = map[string]*ruleStats{}
 	for _, r := range cfg.Rules {
@@ -313,6 +323,24 @@ func DriveSafe(cfg *config.Config, report func(actuator, driver, result string))
 		report(ac.Name, ac.Driver, result)
 	}
 	return errors.Join(errs...)
+}
+
+// loadAtStart loads the bundle a deployment last made active for the model, or else the
+// configured one. A pushed bundle that no longer loads falls back to the configured one.
+func (a *Agent) loadAtStart(backends *infer.Registry, m *model) (*loaded, error) {
+	if dir, ok := a.store.Active(m.name); ok {
+		d, backend, err := loadModel(backends, dir, m.cfg)
+		if err == nil {
+			st, _ := a.store.State(m.name)
+			return &loaded{detector: d, dir: dir, backend: backend, deployment: st.LastDeployment}, nil
+		}
+		a.logger.Error("the deployed bundle does not load; using the configured one", "model", m.name, "bundle", dir, "err", err)
+	}
+	d, backend, err := loadModel(backends, m.configured, m.cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &loaded{detector: d, dir: m.configured, backend: backend}, nil
 }
 
 // newBackends lists the inference backends built into vigil, each opening its runtime
@@ -422,6 +450,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	g.Go(a.guard("stall watch", func() error { return a.watchStalls(ctx) }))
 	if a.link != nil {
 		g.Go(a.guard("mqtt link", func() error { return a.link.Run(ctx) }))
+		g.Go(a.guard("deployments", func() error { return a.deployer.Run(ctx) }))
 	}
 	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {

@@ -35,6 +35,8 @@ type camera struct {
 	stats  *detectStats
 	// safed: failSafe drove this camera's rule outputs safe and they are not restored.
 	safed atomic.Bool
+	// frameSize is the last frame's width<<32 | height, for warming up a new model.
+	frameSize atomic.Uint64
 	// dets is the detect loop's reusable detections slice (Detect appends into it).
 	// Nothing keeps it past process: rules copy their matches into each Firing, and
 	// stats, metrics and the snapshot read it only during the call.

@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -17,18 +18,20 @@ import (
 // Status is /api/status. Its shape is a contract (DESIGN.md, HTTP): tools read it.
 // Fields are added, never renamed.
 type Status struct {
-	Device    string            `json:"device"`
-	Version   string            `json:"version"`
-	UptimeS   int64             `json:"uptime_s"`
-	Ready     bool              `json:"ready"`
-	Cameras   []CameraStatus    `json:"cameras"`
-	Models    []ModelStatus     `json:"models"`
-	Actuators []ActuatorStatus  `json:"actuators"`
-	Rules     []RuleStatus      `json:"rules"`
-	Inputs    []hal.InputState  `json:"inputs"`
-	Outbox    OutboxStatus      `json:"outbox"`
-	MQTT      mqttlink.State    `json:"mqtt"`
-	Events    []outbox.Envelope `json:"events"`
+	Device    string           `json:"device"`
+	Version   string           `json:"version"`
+	UptimeS   int64            `json:"uptime_s"`
+	Ready     bool             `json:"ready"`
+	Cameras   []CameraStatus   `json:"cameras"`
+	Models    []ModelStatus    `json:"models"`
+	Actuators []ActuatorStatus `json:"actuators"`
+	Rules     []RuleStatus     `json:"rules"`
+	Inputs    []hal.InputState `json:"inputs"`
+	// Deployment is the last model deployment's state (nil until one arrives).
+	Deployment *deploy.State     `json:"deployment,omitempty"`
+	Outbox     OutboxStatus      `json:"outbox"`
+	MQTT       mqttlink.State    `json:"mqtt"`
+	Events     []outbox.Envelope `json:"events"`
 }
 
 // CameraStatus is one camera: capture state and counters, and its detection figures.
@@ -128,6 +131,7 @@ func (a *Agent) Status(withHistory bool) Status {
 		}
 		st.Actuators = append(st.Actuators, as)
 	}
+	st.Deployment = a.deployer.lastState()
 	for _, name := range a.inOrder {
 		st.Inputs = append(st.Inputs, a.inputs[name].State())
 	}

@@ -1,0 +1,634 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/modelfile"
+	"github.com/vigil-edge/vigil/sync/deploy"
+)
+
+// deployer carries out the model deployments pushed over MQTT (sync/deploy has the
+// protocol): one at a time, others queued behind it. A deployment is received (chunks
+// kept on disk, so a broker outage or a restart only resumes it), verified (size,
+// SHA-256, a signature by a trusted key) before anything is unpacked, installed beside
+// the running bundle, checked against its model, loaded and warmed up while the running
+// model keeps detecting, then swapped in atomically and watched: detection errors or a
+// slowdown beyond deploy.max_slowdown in the watch window swap the previous model back.
+type deployer struct {
+	a        *Agent
+	cfg      config.Deploy
+	prefix   string
+	device   string
+	group    string
+	trusted  []string
+	lim      deploy.Limits
+	store    *deploy.Store
+	root     string // transfers in progress, one directory each
+	backends *infer.Registry
+	logger   *slog.Logger
+	work     chan *inflight // deployments ready to verify, and rollbacks
+
+	mu      sync.Mutex // guards the fields below
+	current *inflight  // the deployment under way; nil when idle
+	queued  []*inflight
+	last    *deploy.State // the state last reported, for the status page
+}
+
+// inflight is one deployment from its manifest to its final phase.
+type inflight struct {
+	m        *deploy.Manifest
+	target   deploy.Target
+	transfer *deploy.Transfer // chunked transfers only
+	archive  string           // url transfers: the downloaded archive
+	reported float64          // the progress last reported
+	ready    bool             // handed to the work loop
+}
+
+// maxQueued bounds the deployments waiting behind the current one.
+const maxQueued = 8
+
+func newDeployer(a *Agent, store *deploy.Store, backends *infer.Registry, logger *slog.Logger) *deployer {
+	c := a.cfg
+	return &deployer{
+		a: a, cfg: c.Deploy, prefix: c.MQTT.TopicPrefix, device: c.Device.ID, group: c.Device.Group,
+		trusted: c.Trust.Keys, lim: deploy.Limits{MaxBytes: int64(c.Deploy.MaxBytes)}, store: store,
+		root: filepath.Join(c.Device.StateDir, "deploy"), backends: backends,
+		logger: logger.With("component", "deploy"), work: make(chan *inflight, maxQueued+1),
+	}
+}
+
+// Run subscribes to the deployment topics, resumes what a restart interrupted, and
+// processes deployments until ctx ends.
+func (d *deployer) Run(ctx context.Context) error {
+	if err := os.MkdirAll(d.root, 0o750); err != nil {
+		return fmt.Errorf("deploy: create %s: %w", d.root, err)
+	}
+	d.resume()
+	d.a.link.Subscribe(deploy.Target{Device: d.device}.DeployTopic(d.prefix), d.onManifest)
+	if d.group != "" {
+		d.a.link.Subscribe(deploy.Target{Group: d.group}.DeployTopic(d.prefix), d.onManifest)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case f := <-d.work:
+			d.process(ctx, f)
+		}
+	}
+}
+
+// resume picks up the transfers a restart interrupted; their chunks arrive again.
+func (d *deployer) resume() {
+	transfers, err := deploy.LoadTransfers(d.root)
+	if err != nil {
+		d.logger.Error("cannot list interrupted transfers; they start over when pushed again", "err", err)
+	}
+	for _, t := range transfers {
+		m := t.Manifest()
+		if seen, _ := d.store.Seen(m.Model, m); seen || d.a.models[m.Model] == nil {
+			t.Remove()
+			continue
+		}
+		target, err := deploy.TargetOf(d.prefix, d.topicOf(t))
+		if err != nil {
+			t.Remove()
+			continue
+		}
+		d.logger.Info("resuming an interrupted deployment", "deployment", m.Deployment, "progress", t.Progress())
+		d.admit(&inflight{m: m, target: target, transfer: t})
+	}
+}
+
+// topicOf is the deploy topic a resumed transfer came on: its target is kept beside it.
+func (d *deployer) topicOf(t *deploy.Transfer) string {
+	b, err := os.ReadFile(filepath.Join(t.Dir(), "topic"))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// onManifest handles a manifest on a deploy topic (the link's receiving goroutine).
+func (d *deployer) onManifest(topic string, payload []byte) {
+	m, err := deploy.ParseManifest(payload, d.lim)
+	if errors.Is(err, deploy.ErrEmptyManifest) {
+		return // the operator's tool clearing the retained manifest
+	}
+	if err != nil {
+		var id struct{ Deployment, Model string }
+		json.Unmarshal(payload, &id)
+		d.report(deploy.State{Deployment: id.Deployment, Model: id.Model, Phase: deploy.PhaseRejected, Error: err.Error()}, true)
+		return
+	}
+	target, err := deploy.TargetOf(d.prefix, topic)
+	if err != nil {
+		return
+	}
+	if d.a.models[m.Model] == nil {
+		d.report(deploy.State{Deployment: m.Deployment, Model: m.Model, Phase: deploy.PhaseRejected,
+			Error: fmt.Sprintf("this device has no model named %q (config models[].name)", m.Model)}, true)
+		return
+	}
+	if seen, why := d.store.Seen(m.Model, m); seen {
+		d.logger.Debug("deployment ignored", "deployment", m.Deployment, "why", why)
+		return
+	}
+	d.admit(&inflight{m: m, target: target})
+}
+
+// admit starts a deployment, or queues it behind the one under way.
+func (d *deployer) admit(f *inflight) {
+	d.mu.Lock()
+	if cur := d.current; cur != nil {
+		for _, q := range append([]*inflight{cur}, d.queued...) {
+			if q.m.Deployment == f.m.Deployment {
+				d.mu.Unlock()
+				return // the retained manifest again, after a reconnect
+			}
+		}
+		if len(d.queued) >= maxQueued {
+			d.mu.Unlock()
+			d.report(d.stateOf(f, deploy.PhaseRejected, fmt.Errorf("%d deployments are already waiting", maxQueued)), true)
+			return
+		}
+		d.queued = append(d.queued, f)
+		d.mu.Unlock()
+		st := d.stateOf(f, deploy.PhaseReceived, nil)
+		st.Error = "queued behind deployment " + cur.m.Deployment
+		d.report(st, true)
+		return
+	}
+	d.current = f
+	d.mu.Unlock()
+	d.begin(f)
+}
+
+// begin receives a deployment's archive (or, for a rollback, goes straight to work).
+func (d *deployer) begin(f *inflight) {
+	d.report(d.stateOf(f, deploy.PhaseReceived, nil), true)
+	m := f.m
+	if m.Action == deploy.ActionRollback {
+		d.ready(f)
+		return
+	}
+	if free, err := deploy.FreeBytes(d.root); err == nil && free < uint64(2*m.Size+64<<20) {
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("not enough disk space: %d MiB free under %s, the bundle needs %d MiB twice (archive and unpacked)",
+			free>>20, d.root, m.Size>>20), "")
+		return
+	}
+	dir := filepath.Join(d.root, m.Deployment)
+	if m.Transfer.Via == deploy.ViaURL {
+		d.report(d.stateOf(f, deploy.PhaseDownloading, nil), true)
+		go d.download(f, dir)
+		return
+	}
+	t, err := deploy.OpenTransfer(dir, m)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "topic"), []byte(f.target.DeployTopic(d.prefix)), 0o640)
+	}
+	if err != nil {
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("store the transfer: %w", err), "")
+		return
+	}
+	f.transfer = t
+	f.reported = t.Progress()
+	st := d.stateOf(f, deploy.PhaseDownloading, nil)
+	st.Progress = t.Progress()
+	d.report(st, true)
+	if t.Complete() {
+		d.ready(f)
+		return
+	}
+	d.a.link.Subscribe(f.target.ChunkFilter(d.prefix, m.Deployment), d.onChunk)
+}
+
+// onChunk stores a chunk of the current transfer (the link's receiving goroutine).
+func (d *deployer) onChunk(topic string, payload []byte) {
+	if len(payload) == 0 {
+		return // a cleared retained chunk
+	}
+	id, i, err := deploy.ParseChunkTopic(topic)
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	f := d.current
+	d.mu.Unlock()
+	if f == nil || f.transfer == nil || f.m.Deployment != id || f.ready {
+		return
+	}
+	complete, err := f.transfer.Put(i, payload)
+	if err != nil {
+		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, id))
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("chunk %d: %w", i, err), "")
+		return
+	}
+	if p := f.transfer.Progress(); complete || p-f.reported >= 0.1 {
+		f.reported = p
+		st := d.stateOf(f, deploy.PhaseDownloading, nil)
+		st.Progress = p
+		d.report(st, false)
+	}
+	if complete {
+		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, id))
+		d.ready(f)
+	}
+}
+
+// download fetches a url transfer's archive, within the size the manifest gives.
+func (d *deployer) download(f *inflight, dir string) {
+	err := func() error {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return err
+		}
+		client := &http.Client{Timeout: 30 * time.Minute}
+		resp, err := client.Get(f.m.Transfer.URL)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", f.m.Transfer.URL, resp.Status)
+		}
+		path := filepath.Join(dir, "archive.tar")
+		out, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(out, io.LimitReader(resp.Body, f.m.Size+1))
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if n != f.m.Size {
+			return fmt.Errorf("GET %s: %d bytes, the manifest says %d", f.m.Transfer.URL, n, f.m.Size)
+		}
+		f.archive = path
+		return nil
+	}()
+	if err != nil {
+		os.RemoveAll(dir)
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("download: %w", err), "")
+		return
+	}
+	d.ready(f)
+}
+
+// ready hands a deployment to the work loop, once.
+func (d *deployer) ready(f *inflight) {
+	d.mu.Lock()
+	already := f.ready
+	f.ready = true
+	d.mu.Unlock()
+	if !already {
+		d.work <- f
+	}
+}
+
+// process verifies, installs, warms up and swaps in a received deployment, or carries
+// out a rollback. It runs on the deployer's goroutine, so only one model changes at a
+// time, and returns after the watch window.
+func (d *deployer) process(ctx context.Context, f *inflight) {
+	m := f.m
+	mod := d.a.models[m.Model]
+	if m.Action == deploy.ActionRollback {
+		dir, err := d.store.Rollback(m.Model)
+		if err != nil {
+			d.finish(f, deploy.PhaseRejected, fmt.Errorf("rollback: %w", err), "")
+			return
+		}
+		if dir == "" {
+			dir = mod.configured
+		}
+		next, err := d.warm(ctx, f, mod, dir)
+		if err != nil {
+			d.store.Rollback(m.Model) // back to what runs
+			d.finish(f, deploy.PhaseRolledBack, err, "")
+			return
+		}
+		d.swap(mod, next)
+		d.finish(f, deploy.PhaseActive, nil, next.detector.Manifest().Version)
+		return
+	}
+
+	d.report(d.stateOf(f, deploy.PhaseVerifying, nil), true)
+	archive, err := d.assemble(f)
+	if err == nil {
+		err = deploy.Verify(m, d.trusted)
+	}
+	if err != nil {
+		d.finish(f, deploy.PhaseRejected, err, "")
+		return
+	}
+	d.report(d.stateOf(f, deploy.PhaseStaging, nil), true)
+	dir, err := d.install(m, archive)
+	if err != nil {
+		d.finish(f, deploy.PhaseRejected, err, "")
+		return
+	}
+	next, err := d.warm(ctx, f, mod, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		d.finish(f, deploy.PhaseRolledBack, err, "")
+		return
+	}
+	next.deployment = m.Deployment
+	if err := d.store.Activate(m.Model, dir); err != nil {
+		next.detector.Close()
+		d.finish(f, deploy.PhaseRolledBack, fmt.Errorf("activate: %w", err), "")
+		return
+	}
+	prev := d.swap(mod, next)
+	d.finish(f, deploy.PhaseActive, nil, m.Bundle.Version)
+	d.watch(ctx, f, mod, prev, next)
+}
+
+// assemble returns the path of the received archive, its size and SHA-256 checked.
+func (d *deployer) assemble(f *inflight) (string, error) {
+	if f.archive != "" {
+		return f.archive, nil
+	}
+	path := filepath.Join(f.transfer.Dir(), "archive.tar")
+	out, err := os.Create(path)
+	if err != nil {
+		return "", fmt.Errorf("assemble the archive: %w", err)
+	}
+	_, _, err = f.transfer.Assemble(out)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return path, err
+}
+
+// install unpacks a verified archive and checks the bundle against its model, as
+// `vigil model inspect` does, before anything loads it.
+func (d *deployer) install(m *deploy.Manifest, archive string) (string, error) {
+	r, err := os.Open(archive)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	dir, err := d.store.Install(m.Model, m, r)
+	if err != nil {
+		return "", fmt.Errorf("install: %w", err)
+	}
+	man, _, err := modelfile.CheckBundle(dir)
+	if err == nil && (man.Name != m.Bundle.Name || man.Version != m.Bundle.Version) {
+		err = fmt.Errorf("model.yaml is %s %s, the manifest says %s %s", man.Name, man.Version, m.Bundle.Name, m.Bundle.Version)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("bundle: %w", err)
+	}
+	return dir, nil
+}
+
+// warm loads a bundle with the model's runtime settings and runs it deploy.warmup_runs
+// times on a frame of the size its cameras deliver, each within deploy.warmup_budget.
+func (d *deployer) warm(ctx context.Context, f *inflight, mod *model, dir string) (*loaded, error) {
+	d.report(d.stateOf(f, deploy.PhaseWarming, nil), true)
+	det, backend, err := loadModel(d.backends, dir, mod.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("warm-up: load: %w", err)
+	}
+	w, h := d.a.frameSize(mod)
+	frame := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(114, 114, 114, 0), h, w, gocv.MatTypeCV8UC3)
+	defer frame.Close()
+	var dets []infer.Detection
+	for i := range d.cfg.WarmupRuns {
+		if ctx.Err() != nil {
+			det.Close()
+			return nil, ctx.Err()
+		}
+		start := time.Now()
+		dets, _, err = det.Detect(frame, dets[:0])
+		took := time.Since(start)
+		if err == nil && took > d.cfg.WarmupBudget {
+			err = fmt.Errorf("inference %d took %v, over deploy.warmup_budget %v", i+1, took.Round(time.Millisecond), d.cfg.WarmupBudget)
+		}
+		if err != nil {
+			det.Close()
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	return &loaded{detector: det, dir: dir, backend: backend}, nil
+}
+
+// swap makes next the model's running bundle and returns the one it replaces. A
+// pipeline in the middle of a frame finishes it on the previous detector, which stays
+// open until the watch window is over.
+func (d *deployer) swap(mod *model, next *loaded) *loaded {
+	prev := mod.running.Swap(next)
+	d.logger.Info("model swapped", "model", mod.name, "bundle", next.dir, "backend", next.backend)
+	return prev
+}
+
+// watch keeps the previous model ready for deploy.watch after a swap, and swaps it back
+// if the new one fails a detection or is slower than deploy.max_slowdown times it.
+func (d *deployer) watch(ctx context.Context, f *inflight, mod *model, prev, next *loaded) {
+	defer func() {
+		if prev != nil && mod.running.Load() != prev {
+			prev.detector.Close()
+		}
+	}()
+	if prev == nil || d.cfg.Watch == 0 {
+		return
+	}
+	t := time.NewTimer(d.cfg.Watch)
+	defer t.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var problem error
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if errs, last := next.stats.errors(); errs > 0 {
+				problem = fmt.Errorf("detection failed after the swap: %s", last)
+			}
+		case <-t.C:
+			newP50, n := next.stats.p50()
+			oldP50, _ := prev.stats.p50()
+			if n > 0 && oldP50 > 0 && float64(newP50) > d.cfg.MaxSlowdown*float64(oldP50) {
+				problem = fmt.Errorf("median inference %v is over deploy.max_slowdown %.1f x the previous model's %v",
+					newP50.Round(time.Millisecond/10), d.cfg.MaxSlowdown, oldP50.Round(time.Millisecond/10))
+			}
+			if problem == nil {
+				return
+			}
+		}
+		if problem == nil {
+			continue
+		}
+		mod.running.Store(prev)
+		if _, err := d.store.Rollback(mod.name); err != nil {
+			d.logger.Error("rollback: the store still names the new bundle", "err", err)
+		}
+		d.store.Record(mod.name, f.m, deploy.PhaseRolledBack, problem.Error())
+		st := d.stateOf(f, deploy.PhaseRolledBack, problem)
+		d.report(st, true)
+		d.logger.Warn("model rolled back", "model", mod.name, "deployment", f.m.Deployment, "reason", problem)
+		next.detector.Close()
+		prev = nil // running again: not to be closed
+		return
+	}
+}
+
+// finish ends a deployment in a final phase and starts the next queued one.
+func (d *deployer) finish(f *inflight, phase deploy.Phase, err error, version string) {
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+	}
+	if rerr := d.store.Record(f.m.Model, f.m, phase, reason); rerr != nil {
+		d.logger.Error("deployment history not written", "deployment", f.m.Deployment, "err", rerr)
+	}
+	st := d.stateOf(f, phase, err)
+	if version != "" {
+		st.Version = version
+	}
+	if phase == deploy.PhaseActive {
+		st.Progress = 1
+	}
+	d.report(st, true)
+	if f.transfer != nil {
+		f.transfer.Remove()
+	} else if f.archive != "" {
+		os.RemoveAll(filepath.Dir(f.archive))
+	}
+	d.mu.Lock()
+	if d.current != f {
+		d.mu.Unlock()
+		return
+	}
+	d.current = nil
+	var next *inflight
+	for len(d.queued) > 0 && next == nil {
+		next, d.queued = d.queued[0], d.queued[1:]
+		if seen, _ := d.store.Seen(next.m.Model, next.m); seen {
+			next = nil
+		}
+	}
+	d.current = next
+	d.mu.Unlock()
+	if next != nil {
+		go d.begin(next)
+	}
+}
+
+func (d *deployer) stateOf(f *inflight, phase deploy.Phase, err error) deploy.State {
+	st := deploy.State{Deployment: f.m.Deployment, Model: f.m.Model, Phase: phase}
+	if f.m.Bundle != nil {
+		st.Version = f.m.Bundle.Version
+	}
+	if f.transfer != nil {
+		st.Progress = f.transfer.Progress()
+	}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	return st
+}
+
+// report publishes a deployment's state (retained) and, for a change of phase, records
+// it as an event.
+func (d *deployer) report(st deploy.State, event bool) {
+	d.mu.Lock()
+	d.last = &st
+	d.mu.Unlock()
+	if b, err := json.Marshal(st); err == nil {
+		d.a.link.Retain("models/state", b)
+	}
+	if event {
+		d.a.recordEvent(context.Background(), "deployment", st)
+	}
+	level := slog.LevelInfo
+	if st.Phase == deploy.PhaseRejected || st.Phase == deploy.PhaseRolledBack {
+		level = slog.LevelWarn
+	}
+	d.logger.Log(context.Background(), level, "deployment "+string(st.Phase), "deployment", st.Deployment, "model", st.Model,
+		"version", st.Version, "progress", st.Progress, "error", st.Error)
+}
+
+// lastState is the state last reported, for /api/status.
+func (d *deployer) lastState() *deploy.State {
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last
+}
+
+// frameSize is the size of the frames the model's first streaming camera delivers, or
+// 640x480.
+func (a *Agent) frameSize(m *model) (w, h int) {
+	for _, cam := range a.cameras {
+		if size := cam.frameSize.Load(); cam.model == m && size != 0 {
+			return int(size >> 32), int(size & 0xffffffff)
+		}
+	}
+	return 640, 480
+}
+
+// runStats are a loaded bundle's own inference times and failures, so that a swapped-in
+// model is judged against the one it replaced.
+type runStats struct {
+	mu      sync.Mutex // guards the fields below
+	times   []time.Duration
+	pos     int
+	errs    int
+	lastErr string
+}
+
+func (s *runStats) record(d time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.errs++
+		s.lastErr = err.Error()
+		return
+	}
+	if len(s.times) < statsWindow {
+		s.times = append(s.times, d)
+	} else {
+		s.times[s.pos] = d
+		s.pos = (s.pos + 1) % statsWindow
+	}
+}
+
+func (s *runStats) p50() (time.Duration, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.times) == 0 {
+		return 0, 0
+	}
+	t := slices.Clone(s.times)
+	slices.Sort(t)
+	return t[len(t)/2], len(t)
+}
+
+func (s *runStats) errors() (int, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.errs, s.lastErr
+}
