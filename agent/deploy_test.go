@@ -1,0 +1,325 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/sync/deploy"
+	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
+)
+
+// testBundle copies the bundled model into a new directory as version, with edit
+// applied to its model.yaml, and signs it with priv.
+func testBundle(t *testing.T, version string, priv ed25519.PrivateKey, edit func(yaml string) string) string {
+	t.Helper()
+	src := filepath.Join("..", "assets", "models", "yolox-nano")
+	dir := filepath.Join(t.TempDir(), "bundle")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"model.onnx", "model.yaml", "LICENSE", "NOTICE"} {
+		b, err := os.ReadFile(filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "model.yaml" {
+			s := strings.Replace(string(b), "version: 0.1.1", "version: "+version, 1)
+			if edit != nil {
+				s = edit(s)
+			}
+			b = []byte(s)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := deploy.SignBundle(dir, priv); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// pusher plays the operator's side on a real broker: chunks then the manifest, retained.
+type pusher struct {
+	t      *testing.T
+	client paho.Client
+}
+
+func newPusher(t *testing.T, url string) *pusher {
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("operator-%d", time.Now().UnixNano())))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("operator connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return &pusher{t: t, client: c}
+}
+
+func (p *pusher) publish(topic string, payload []byte) {
+	p.t.Helper()
+	if tok := p.client.Publish(topic, 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		p.t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// manifest packs and describes dir for target as deployment id, in chunks of 512 KiB.
+func (p *pusher) manifest(dir, id string) (*deploy.Manifest, []byte) {
+	p.t.Helper()
+	var archive bytes.Buffer
+	size, sha, err := deploy.Pack(dir, &archive)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	sig, err := deploy.ReadSignature(dir)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	const chunk = 512 << 10
+	m := &deploy.Manifest{
+		Deployment: id, Action: deploy.ActionDeploy, Model: "default", Issued: time.Now().UTC(),
+		Bundle: &deploy.BundleRef{Name: "yolox-nano", Version: versionOf(p.t, dir)},
+		Size:   size, SHA256: sha, Key: sig.Key, Signature: sig.Signature,
+		Transfer: &deploy.TransferSpec{Via: deploy.ViaChunks, Chunks: int((size + chunk - 1) / chunk), ChunkSize: chunk},
+	}
+	return m, archive.Bytes()
+}
+
+func versionOf(t *testing.T, dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "model.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "version: "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatal("no version in model.yaml")
+	return ""
+}
+
+// chunks publishes chunks [from, to) of archive; then manifest publishes the manifest.
+func (p *pusher) chunks(target deploy.Target, m *deploy.Manifest, archive []byte, from, to int) {
+	p.t.Helper()
+	for i := from; i < to; i++ {
+		end := min((i+1)*m.Transfer.ChunkSize, len(archive))
+		p.publish(target.ChunkTopic("vigil", m.Deployment, i), archive[i*m.Transfer.ChunkSize:end])
+	}
+}
+
+func (p *pusher) send(target deploy.Target, m *deploy.Manifest) {
+	p.t.Helper()
+	b, err := json.Marshal(m)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.publish(target.DeployTopic("vigil"), b)
+}
+
+// deployConfig is testConfig with MQTT on the broker and pub trusted.
+func deployConfig(t *testing.T, state, url string, pub ed25519.PublicKey) *config.Config {
+	cfg := testConfig(t, state, fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  backoff: {min: 50ms, max: 500ms}\n", url))
+	cfg.Trust.Keys = []string{deploy.PublicKeyString(pub)}
+	cfg.Deploy.Watch = 0
+	return cfg
+}
+
+// waitPhase waits until the agent reports a final phase for the deployment.
+func waitPhase(t *testing.T, r *running, id string) deploy.State {
+	t.Helper()
+	var st *deploy.State
+	waitFor(t, 60*time.Second, "deployment "+id+" to end", func() bool {
+		st = r.agent.deployer.lastState()
+		return st != nil && st.Deployment == id && st.Phase.Final()
+	})
+	return *st
+}
+
+func runningVersion(r *running) string {
+	return r.agent.models["default"].detector().Manifest().Version
+}
+
+// A signed bundle pushed in chunks goes live while the camera keeps being detected;
+// the retained state says active; the status page shows the new version and the
+// deployment; the previous bundle stays for a rollback, which a rollback manifest does.
+func TestDeployGoesLiveAndRollsBack(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	state := t.TempDir()
+	r := start(t, deployConfig(t, state, b.URL, pub))
+	waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.cameras[0].stats.status().Frames > 5 })
+
+	p := newPusher(t, b.URL)
+	target := deploy.Target{Device: "test-01"}
+	m, archive := p.manifest(testBundle(t, "0.2.0", priv, nil), "d-live-1")
+	p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+	before := r.agent.cameras[0].stats.status().Frames
+	p.send(target, m)
+	st := waitPhase(t, r, "d-live-1")
+	if st.Phase != deploy.PhaseActive || st.Version != "0.2.0" || st.Progress != 1 {
+		t.Fatalf("final state %+v", st)
+	}
+	if v := runningVersion(r); v != "0.2.0" {
+		t.Errorf("running version %s", v)
+	}
+	waitFor(t, 10*time.Second, "detections on the new model", func() bool {
+		return r.agent.cameras[0].stats.status().Frames > before+5
+	})
+	status := r.status(t)
+	if ms := status.Models[0]; ms.Version != "0.2.0" || ms.Deployment != "d-live-1" || status.Deployment == nil || status.Deployment.Phase != deploy.PhaseActive {
+		t.Errorf("status: %+v %+v", ms, status.Deployment)
+	}
+	state1 := b.Subscribe(t, "cloud", "vigil/test-01/models/state")
+	waitFor(t, 10*time.Second, "the retained state", func() bool {
+		msgs := state1.Messages()
+		return len(msgs) > 0 && strings.Contains(string(msgs[len(msgs)-1].Payload), `"phase":"active"`)
+	})
+
+	// The same manifest again (a reconnect redelivers it) changes nothing.
+	p.send(target, m)
+	rb := &deploy.Manifest{Deployment: "d-back-1", Action: deploy.ActionRollback, Model: "default", Issued: time.Now().UTC()}
+	p.send(target, rb)
+	if st := waitPhase(t, r, "d-back-1"); st.Phase != deploy.PhaseActive || st.Version != "0.1.1" {
+		t.Fatalf("rollback: %+v", st)
+	}
+	if v := runningVersion(r); v != "0.1.1" {
+		t.Errorf("after the rollback: running %s", v)
+	}
+}
+
+// What must be refused is refused with the reason, and the running model keeps running.
+func TestDeployRejections(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	_, stranger, _ := deploy.GenerateKey()
+	cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+	cfg.Deploy.WarmupBudget = time.Nanosecond // only the warm-up case reaches it
+	r := start(t, cfg)
+	p := newPusher(t, b.URL)
+	target := deploy.Target{Device: "test-01"}
+
+	for _, tc := range []struct {
+		name   string
+		bundle func() string
+		mangle func(m *deploy.Manifest, archive []byte)
+		phase  deploy.Phase
+		reason string
+	}{
+		{"untrusted key", func() string { return testBundle(t, "0.3.0", stranger, nil) }, nil, deploy.PhaseRejected, "trust"},
+		{"bad signature", func() string { return testBundle(t, "0.3.1", priv, nil) },
+			func(m *deploy.Manifest, _ []byte) {
+				m.Signature = base64.StdEncoding.EncodeToString(ed25519.Sign(priv, []byte("another message")))
+			},
+			deploy.PhaseRejected, "signature"},
+		{"corrupted chunk", func() string { return testBundle(t, "0.3.2", priv, nil) },
+			func(_ *deploy.Manifest, archive []byte) { archive[len(archive)/2] ^= 0xff }, deploy.PhaseRejected, "match"},
+		{"wrong sha256", func() string { return testBundle(t, "0.3.3", priv, nil) },
+			func(m *deploy.Manifest, _ []byte) { m.SHA256 = strings.Repeat("ab", 32) }, deploy.PhaseRejected, ""},
+		{"bundle that does not fit its model", func() string {
+			return testBundle(t, "0.3.4", priv, func(y string) string { return strings.Replace(y, "width: 416", "width: 320", 1) })
+		}, nil, deploy.PhaseRejected, "input.width"},
+		{"model that fails its warm-up", func() string { return testBundle(t, "0.3.5", priv, nil) }, nil, deploy.PhaseRolledBack, "warmup_budget"},
+	} {
+		id := "d-" + strings.ReplaceAll(tc.name, " ", "-")
+		m, archive := p.manifest(tc.bundle(), id)
+		if tc.mangle != nil {
+			tc.mangle(m, archive)
+		}
+		p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+		p.send(target, m)
+		st := waitPhase(t, r, id)
+		if st.Phase != tc.phase || !strings.Contains(st.Error, tc.reason) {
+			t.Errorf("%s: %s %q, want %s with %q", tc.name, st.Phase, st.Error, tc.phase, tc.reason)
+		}
+		if v := runningVersion(r); v != "0.1.1" {
+			t.Fatalf("%s: the running model changed to %s", tc.name, v)
+		}
+	}
+	// A manifest that does not parse is rejected by name.
+	p.publish(target.DeployTopic("vigil"), []byte(`{"deployment":"d-junk","action":"deploy","model":"default"}`))
+	waitFor(t, 10*time.Second, "the junk manifest's rejection", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-junk" && st.Phase == deploy.PhaseRejected
+	})
+	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.cameras[0].stats.status().Frames > 0 })
+}
+
+// A transfer interrupted by a broker outage resumes when the link comes back (the
+// broker keeps the retained chunks on disk), and one interrupted by an agent restart
+// resumes from the chunks the agent kept.
+func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{Persistent: true})
+	pub, priv, _ := deploy.GenerateKey()
+	target := deploy.Target{Device: "test-01"}
+	state := t.TempDir()
+
+	r := start(t, deployConfig(t, state, b.URL, pub))
+	p := newPusher(t, b.URL)
+	m, archive := p.manifest(testBundle(t, "0.4.0", priv, nil), "d-outage")
+	half := m.Transfer.Chunks / 2
+	p.chunks(target, m, archive, 0, half)
+	p.send(target, m)
+	waitFor(t, 30*time.Second, "half the chunks", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-outage" && st.Progress > 0.3
+	})
+	b.StopGraceful()
+	b.Restart()
+	p = newPusher(t, b.URL)
+	p.chunks(target, m, archive, half, m.Transfer.Chunks)
+	if st := waitPhase(t, r, "d-outage"); st.Phase != deploy.PhaseActive {
+		t.Fatalf("after the outage: %+v", st)
+	}
+
+	// Now an agent restart in the middle of the next transfer.
+	m2, archive2 := p.manifest(testBundle(t, "0.5.0", priv, nil), "d-restart")
+	p.chunks(target, m2, archive2, 0, 1)
+	p.send(target, m2)
+	waitFor(t, 30*time.Second, "the first chunk", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-restart" && st.Progress > 0
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	r = start(t, deployConfig(t, state, b.URL, pub))
+	if v := runningVersion(r); v != "0.4.0" {
+		t.Errorf("after the restart the deployed 0.4.0 should run, not %s", v)
+	}
+	p.chunks(target, m2, archive2, 1, m2.Transfer.Chunks)
+	if st := waitPhase(t, r, "d-restart"); st.Phase != deploy.PhaseActive || st.Version != "0.5.0" {
+		t.Fatalf("after the restart: %+v", st)
+	}
+}
+
+// A group push reaches every agent of the group.
+func TestGroupDeploy(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	var agents []*running
+	for i := range 2 {
+		cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+		cfg.Device.ID, cfg.Device.Group = fmt.Sprintf("cell-%d", i), "line-3"
+		agents = append(agents, start(t, cfg))
+	}
+	p := newPusher(t, b.URL)
+	target := deploy.Target{Group: "line-3"}
+	m, archive := p.manifest(testBundle(t, "0.6.0", priv, nil), "d-group")
+	p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+	p.send(target, m)
+	for i, r := range agents {
+		if st := waitPhase(t, r, "d-group"); st.Phase != deploy.PhaseActive || runningVersion(r) != "0.6.0" {
+			t.Errorf("agent %d: %+v", i, st)
+		}
+	}
+}
