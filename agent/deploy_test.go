@@ -21,7 +21,7 @@ import (
 
 // testBundle copies the bundled model into a new directory as version, with edit
 // applied to its model.yaml, and signs it with priv.
-func testBundle(t *testing.T, version string, priv ed25519.PrivateKey, edit func(yaml string) string) string {
+func testBundle(t testing.TB, version string, priv ed25519.PrivateKey, edit func(yaml string) string) string {
 	t.Helper()
 	src := filepath.Join("..", "assets", "models", "yolox-nano")
 	dir := filepath.Join(t.TempDir(), "bundle")
@@ -52,11 +52,11 @@ func testBundle(t *testing.T, version string, priv ed25519.PrivateKey, edit func
 
 // pusher plays the operator's side on a real broker: chunks then the manifest, retained.
 type pusher struct {
-	t      *testing.T
+	t      testing.TB
 	client paho.Client
 }
 
-func newPusher(t *testing.T, url string) *pusher {
+func newPusher(t testing.TB, url string) *pusher {
 	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("operator-%d", time.Now().UnixNano())))
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("operator connect: %v", tok.Error())
@@ -94,7 +94,7 @@ func (p *pusher) manifest(dir, id string) (*deploy.Manifest, []byte) {
 	return m, archive.Bytes()
 }
 
-func versionOf(t *testing.T, dir string) string {
+func versionOf(t testing.TB, dir string) string {
 	b, err := os.ReadFile(filepath.Join(dir, "model.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -321,5 +321,58 @@ func TestGroupDeploy(t *testing.T) {
 		if st := waitPhase(t, r, "d-group"); st.Phase != deploy.PhaseActive || runningVersion(r) != "0.6.0" {
 			t.Errorf("agent %d: %+v", i, st)
 		}
+	}
+}
+
+// BenchmarkDeploySwap pushes the 3.6 MB bundle to an agent detecting the bundled clip in
+// real time (detect_fps 10) and reports the time from the manifest to active, and the
+// frames detected from the push until 2 s after it went live, against the same length
+// of time just before the push (target: no drop).
+func BenchmarkDeploySwap(b *testing.B) {
+	for i := 0; b.Loop(); i++ {
+		broker := brokertest.Start(b, brokertest.Options{})
+		pub, priv, _ := deploy.GenerateKey()
+		cfg := testConfig(b, b.TempDir(), fmt.Sprintf("  enabled: true\n  brokers: [%q]\n", broker.URL))
+		cfg.Trust.Keys = []string{deploy.PublicKeyString(pub)}
+		cfg.Log.Level = "warn"
+		r := start(b, cfg)
+		frames := func() uint64 { return r.agent.cameras[0].stats.status().Frames }
+		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return frames() > 30 })
+
+		p := newPusher(b, broker.URL)
+		m, archive := p.manifest(testBundle(b, "0.9.0", priv, nil), fmt.Sprintf("d-bench-%d", i))
+		target := deploy.Target{Device: "test-01"}
+
+		// The same interval without a push, measured first.
+		start0, f0 := time.Now(), frames()
+		pushStart := time.Now()
+		p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+		p.send(target, m)
+		var st *deploy.State
+		waitFor(b, 2*time.Minute, "active", func() bool {
+			st = r.agent.deployer.lastState()
+			return st != nil && st.Deployment == m.Deployment && st.Phase.Final()
+		})
+		toActive := time.Since(pushStart)
+		if st.Phase != deploy.PhaseActive {
+			b.Fatalf("deployment %+v", st)
+		}
+		time.Sleep(2 * time.Second) // a fixed measuring window after the swap, not synchronisation
+		window := time.Since(start0)
+		during := frames() - f0
+		r.stop()
+
+		// Baseline: a fresh agent, no push, the same window.
+		r2 := start(b, cfg)
+		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return r2.agent.cameras[0].stats.status().Frames > 30 })
+		g0 := r2.agent.cameras[0].stats.status().Frames
+		time.Sleep(window)
+		baseline := r2.agent.cameras[0].stats.status().Frames - g0
+		r2.stop()
+
+		b.ReportMetric(toActive.Seconds(), "s-push-to-active")
+		b.ReportMetric(float64(during), "frames-with-swap")
+		b.ReportMetric(float64(baseline), "frames-without")
+		b.ReportMetric(float64(during)/float64(baseline), "ratio")
 	}
 }
