@@ -229,8 +229,9 @@ func (d *deployer) onChunk(topic string, payload []byte) {
 	}
 	d.mu.Lock()
 	f := d.current
+	done := f == nil || f.transfer == nil || f.m.Deployment != id || f.ready
 	d.mu.Unlock()
-	if f == nil || f.transfer == nil || f.m.Deployment != id || f.ready {
+	if done {
 		return
 	}
 	complete, err := f.transfer.Put(i, payload)
