@@ -162,7 +162,11 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Device: "test-01"}
 	m, archive := p.manifest(testBundle(t, "0.2.0", priv, nil), "d-live-1")
-	p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+	// Out of order, with a duplicate: the transfer sorts it out.
+	for i := m.Transfer.Chunks - 1; i >= 0; i-- {
+		p.chunks(target, m, archive, i, i+1)
+	}
+	p.chunks(target, m, archive, 0, 1)
 	before := r.agent.cameras[0].stats.status().Frames
 	p.send(target, m)
 	st := waitPhase(t, r, "d-live-1")
@@ -252,6 +256,49 @@ func TestDeployRejections(t *testing.T) {
 		return st != nil && st.Deployment == "d-junk" && st.Phase == deploy.PhaseRejected
 	})
 	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.cameras[0].stats.status().Frames > 0 })
+}
+
+// A deployment that arrives while another is under way waits for it; one over
+// deploy.max_bytes is refused before anything is downloaded.
+func TestDeployQueueAndSizeLimit(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+	r := start(t, cfg)
+	p := newPusher(t, b.URL)
+	target := deploy.Target{Device: "test-01"}
+
+	first, a1 := p.manifest(testBundle(t, "0.7.0", priv, nil), "d-first")
+	second, a2 := p.manifest(testBundle(t, "0.7.1", priv, nil), "d-second")
+	second.Issued = first.Issued.Add(time.Second)
+	p.chunks(target, first, a1, 0, 1)
+	p.send(target, first)
+	waitFor(t, 30*time.Second, "the first deployment downloading", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-first" && st.Phase == deploy.PhaseDownloading
+	})
+	p.chunks(target, second, a2, 0, second.Transfer.Chunks)
+	p.send(target, second)
+	waitFor(t, 30*time.Second, "the second deployment queued", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-second" && st.Phase == deploy.PhaseReceived && strings.Contains(st.Error, "queued behind deployment d-first")
+	})
+	p.chunks(target, first, a1, 1, first.Transfer.Chunks)
+	if st := waitPhase(t, r, "d-second"); st.Phase != deploy.PhaseActive || runningVersion(r) != "0.7.1" {
+		t.Fatalf("second: %+v, running %s", st, runningVersion(r))
+	}
+
+	r.stop()
+	cfg.Deploy.MaxBytes = 1 << 20
+	r = start(t, cfg)
+	big, a3 := p.manifest(testBundle(t, "0.8.0", priv, nil), "d-big")
+	big.Issued = time.Now().UTC()
+	p.chunks(target, big, a3, 0, 1)
+	p.send(target, big)
+	waitFor(t, 30*time.Second, "the oversized deployment's rejection", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-big" && st.Phase == deploy.PhaseRejected && strings.Contains(st.Error, "size")
+	})
 }
 
 // A transfer interrupted by a broker outage resumes when the link comes back (the
