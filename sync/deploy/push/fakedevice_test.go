@@ -41,14 +41,14 @@ type fakeDevice struct {
 	inbox chan paho.Message // handlers hand messages to the device's goroutine
 	lost  chan struct{}     // a token when the connection broke
 
-	mu      sync.Mutex
-	client  paho.Client
-	states  []deploy.State // every state published, in order
+	mu     sync.Mutex
+	client paho.Client
+	states []deploy.State // every state published, in order
 	// transfers in progress by deployment id; one Transfer per directory.
 	transfers map[string]*deploy.Transfer
-	stored  int            // chunks stored since the start
-	restart bool           // a restart is due
-	done    chan struct{}
+	stored    int  // chunks stored since the start
+	restart   bool // a restart is due
+	done      chan struct{}
 }
 
 func startDevice(t testing.TB, b *brokertest.Broker, id, group string, trusted []string, opts ...func(*fakeDevice)) *fakeDevice {
@@ -100,7 +100,7 @@ func (d *fakeDevice) connect() {
 // dial connects once and announces the device. A lost connection is handed to the
 // device's goroutine, which dials again (no paho AutoReconnect: see push.connect).
 func (d *fakeDevice) dial() bool {
-	o := paho.NewClientOptions().AddBroker(d.broker.URL).SetClientID("dev-" + d.id).SetCleanSession(true).
+	o := paho.NewClientOptions().AddBroker(d.broker.URL).SetClientID("dev-"+d.id).SetCleanSession(true).
 		SetWill(deploy.StatusTopic("vigil", d.id), `{"state":"offline"}`, 1, true).
 		SetAutoReconnect(false).
 		SetConnectionLostHandler(func(paho.Client, error) {

@@ -326,8 +326,6 @@ func TestPushRollback(t *testing.T) {
 	if dev.Active("default") != "" {
 		t.Error("after the rollback the device still has the pushed bundle active")
 	}
-	// A second rollback has the config's bundle... and the pushed one as previous:
-	// it goes forward again, which is what "swap" means.
 	if left := deploymentTopics(t, b); len(left) != 0 {
 		t.Errorf("retained deployment messages left: %v", left)
 	}
