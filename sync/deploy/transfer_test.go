@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -200,4 +201,41 @@ func TestTransferResumes(t *testing.T) {
 	if got, err := LoadTransfers(filepath.Join(root, "none")); err != nil || got != nil {
 		t.Errorf("LoadTransfers of a missing root: %v, %v", got, err)
 	}
+}
+
+// FuzzChunk: any chunk topic and payload a broker could deliver is either refused with
+// an error or stored as exactly the chunk its index names; nothing crashes.
+func FuzzChunk(f *testing.F) {
+	archive := bytes.Repeat([]byte("0123456789"), 100) // 1000 bytes, chunks of 300
+	_, priv, _ := GenerateKey()
+	m := signedManifest(f, archive, sha256Hex(archive), priv, 300)
+	f.Add("vigil/gate-07/models/chunks/"+m.Deployment+"/0", archive[:300])
+	f.Add("vigil/group/g/models/chunks/"+m.Deployment+"/3", archive[900:])
+	f.Add("vigil/gate-07/models/chunks/"+m.Deployment+"/4", []byte("x"))
+	f.Add("vigil/gate-07/models/chunks/x/01", []byte{})
+	f.Fuzz(func(t *testing.T, topic string, data []byte) {
+		deployment, i, err := ParseChunkTopic(topic)
+		if err != nil {
+			return
+		}
+		if deployment == "" || i < 0 || !strings.HasSuffix(topic, "/"+deployment+"/"+strconv.Itoa(i)) {
+			t.Fatalf("ParseChunkTopic(%q) = %q, %d", topic, deployment, i)
+		}
+		tr, err := OpenTransfer(t.TempDir(), m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Put(i, data); err != nil {
+			if got := tr.Progress(); got != 0 {
+				t.Fatalf("a refused chunk counted: progress %v", got)
+			}
+			return
+		}
+		if len(data) != m.ChunkLen(i) {
+			t.Fatalf("chunk %d of %d bytes accepted, want %d", i, len(data), m.ChunkLen(i))
+		}
+		if missing := tr.Missing(); slices.Contains(missing, i) || len(missing) != m.Transfer.Chunks-1 {
+			t.Fatalf("after Put(%d): missing %v", i, missing)
+		}
+	})
 }
