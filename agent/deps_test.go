@@ -27,3 +27,20 @@ func TestLeafRoomsStayFreeOfCgo(t *testing.T) {
 		}
 	}
 }
+
+// sync/deploy is the pure half of model push (manifest, signatures, archives, chunk
+// assembly, the bundle store): the agent uses it and its tests run without a broker.
+// Only sync/deploy/push, the operator's side, talks MQTT.
+func TestDeployStaysPure(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "../sync/deploy").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps ../sync/deploy: %v\n%s", err, out)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, f := range []string{"github.com/eclipse/paho.mqtt.golang", "gocv.io/x/gocv", "github.com/yalue/onnxruntime_go", "github.com/vigil-edge/vigil/agent"} {
+			if strings.HasPrefix(dep, f) {
+				t.Errorf("sync/deploy depends on %s", dep)
+			}
+		}
+	}
+}

@@ -27,19 +27,29 @@ model.yaml key), 2 on usage errors.
 Flags:
 `
 
+const modelCommands = `vigil model inspect|sign|pack|push: see 'vigil model SUBCOMMAND --help'.
+
+`
+
 // modelCmd runs `vigil model SUBCOMMAND`.
 func modelCmd(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "inspect":
 			return inspectModel(args[1:], stdout, stderr)
+		case "sign":
+			return signModel(args[1:], stdout, stderr)
+		case "pack":
+			return packModel(args[1:], stdout, stderr)
+		case "push":
+			return pushModel(args[1:], stdout, stderr)
 		case "-h", "--help", "help":
-			fmt.Fprint(stdout, modelUsage)
+			fmt.Fprint(stdout, modelCommands+modelUsage)
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "vigil model: unknown subcommand %q\n\n", args[0])
 	}
-	fmt.Fprint(stderr, modelUsage)
+	fmt.Fprint(stderr, modelCommands+modelUsage)
 	return exitUsage
 }
 

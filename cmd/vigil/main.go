@@ -46,6 +46,10 @@ Commands:
   safe           drive every actuator to its safe level and exit (systemd ExecStopPost=)
   bench          measure decode, inference and pipeline rates on a camera
   model inspect  show a model file's or bundle's inputs, outputs and operators
+  model sign     check a model bundle and sign it (signature.json)
+  model push     push a signed bundle to a device or group over MQTT and wait for it
+  model pack     write a signed bundle's archive, to serve for 'model push --via url'
+  keygen         make an Ed25519 key pair for signing model bundles
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -68,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return bench(rest, stdout, stderr)
 	case "model":
 		return modelCmd(rest, stdout, stderr)
+	case "keygen":
+		return keygen(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK

@@ -21,9 +21,18 @@ import (
 // top-level signature.json is left out; a symlink or any other special file in dir is
 // an error naming it, so what is signed is exactly what the operator sees.
 //
-// Entries are sorted by their slash-separated path (a directory before what it
-// holds, since a path sorts after its prefix), in USTAR format: a path that USTAR
-// cannot hold (over 255 bytes) is an error rather than a PAX record.
+// Entries are sorted by path, component by component (a directory, then what it holds,
+// then its next sibling: "a/", "a/b", "a.txt"), in USTAR format; a path USTAR cannot
+// hold is an error rather than a PAX record. The result is byte for byte what GNU tar
+// writes with
+//
+//	cd BUNDLE_DIR && find . -mindepth 1 -maxdepth 1 ! -name signature.json -printf '%P\n' |
+//	  LC_ALL=C sort | tar --format=ustar --sort=name --mtime=@0 --owner=0 --group=0 \
+//	  --numeric-owner --mode=u=rw,go=r,a+X -b1 -cf - -T -
+//
+// given the bundle's top-level names, signature.json left out, in byte order as the
+// files to pack (the package tests check this), so an archive can be rebuilt and
+// checked without Vigil.
 func Pack(dir string, w io.Writer) (size int64, sha string, err error) {
 	type entry struct {
 		name string // slash-separated, relative to dir
@@ -66,7 +75,7 @@ func Pack(dir string, w io.Writer) (size int64, sha string, err error) {
 	if err != nil {
 		return 0, "", fmt.Errorf("pack bundle: %w", err)
 	}
-	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(entries, func(a, b entry) int { return comparePaths(a.name, b.name) })
 
 	h := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(w, h)}
@@ -92,6 +101,26 @@ func Pack(dir string, w io.Writer) (size int64, sha string, err error) {
 		return 0, "", fmt.Errorf("pack bundle: %w", err)
 	}
 	return cw.n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// comparePaths orders slash-separated paths component by component.
+func comparePaths(a, b string) int {
+	for {
+		ha, ta, moreA := strings.Cut(a, "/")
+		hb, tb, moreB := strings.Cut(b, "/")
+		if c := strings.Compare(ha, hb); c != 0 {
+			return c
+		}
+		switch {
+		case !moreA && !moreB:
+			return 0
+		case !moreA:
+			return -1
+		case !moreB:
+			return 1
+		}
+		a, b = ta, tb
+	}
 }
 
 // copyFile copies exactly size bytes of the file at p (the size its header promised);

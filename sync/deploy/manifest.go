@@ -35,6 +35,10 @@ const DefaultChunkSize = 256 << 10
 // in memory by the broker and the device.
 const MaxChunkSize = 16 << 20
 
+// MaxChunks bounds Manifest.Transfer.Chunks: a device keeps one flag per chunk, and
+// a broker holds each as a retained message.
+const MaxChunks = 1 << 16
+
 // Limits bound what a device accepts. The zero value means the defaults.
 type Limits struct {
 	// MaxBytes bounds a bundle archive's size and the total bytes of the files
@@ -242,7 +246,9 @@ func (m *Manifest) validateDeploy(lim Limits, bad func(field, format string, arg
 			bad("transfer.chunk_size", "%d is over the limit of %d bytes", t.ChunkSize, MaxChunkSize)
 		case m.Size > 0 && m.Size <= lim.MaxBytes:
 			want := (m.Size + int64(t.ChunkSize) - 1) / int64(t.ChunkSize)
-			if int64(t.Chunks) != want {
+			if want > MaxChunks {
+				bad("transfer.chunk_size", "%d makes %d chunks, over the limit of %d; use larger chunks", t.ChunkSize, want, MaxChunks)
+			} else if int64(t.Chunks) != want {
 				bad("transfer.chunks", "%d does not fit size %d and chunk_size %d (want %d)", t.Chunks, m.Size, t.ChunkSize, want)
 			}
 		}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vigil-edge/vigil/infer/modelfile"
+	"github.com/vigil-edge/vigil/sync/deploy"
+	"github.com/vigil-edge/vigil/sync/deploy/push"
+)
+
+const keygenUsage = `Usage: vigil keygen [--out FILE]
+
+Makes an Ed25519 key pair for signing model bundles. The private key goes to FILE
+(mode 0600; an existing file is never overwritten), the public key to FILE.pub and to
+stdout: add that line to trust.keys in each device's config.
+
+Flags:
+`
+
+func keygen(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "vigil-signing.key", "private key file to write")
+	fs.Usage = func() { fmt.Fprint(stderr, keygenUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	pub, priv, err := deploy.GenerateKey()
+	if err == nil {
+		err = deploy.WritePrivateKey(*out, priv)
+	}
+	if err == nil {
+		err = os.WriteFile(*out+".pub", []byte(deploy.PublicKeyString(pub)+"\n"), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "vigil keygen: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stderr, "private key: %s (keep it secret)\npublic key:  %s.pub; add it to trust.keys on the devices:\n", *out, *out)
+	fmt.Fprintln(stdout, deploy.PublicKeyString(pub))
+	return exitOK
+}
+
+// parseArgs parses flags that may come before or after positional arguments.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+const signUsage = `Usage: vigil model sign BUNDLE_DIR --key FILE
+
+Checks the bundle (model.yaml against its model, as 'vigil model inspect' does) and
+signs it: writes BUNDLE_DIR/signature.json with the SHA-256 and size of the bundle's
+archive and an Ed25519 signature by the key from 'vigil keygen'. Sign again after any
+change to the bundle. Exit status 1 when the bundle does not fit its model.
+
+Flags:
+`
+
+func signModel(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("model sign", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	keyFile := fs.String("key", "", "private key file written by 'vigil keygen' (required)")
+	fs.Usage = func() { fmt.Fprint(stderr, signUsage); fs.PrintDefaults() }
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return parseExit(err)
+	}
+	if len(pos) != 1 || *keyFile == "" {
+		fmt.Fprintf(stderr, "vigil model sign: want one BUNDLE_DIR and --key FILE\n\n")
+		fs.Usage()
+		return exitUsage
+	}
+	dir := pos[0]
+	if _, _, err := modelfile.CheckBundle(dir); err != nil {
+		fmt.Fprintf(stderr, "vigil model sign: refusing a bundle that does not fit its model: %v\n", err)
+		return exitFailed
+	}
+	priv, err := deploy.ReadPrivateKey(*keyFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "vigil model sign: %v\n", err)
+		return exitFailed
+	}
+	sig, err := deploy.SignBundle(dir, priv)
+	if err != nil {
+		fmt.Fprintf(stderr, "vigil model sign: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stdout, "signed %s\n  sha256 %s\n  size   %d bytes\n  key    %s\n", dir, sig.SHA256, sig.Size, sig.Key)
+	return exitOK
+}
+
+const packUsage = `Usage: vigil model pack BUNDLE_DIR --out FILE
+
+Writes the signed bundle's archive (the bytes whose SHA-256 is signed) to FILE, for
+'vigil model push --via url': upload FILE where the devices can fetch it.
+
+Flags:
+`
+
+func packModel(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("model pack", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "", "archive file to write (required)")
+	fs.Usage = func() { fmt.Fprint(stderr, packUsage); fs.PrintDefaults() }
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return parseExit(err)
+	}
+	if len(pos) != 1 || *out == "" {
+		fmt.Fprintf(stderr, "vigil model pack: want one BUNDLE_DIR and --out FILE\n\n")
+		fs.Usage()
+		return exitUsage
+	}
+	f, err := os.Create(*out)
+	if err != nil {
+		fmt.Fprintf(stderr, "vigil model pack: %v\n", err)
+		return exitFailed
+	}
+	sig, err := deploy.CheckSigned(pos[0], f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(*out)
+		fmt.Fprintf(stderr, "vigil model pack: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stdout, "wrote %s (%d bytes, sha256 %s)\n", *out, sig.Size, sig.SHA256)
+	return exitOK
+}
+
+const pushUsage = `Usage: vigil model push BUNDLE_DIR --broker URL (--device ID | --group NAME) [flags]
+       vigil model push --rollback --broker URL (--device ID | --group NAME) [flags]
+
+Publishes a signed bundle (see 'vigil model sign') to a device or to every device of a
+group (those whose retained <prefix>/<device>/status says "group": NAME), retained at
+QoS 1: the archive in chunks, then the deployment manifest. Then waits for each
+device's final phase (active, rejected, rolled_back) on its retained models/state,
+prints a table (device, phase, version, reason) and clears the retained messages.
+--rollback instead asks the devices to return to their previous bundle.
+
+Exit status 0 when every device went active (rolled_back for --rollback), 1 when any
+did not or did not answer in time, or the push could not be made; 2 on usage errors.
+The password may also come from $VIGIL_MQTT_PASSWORD (and the user from
+$VIGIL_MQTT_USERNAME), so that it is not on the command line.
+
+Flags:
+`
+
+func pushModel(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("model push", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o push.Options
+	fs.StringVar(&o.Broker, "broker", "", "broker URL: tcp://host:1883, ssl://host:8883, ws://, wss:// (required)")
+	fs.StringVar(&o.Device, "device", "", "target device id")
+	fs.StringVar(&o.Group, "group", "", "target group (device.group in the devices' configs)")
+	fs.StringVar(&o.Model, "model", "default", "name of the model on the devices (models[].name) the bundle replaces")
+	fs.StringVar(&o.Via, "via", deploy.ViaChunks, "how the bundle travels: chunks (over MQTT) or url")
+	fs.StringVar(&o.URL, "url", "", "with --via url: http(s) URL serving the archive from 'vigil model pack'")
+	fs.IntVar(&o.ChunkSize, "chunk-size", deploy.DefaultChunkSize, "bytes per chunk")
+	fs.StringVar(&o.TopicPrefix, "topic-prefix", "vigil", "MQTT topic prefix (mqtt.topic_prefix on the devices)")
+	fs.StringVar(&o.Username, "username", "", "broker user name (default $VIGIL_MQTT_USERNAME)")
+	fs.StringVar(&o.Password, "password", "", "broker password (better: $VIGIL_MQTT_PASSWORD, kept out of the process list)")
+	caFile := fs.String("ca-file", "", "CA certificate (PEM) for ssl:// and wss:// brokers; default: the system's roots")
+	certFile := fs.String("cert-file", "", "client certificate (PEM), with --key-file")
+	keyFile := fs.String("key-file", "", "client key (PEM), with --cert-file")
+	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long to wait for the devices' final phases")
+	fs.BoolVar(&o.Rollback, "rollback", false, "ask the devices to return to their previous bundle")
+	fs.StringVar(&o.Deployment, "deployment", "", "deployment id (default: the time and a random suffix)")
+	fs.Usage = func() { fmt.Fprint(stderr, pushUsage); fs.PrintDefaults() }
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return parseExit(err)
+	}
+	// Not flag defaults: PrintDefaults would show the password.
+	if o.Username == "" {
+		o.Username = os.Getenv("VIGIL_MQTT_USERNAME")
+	}
+	if o.Password == "" {
+		o.Password = os.Getenv("VIGIL_MQTT_PASSWORD")
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "vigil model push: "+format+"\n\n", a...)
+		fs.Usage()
+		return exitUsage
+	}
+	switch {
+	case o.Rollback && len(pos) > 0:
+		return usageErr("--rollback takes no BUNDLE_DIR")
+	case !o.Rollback && len(pos) != 1:
+		return usageErr("want one BUNDLE_DIR, got %d", len(pos))
+	case o.Broker == "":
+		return usageErr("--broker is required")
+	case (o.Device == "") == (o.Group == ""):
+		return usageErr("give exactly one of --device and --group")
+	case o.Via != deploy.ViaChunks && o.Via != deploy.ViaURL:
+		return usageErr("--via %q is not chunks or url", o.Via)
+	case (o.Via == deploy.ViaURL) != (o.URL != ""):
+		return usageErr("--url goes with --via url, and --via url needs --url")
+	case o.ChunkSize <= 0 || o.ChunkSize > deploy.MaxChunkSize:
+		return usageErr("--chunk-size %d is not between 1 and %d", o.ChunkSize, deploy.MaxChunkSize)
+	}
+	if *caFile != "" || *certFile != "" {
+		if o.TLS, err = push.TLSConfig(*caFile, *certFile, *keyFile); err != nil {
+			fmt.Fprintf(stderr, "vigil model push: %v\n", err)
+			return exitUsage
+		}
+	}
+	bundle := ""
+	if len(pos) == 1 {
+		bundle = pos[0]
+	}
+
+	o.Progress = push.ProgressPrinter(stderr, isTerminal(stderr))
+	var mu sync.Mutex
+	last := map[string]deploy.Phase{}
+	o.OnState = func(device string, s deploy.State) {
+		mu.Lock()
+		defer mu.Unlock()
+		if last[device] == s.Phase {
+			return
+		}
+		last[device] = s.Phase
+		line := fmt.Sprintf("%s: %s", device, s.Phase)
+		if s.Error != "" {
+			line += ": " + s.Error
+		}
+		fmt.Fprintln(stderr, line)
+	}
+	// Ctrl-C stops waiting, but the retained messages are still cleared.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	target := "device " + o.Device
+	if o.Group != "" {
+		target = "group " + o.Group
+	}
+	fmt.Fprintf(stderr, "pushing %s to %s via %s\n", orNone(bundle), target, o.Via)
+	res, err := push.Push(ctx, bundle, o)
+	if res != nil {
+		fmt.Fprintf(stdout, "deployment %s\n", res.Deployment)
+		res.WriteTable(stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "vigil model push: %v\n", err)
+		return exitFailed
+	}
+	if !res.OK() {
+		return exitFailed
+	}
+	return exitOK
+}
+
+// isTerminal reports whether w is a character device (a terminal), for the progress
+// bar.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
