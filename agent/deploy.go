@@ -128,7 +128,10 @@ func (d *deployer) topicOf(t *deploy.Transfer) string {
 func (d *deployer) onManifest(topic string, payload []byte) {
 	m, err := deploy.ParseManifest(payload, d.lim)
 	if errors.Is(err, deploy.ErrEmptyManifest) {
-		return // the operator's tool clearing the retained manifest
+		// The operator's tool cleared the retained manifest: done, or given up. A
+		// transfer from that topic still incomplete will never complete.
+		d.withdraw(topic)
+		return
 	}
 	if err != nil {
 		var id struct{ Deployment, Model string }
@@ -150,6 +153,18 @@ func (d *deployer) onManifest(topic string, payload []byte) {
 		return
 	}
 	d.admit(&inflight{m: m, target: target})
+}
+
+// withdraw rejects the transfer under way if its manifest came on topic and is cleared.
+func (d *deployer) withdraw(topic string) {
+	d.mu.Lock()
+	f := d.current
+	downloading := f != nil && !f.ready && f.m.Action == deploy.ActionDeploy && f.target.DeployTopic(d.prefix) == topic
+	d.mu.Unlock()
+	if downloading {
+		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, f.m.Deployment))
+		d.finish(f, deploy.PhaseRejected, errors.New("withdrawn: the manifest was cleared before the transfer completed"), "")
+	}
 }
 
 // admit starts a deployment, or queues it behind the one under way.
@@ -185,6 +200,12 @@ func (d *deployer) begin(f *inflight) {
 	m := f.m
 	if m.Action == deploy.ActionRollback {
 		d.ready(f)
+		return
+	}
+	// Who signed it is known from the manifest: an untrusted push is refused before a
+	// byte of it is downloaded (the archive's SHA-256 is checked once it is here).
+	if err := deploy.Verify(m, d.trusted); err != nil {
+		d.finish(f, deploy.PhaseRejected, err, "")
 		return
 	}
 	if free, err := deploy.FreeBytes(d.root); err == nil && free < uint64(2*m.Size+64<<20) {
@@ -311,6 +332,7 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 	m := f.m
 	mod := d.a.models[m.Model]
 	if m.Action == deploy.ActionRollback {
+		// A rollback ends in rolled_back when it worked, rejected when it could not.
 		dir, err := d.store.Rollback(m.Model)
 		if err != nil {
 			d.finish(f, deploy.PhaseRejected, fmt.Errorf("rollback: %w", err), "")
@@ -322,19 +344,16 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 		next, err := d.warm(ctx, f, mod, dir)
 		if err != nil {
 			d.store.Rollback(m.Model) // back to what runs
-			d.finish(f, deploy.PhaseRolledBack, err, "")
+			d.finish(f, deploy.PhaseRejected, fmt.Errorf("rollback: %w", err), "")
 			return
 		}
-		d.swap(mod, next)
-		d.finish(f, deploy.PhaseActive, nil, next.detector.Manifest().Version)
+		retire(d.swap(mod, next)) // rollbacks are not watched: nothing to return to
+		d.finish(f, deploy.PhaseRolledBack, nil, next.detector.Manifest().Version)
 		return
 	}
 
 	d.report(d.stateOf(f, deploy.PhaseVerifying, nil), true)
 	archive, err := d.assemble(f)
-	if err == nil {
-		err = deploy.Verify(m, d.trusted)
-	}
 	if err != nil {
 		d.finish(f, deploy.PhaseRejected, err, "")
 		return
@@ -447,7 +466,7 @@ func (d *deployer) swap(mod *model, next *loaded) *loaded {
 func (d *deployer) watch(ctx context.Context, f *inflight, mod *model, prev, next *loaded) {
 	defer func() {
 		if prev != nil && mod.running.Load() != prev {
-			prev.detector.Close()
+			retire(prev)
 		}
 	}()
 	if prev == nil || d.cfg.Watch == 0 {
@@ -488,9 +507,20 @@ func (d *deployer) watch(ctx context.Context, f *inflight, mod *model, prev, nex
 		st := d.stateOf(f, deploy.PhaseRolledBack, problem)
 		d.report(st, true)
 		d.logger.Warn("model rolled back", "model", mod.name, "deployment", f.m.Deployment, "reason", problem)
-		next.detector.Close()
+		retire(next)
 		prev = nil // running again: not to be closed
 		return
+	}
+}
+
+// retireAfter is how long a swapped-out detector stays open: a pipeline that loaded it
+// just before the swap finishes its frame on it (one inference, well under this).
+const retireAfter = 5 * time.Second
+
+// retire closes a swapped-out bundle's detector once no frame can still be on it.
+func retire(l *loaded) {
+	if l != nil {
+		time.AfterFunc(retireAfter, func() { l.detector.Close() })
 	}
 }
 

@@ -193,7 +193,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 	p.send(target, m)
 	rb := &deploy.Manifest{Deployment: "d-back-1", Action: deploy.ActionRollback, Model: "default", Issued: time.Now().UTC()}
 	p.send(target, rb)
-	if st := waitPhase(t, r, "d-back-1"); st.Phase != deploy.PhaseActive || st.Version != "0.1.1" {
+	if st := waitPhase(t, r, "d-back-1"); st.Phase != deploy.PhaseRolledBack || st.Error != "" || st.Version != "0.1.1" {
 		t.Fatalf("rollback: %+v", st)
 	}
 	if v := runningVersion(r); v != "0.1.1" {

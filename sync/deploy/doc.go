@@ -34,9 +34,8 @@
 // its retained messages (a restart without persistence), the push tool, on
 // reconnecting, publishes them all again. The device keeps the chunks it has on disk
 // (Transfer), so duplicates cost nothing. After a restart a device learns its
-// transfers in progress from LoadTransfers; it no longer knows which base a manifest
-// came on, so it subscribes to the deployment's chunks under both its device and its
-// group base (the deployment id is unique, so at most one has them).
+// transfers in progress from LoadTransfers; the agent keeps the deploy topic a manifest
+// came on beside its transfer, to subscribe to the right base again.
 //
 // When every device has answered (or the push times out) the push tool clears the
 // retained manifest and chunks by publishing empty retained payloads. A device
