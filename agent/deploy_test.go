@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/sync/deploy"
+	"github.com/vigil-edge/vigil/sync/deploy/push"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 )
 
@@ -421,5 +423,51 @@ func BenchmarkDeploySwap(b *testing.B) {
 		b.ReportMetric(float64(during), "frames-with-swap")
 		b.ReportMetric(float64(baseline), "frames-without")
 		b.ReportMetric(float64(during)/float64(baseline), "ratio")
+	}
+}
+
+// The operator's tool (what `vigil model push` runs) against running agents: a device
+// push and a group push go active, the table says so, and a rollback push rolls back.
+func TestPushToolAgainstRunningAgents(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	var agents []*running
+	for i := range 2 {
+		cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+		cfg.Device.ID, cfg.Device.Group = fmt.Sprintf("gate-%d", i), "gates"
+		agents = append(agents, start(t, cfg))
+	}
+	// Both announce themselves (retained status with their group) before the push.
+	status := b.Subscribe(t, "cloud", "vigil/+/status")
+	waitFor(t, 30*time.Second, "both agents online", func() bool {
+		online := map[string]bool{}
+		for _, m := range status.Messages() {
+			online[m.Topic] = strings.Contains(string(m.Payload), `"online"`)
+		}
+		return online["vigil/gate-0/status"] && online["vigil/gate-1/status"]
+	})
+	bundle := testBundle(t, "1.0.0", priv, nil)
+	ctx := context.Background()
+	res, err := push.Push(ctx, bundle, push.Options{Broker: b.URL, Device: "gate-0", Timeout: time.Minute})
+	if err != nil || !res.OK() || runningVersion(agents[0]) != "1.0.0" || runningVersion(agents[1]) != "0.1.1" {
+		t.Fatalf("device push: %v %+v", err, res)
+	}
+	group := testBundle(t, "1.1.0", priv, nil)
+	res, err = push.Push(ctx, group, push.Options{Broker: b.URL, Group: "gates", Timeout: time.Minute})
+	var table strings.Builder
+	if res != nil {
+		res.WriteTable(&table)
+	}
+	if err != nil || !res.OK() || len(res.Devices) != 2 || !strings.Contains(table.String(), "gate-1") {
+		t.Fatalf("group push: %v\n%s", err, table.String())
+	}
+	for i, r := range agents {
+		if v := runningVersion(r); v != "1.1.0" {
+			t.Errorf("agent %d runs %s after the group push", i, v)
+		}
+	}
+	res, err = push.Push(ctx, "", push.Options{Broker: b.URL, Device: "gate-0", Rollback: true, Timeout: time.Minute})
+	if err != nil || !res.OK() || runningVersion(agents[0]) != "1.0.0" {
+		t.Fatalf("rollback push: %v %+v, running %s", err, res, runningVersion(agents[0]))
 	}
 }
