@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/modelfile"
 	"github.com/vigil-edge/vigil/sync/deploy"
 )
@@ -449,7 +451,81 @@ func (d *deployer) warm(ctx context.Context, f *inflight, mod *model, dir string
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	if err := checkGolden(det, dir); err != nil {
+		det.Close()
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
 	return &loaded{detector: det, dir: dir, backend: backend}, nil
+}
+
+// goldenDir holds a bundle's optional golden images: NAME.jpg (or .png) with NAME.json,
+// {"detections": [{"label": "dog", "box": [x1, y1, x2, y2], "min_score": 0.5}]}, the
+// objects the model must find in it (box in image pixels; min_score defaults to the
+// bundle's thresholds.score).
+const goldenDir = "golden"
+
+type goldenFile struct {
+	Detections []struct {
+		Label    string     `json:"label"`
+		Box      [4]float32 `json:"box"`
+		MinScore float32    `json:"min_score"`
+	} `json:"detections"`
+}
+
+// checkGolden runs the model on the bundle's golden images: each expected object must be
+// found with its label, at least its score, and a box overlapping the expected one by
+// IoU >= 0.5. A bundle without golden images passes.
+func checkGolden(det *detector.Detector, dir string) error {
+	specs, _ := filepath.Glob(filepath.Join(dir, goldenDir, "*.json"))
+	for _, spec := range specs {
+		var g goldenFile
+		b, err := os.ReadFile(spec)
+		if err == nil {
+			err = json.Unmarshal(b, &g)
+		}
+		if err != nil {
+			return fmt.Errorf("golden %s: %w", filepath.Base(spec), err)
+		}
+		base := strings.TrimSuffix(spec, ".json")
+		img := gocv.IMRead(base+".jpg", gocv.IMReadColor)
+		if img.Empty() {
+			img = gocv.IMRead(base+".png", gocv.IMReadColor)
+		}
+		if img.Empty() {
+			return fmt.Errorf("golden %s: no %s.jpg or .png beside it", filepath.Base(spec), filepath.Base(base))
+		}
+		dets, _, err := det.Detect(img, nil)
+		img.Close()
+		if err != nil {
+			return fmt.Errorf("golden %s: %w", filepath.Base(base), err)
+		}
+		for _, want := range g.Detections {
+			min := want.MinScore
+			if min == 0 {
+				min = det.Manifest().Thresholds.Score
+			}
+			found := slices.ContainsFunc(dets, func(d infer.Detection) bool {
+				return d.Label == want.Label && d.Score >= min && infer.IoU(d.Box, want.Box) >= 0.5
+			})
+			if !found {
+				return fmt.Errorf("golden image %s: no %s with score >= %.2f near %v (found %s)",
+					filepath.Base(base), want.Label, min, want.Box, describe(dets))
+			}
+		}
+	}
+	return nil
+}
+
+// describe lists detections briefly, for an error message.
+func describe(dets []infer.Detection) string {
+	if len(dets) == 0 {
+		return "nothing"
+	}
+	parts := make([]string, 0, len(dets))
+	for _, d := range dets[:min(len(dets), 5)] {
+		parts = append(parts, fmt.Sprintf("%s %.2f", d.Label, d.Score))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // swap makes next the model's running bundle and returns the one it replaces. A

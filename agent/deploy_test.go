@@ -52,6 +52,23 @@ func testBundle(t testing.TB, version string, priv ed25519.PrivateKey, edit func
 	return dir
 }
 
+// goldenBundle is testBundle with golden/dog.jpg, expecting label at the dog's place.
+func goldenBundle(t testing.TB, version string, priv ed25519.PrivateKey, label string) string {
+	dir := testBundle(t, version, priv, nil)
+	img, err := os.ReadFile(filepath.Join("..", "infer", "detector", "testdata", "dog.jpg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "golden"), 0o755)
+	os.WriteFile(filepath.Join(dir, "golden", "dog.jpg"), img, 0o644)
+	spec := fmt.Sprintf(`{"detections": [{"label": %q, "box": [132.8, 206.6, 325.7, 543.1], "min_score": 0.5}]}`, label)
+	os.WriteFile(filepath.Join(dir, "golden", "dog.json"), []byte(spec), 0o644)
+	if _, err := deploy.SignBundle(dir, priv); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // pusher plays the operator's side on a real broker: chunks then the manifest, retained.
 type pusher struct {
 	t      testing.TB
@@ -163,7 +180,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Device: "test-01"}
-	m, archive := p.manifest(testBundle(t, "0.2.0", priv, nil), "d-live-1")
+	m, archive := p.manifest(goldenBundle(t, "0.2.0", priv, "dog"), "d-live-1")
 	// Out of order, with a duplicate: the transfer sorts it out.
 	for i := m.Transfer.Chunks - 1; i >= 0; i-- {
 		p.chunks(target, m, archive, i, i+1)
@@ -208,9 +225,7 @@ func TestDeployRejections(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Options{})
 	pub, priv, _ := deploy.GenerateKey()
 	_, stranger, _ := deploy.GenerateKey()
-	cfg := deployConfig(t, t.TempDir(), b.URL, pub)
-	cfg.Deploy.WarmupBudget = time.Nanosecond // only the warm-up case reaches it
-	r := start(t, cfg)
+	r := start(t, deployConfig(t, t.TempDir(), b.URL, pub))
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Device: "test-01"}
 
@@ -234,7 +249,7 @@ func TestDeployRejections(t *testing.T) {
 		{"bundle that does not fit its model", func() string {
 			return testBundle(t, "0.3.4", priv, func(y string) string { return strings.Replace(y, "width: 416", "width: 320", 1) })
 		}, nil, deploy.PhaseRejected, "input.width"},
-		{"model that fails its warm-up", func() string { return testBundle(t, "0.3.5", priv, nil) }, nil, deploy.PhaseRolledBack, "warmup_budget"},
+		{"model that misses its golden image", func() string { return goldenBundle(t, "0.3.6", priv, "horse") }, nil, deploy.PhaseRolledBack, "golden image dog: no horse"},
 	} {
 		id := "d-" + strings.ReplaceAll(tc.name, " ", "-")
 		m, archive := p.manifest(tc.bundle(), id)
@@ -258,6 +273,24 @@ func TestDeployRejections(t *testing.T) {
 		return st != nil && st.Deployment == "d-junk" && st.Phase == deploy.PhaseRejected
 	})
 	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.cameras[0].stats.status().Frames > 0 })
+}
+
+// A model slower than deploy.warmup_budget never goes live.
+func TestDeployWarmupBudget(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+	cfg.Deploy.WarmupBudget = time.Millisecond // no inference of this model is that fast here
+	r := start(t, cfg)
+	p := newPusher(t, b.URL)
+	target := deploy.Target{Device: "test-01"}
+	m, archive := p.manifest(testBundle(t, "0.3.5", priv, nil), "d-slow")
+	p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+	p.send(target, m)
+	st := waitPhase(t, r, "d-slow")
+	if st.Phase != deploy.PhaseRolledBack || !strings.Contains(st.Error, "over deploy.warmup_budget 1ms") || runningVersion(r) != "0.1.1" {
+		t.Fatalf("%+v, running %s", st, runningVersion(r))
+	}
 }
 
 // A deployment that arrives while another is under way waits for it; one over
