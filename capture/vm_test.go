@@ -76,3 +76,36 @@ func TestVMV4L2Source(t *testing.T) {
 		cancel()
 	}
 }
+
+// A Camera over the v4l2 source streams vivid: frames of the configured size, numbered
+// with rising sequence numbers, and the status says streaming.
+func TestVMV4L2Camera(t *testing.T) {
+	spec := Spec{Kind: "v4l2", Target: vividDevice, Width: 640, Height: 360, FPS: 15}
+	cam := NewCamera(CameraOptions{
+		Name: "vivid", StallTimeout: 10 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+		Open: func(ctx context.Context) (Source, error) { return Open(ctx, spec) },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan error)
+	go func() { done <- cam.Run(ctx) }()
+	var last uint64
+	for i := range 10 {
+		f, err := cam.Slot().Take(ctx)
+		if err != nil {
+			t.Fatalf("frame %d: %v (status %+v)", i, err, cam.Status())
+		}
+		if f.Camera != "vivid" || f.Mat.Cols() != 640 || f.Mat.Rows() != 360 || f.Seq <= last {
+			t.Errorf("frame %d: camera %q, %dx%d, seq %d after %d", i, f.Camera, f.Mat.Cols(), f.Mat.Rows(), f.Seq, last)
+		}
+		last = f.Seq
+		f.Close()
+	}
+	if st := cam.Status(); st.State != StateStreaming || st.Frames < 10 || st.LastError != "" || st.Reconnects != 0 {
+		t.Errorf("status %+v", st)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run returned %v on shutdown", err)
+	}
+}
