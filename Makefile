@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG  ?=
 
-.PHONY: all deps build run test test-mats bench bench-compare check-config fmt vet clean
+.PHONY: all deps build run test vmtest test-mats bench bench-compare check-config fmt vet clean
 
 all: build
 
@@ -23,6 +23,11 @@ run: deps build
 ## test: install what is missing and run every test (real ONNX Runtime, OpenCV, files)
 test:
 	scripts/test
+
+## vmtest: hardware in the loop: the V4L2 and GPIO tests (-tags vmtest) inside a QEMU VM with
+## the kernel's vivid camera and a looped-back GPIO chip (scripts/vmtest; needs root or sudo for apt)
+vmtest:
+	scripts/vmtest
 
 ## test-mats: the pipeline tests with gocv's Mat leak counter
 test-mats:

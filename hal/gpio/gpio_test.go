@@ -402,14 +402,13 @@ func TestOpenOnThisMachine(t *testing.T) {
 	}
 }
 
-// On a machine with a GPIO chip whose line may be driven (a gpio-sim chip in the QEMU
-// harness, or a board on the bench), VIGIL_GPIO_TEST_CHIP and VIGIL_GPIO_TEST_LINE
-// name an output line to drive.
+// On a machine with a GPIO chip whose line may be driven (a board on the bench),
+// VIGIL_GPIO_TEST_CHIP and VIGIL_GPIO_TEST_LINE name an output line to drive.
 func TestRealChip(t *testing.T) {
 	chip, line := os.Getenv("VIGIL_GPIO_TEST_CHIP"), os.Getenv("VIGIL_GPIO_TEST_LINE")
 	if chip == "" || line == "" {
 		t.Skip("SKIPPED: no GPIO hardware to drive here (this kernel has no GPIO character device). " +
-			"Real character-device tests belong to the QEMU hardware-in-the-loop harness, issue 9; " +
+			"The real character-device tests run in a QEMU VM with a fake chip: make vmtest (vm_test.go); " +
 			"set VIGIL_GPIO_TEST_CHIP and VIGIL_GPIO_TEST_LINE to a line that is safe to toggle to run this on a board")
 	}
 	l, err := OpenOutput(chip, line, false)
