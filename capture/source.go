@@ -163,7 +163,19 @@ type videoSource struct {
 	// stall, if set, is FFmpeg's socket timeout: a Read blocked that long means the
 	// stream stalled, whatever frame OpenCV hands back at the end of it.
 	stall time.Duration
+	// retryInterrupted: OpenCV's V4L2 backend gives up a read whose wait for the device
+	// is interrupted by a signal (EINTR), and Go's runtime signals its threads to
+	// preempt goroutines, so a read that fails at once is tried again (found by the VM
+	// tests: 2 failed reads in 15 runs without this).
+	retryInterrupted bool
 }
+
+// interruptedReads is how many reads failing at once are retried before a failure
+// counts; interruptedWithin is how soon a failure must come to look like EINTR.
+const (
+	interruptedReads  = 3
+	interruptedWithin = 50 * time.Millisecond
+)
 
 // openV4L2 opens a V4L2 capture device and asks for the Spec's size, rate and pixel
 // format; the driver picks the nearest it supports.
@@ -194,7 +206,7 @@ func openV4L2(s Spec) (Source, error) {
 	if s.FPS > 0 {
 		vc.Set(gocv.VideoCaptureFPS, s.FPS)
 	}
-	return &videoSource{kind: "v4l2", name: target, vc: vc}, nil
+	return &videoSource{kind: "v4l2", name: target, vc: vc, retryInterrupted: true}, nil
 }
 
 func (v *videoSource) Read(ctx context.Context) (gocv.Mat, error) {
@@ -207,6 +219,10 @@ func (v *videoSource) Read(ctx context.Context) (gocv.Mat, error) {
 	m := gocv.NewMat()
 	start := time.Now()
 	ok := v.vc.Read(&m)
+	for try := 0; !ok && v.retryInterrupted && try < interruptedReads && time.Since(start) < interruptedWithin; try++ {
+		start = time.Now()
+		ok = v.vc.Read(&m)
+	}
 	// When FFmpeg's socket timeout fires, OpenCV may still return frames its
 	// decoder held back (one per decoding thread) before it reports failure; a
 	// read that blocked for the timeout is a stall, not a frame.
