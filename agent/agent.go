@@ -46,6 +46,9 @@ type Options struct {
 	// Listener, if set, serves HTTP instead of listening on cfg.HTTP.Listen (tests
 	// pass 127.0.0.1:0).
 	Listener net.Listener
+	// HangAfter is how long a frame may be in the pipeline before the systemd watchdog
+	// stops being pinged; 0 means DefaultHangAfter.
+	HangAfter time.Duration
 }
 
 // Agent is one running Vigil.
@@ -74,6 +77,7 @@ type Agent struct {
 	listener  net.Listener
 	http      *http.Server
 	closeOnce sync.Once
+	hangAfter time.Duration
 
 	// beforeRules, when set by a test, runs before each frame's rules (to inject a panic
 	// where a rule or decoder bug would strike).
@@ -235,6 +239,10 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		a.cameras = append(a.cameras, cam)
 	}
 
+	a.hangAfter = opts.HangAfter
+	if a.hangAfter <= 0 {
+		a.hangAfter = DefaultHangAfter
+	}
 	a.listener = opts.Listener
 	if a.listener == nil {
 		a.listener, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -446,6 +454,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 		return nil
 	})
+	sm := newServiceManager(a)
+	g.Go(a.guard("systemd", func() error { return sm.Run(ctx) }))
 	g.Go(a.guard("telemetry", func() error { return a.telemetryLoop(ctx) }))
 	g.Go(a.guard("stall watch", func() error { return a.watchStalls(ctx) }))
 	if a.link != nil {

@@ -37,6 +37,9 @@ type camera struct {
 	safed atomic.Bool
 	// frameSize is the last frame's width<<32 | height, for warming up a new model.
 	frameSize atomic.Uint64
+	// busySince is when the frame in process entered it (Unix ns), 0 between frames:
+	// the watchdog's view of a hung pipeline.
+	busySince atomic.Int64
 	// dets is the detect loop's reusable detections slice (Detect appends into it).
 	// Nothing keeps it past process: rules copy their matches into each Firing, and
 	// stats, metrics and the snapshot read it only during the call.
@@ -59,7 +62,9 @@ func (a *Agent) detectLoop(ctx context.Context, cam *camera) error {
 			return fmt.Errorf("camera %s: take frame: %w", cam.cfg.Name, err)
 		}
 		if pace.admit(time.Now()) {
+			cam.busySince.Store(time.Now().UnixNano())
 			a.process(ctx, cam, f)
+			cam.busySince.Store(0)
 		} else {
 			cam.stats.skip()
 		}

@@ -63,9 +63,14 @@ func startDevice(t testing.TB, b *brokertest.Broker, id, group string, trusted [
 		t.Fatal(err)
 	}
 	d.connect()
-	go d.run()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		d.run()
+	}()
 	t.Cleanup(func() {
 		close(d.done)
+		<-stopped // a message in hand is finished before t.TempDir is removed
 		d.mu.Lock()
 		d.client.Disconnect(50)
 		d.mu.Unlock()
