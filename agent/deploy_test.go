@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -502,5 +504,87 @@ func TestPushToolAgainstRunningAgents(t *testing.T) {
 	res, err = push.Push(ctx, "", push.Options{Broker: b.URL, Device: "gate-0", Rollback: true, Timeout: time.Minute})
 	if err != nil || !res.OK() || runningVersion(agents[0]) != "1.0.0" {
 		t.Fatalf("rollback push: %v %+v, running %s", err, res, runningVersion(agents[0]))
+	}
+}
+
+// After going live, a model that fails a detection, or turns out slower than
+// deploy.max_slowdown times the previous one, is swapped back within deploy.watch.
+func TestDeployWatchRollsBack(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		harm   func(s *runStats)
+		reason string
+	}{
+		{"detection error", func(s *runStats) { s.record(0, fmt.Errorf("tensor went NaN")) }, "detection failed after the swap: tensor went NaN"},
+		{"slowdown", func(s *runStats) {
+			for range statsWindow {
+				s.record(10*time.Second, nil)
+			}
+		}, "over deploy.max_slowdown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := brokertest.Start(t, brokertest.Options{})
+			pub, priv, _ := deploy.GenerateKey()
+			cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+			cfg.Deploy.Watch = 3 * time.Second
+			r := start(t, cfg)
+			waitFor(t, 30*time.Second, "detections on the first model", func() bool {
+				_, n := r.agent.models["default"].running.Load().stats.p50()
+				return n > 3
+			})
+			p := newPusher(t, b.URL)
+			target := deploy.Target{Device: "test-01"}
+			id := "d-watch-" + strings.ReplaceAll(tc.name, " ", "-")
+			m, archive := p.manifest(testBundle(t, "2.0.0", priv, nil), id)
+			p.chunks(target, m, archive, 0, m.Transfer.Chunks)
+			p.send(target, m)
+			if st := waitPhase(t, r, id); st.Phase != deploy.PhaseActive {
+				t.Fatalf("%+v", st)
+			}
+			// What the live pipeline would record on a bad model, recorded on the new one.
+			tc.harm(&r.agent.models["default"].running.Load().stats)
+			var st *deploy.State
+			waitFor(t, 30*time.Second, "the rollback", func() bool {
+				st = r.agent.deployer.lastState()
+				return st.Phase == deploy.PhaseRolledBack
+			})
+			if !strings.Contains(st.Error, tc.reason) || runningVersion(r) != "0.1.1" {
+				t.Errorf("%+v, running %s", st, runningVersion(r))
+			}
+			if active, _ := r.agent.store.Active("default"); active != "" {
+				t.Errorf("the store still names %s active", active)
+			}
+		})
+	}
+}
+
+// With --via url a device fetches the archive over HTTP(S); a server that serves other
+// bytes than the signed ones gets the deployment rejected.
+func TestDeployViaURL(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	r := start(t, deployConfig(t, t.TempDir(), b.URL, pub))
+	p := newPusher(t, b.URL)
+	m, archive := p.manifest(testBundle(t, "3.0.0", priv, nil), "d-url")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/bad.tar" {
+			w.Write(bytes.Repeat([]byte{0}, len(archive)))
+			return
+		}
+		w.Write(archive)
+	}))
+	defer srv.Close()
+	target := deploy.Target{Device: "test-01"}
+	m.Transfer = &deploy.TransferSpec{Via: deploy.ViaURL, URL: srv.URL + "/good.tar"}
+	p.send(target, m)
+	if st := waitPhase(t, r, "d-url"); st.Phase != deploy.PhaseActive || runningVersion(r) != "3.0.0" {
+		t.Fatalf("%+v", st)
+	}
+	m.Deployment, m.Issued = "d-url-bad", time.Now().UTC()
+	m.Bundle.Version = "3.0.1"
+	m.Transfer.URL = srv.URL + "/bad.tar"
+	p.send(target, m)
+	if st := waitPhase(t, r, "d-url-bad"); st.Phase != deploy.PhaseRejected || runningVersion(r) != "3.0.0" {
+		t.Fatalf("%+v", st)
 	}
 }

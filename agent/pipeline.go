@@ -97,11 +97,14 @@ func (p *pacer) admit(now time.Time) bool {
 // process runs one frame through detection, rules and actions.
 func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 	var dets []infer.Detection
-	if d := cam.model.detector(); d != nil {
+	if run := cam.model.running.Load(); run != nil {
+		cam.frameSize.Store(uint64(f.Mat.Cols())<<32 | uint64(f.Mat.Rows()))
 		var timing detector.Timing
 		var err error
-		cam.dets, timing, err = d.Detect(f.Mat, cam.dets[:0])
+		cam.dets, timing, err = run.detector.Detect(f.Mat, cam.dets[:0])
 		dets = cam.dets
+		// The running bundle's own figures, to judge a swapped-in model against.
+		run.stats.record(timing.Infer, err)
 		if err != nil {
 			if cam.stats.fail(err) {
 				cam.logger.Error("detection failed", "frame", f.Seq, "err", err)
