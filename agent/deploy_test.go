@@ -210,8 +210,13 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 		return len(msgs) > 0 && strings.Contains(string(msgs[len(msgs)-1].Payload), `"phase":"active"`)
 	})
 
-	// The same manifest again (a reconnect redelivers it) changes nothing.
+	// The same manifest again (a reconnect redelivers it), and one issued before it under
+	// a new id (a replay), change nothing: the rollback sent after them is the next
+	// thing the device does.
 	p.send(target, m)
+	old := *m
+	old.Deployment, old.Issued = "d-replayed", m.Issued.Add(-time.Hour)
+	p.send(target, &old)
 	rb := &deploy.Manifest{Deployment: "d-back-1", Action: deploy.ActionRollback, Model: "default", Issued: time.Now().UTC()}
 	p.send(target, rb)
 	if st := waitPhase(t, r, "d-back-1"); st.Phase != deploy.PhaseRolledBack || st.Error != "" || st.Version != "0.1.1" {
@@ -219,6 +224,17 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 	}
 	if v := runningVersion(r); v != "0.1.1" {
 		t.Errorf("after the rollback: running %s", v)
+	}
+	history, _ := r.agent.store.State("default")
+	for _, h := range history.History {
+		if h.Deployment == "d-replayed" {
+			t.Errorf("a replayed deployment was acted on: %+v", h)
+		}
+	}
+	for _, e := range r.status(t).Events {
+		if e.Kind == "deployment" && strings.Contains(string(e.Body), "d-replayed") {
+			t.Errorf("a replayed deployment was reported: %s", e.Body)
+		}
 	}
 }
 
