@@ -402,16 +402,22 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	}
 }
 
+// startGroup starts n agents <name>-0.. in group.
+func startGroup(t *testing.T, url string, pub ed25519.PublicKey, name, group string, n int) []*running {
+	var agents []*running
+	for i := range n {
+		cfg := deployConfig(t, t.TempDir(), url, pub)
+		cfg.Device.ID, cfg.Device.Group = fmt.Sprintf("%s-%d", name, i), group
+		agents = append(agents, start(t, cfg))
+	}
+	return agents
+}
+
 // A group push reaches every agent of the group.
 func TestGroupDeploy(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Options{})
 	pub, priv, _ := deploy.GenerateKey()
-	var agents []*running
-	for i := range 2 {
-		cfg := deployConfig(t, t.TempDir(), b.URL, pub)
-		cfg.Device.ID, cfg.Device.Group = fmt.Sprintf("cell-%d", i), "line-3"
-		agents = append(agents, start(t, cfg))
-	}
+	agents := startGroup(t, b.URL, pub, "cell", "line-3", 2)
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Group: "line-3"}
 	m, archive := p.manifest(testBundle(t, "0.6.0", priv, nil), "d-group")
@@ -482,12 +488,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 func TestPushToolAgainstRunningAgents(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Options{})
 	pub, priv, _ := deploy.GenerateKey()
-	var agents []*running
-	for i := range 2 {
-		cfg := deployConfig(t, t.TempDir(), b.URL, pub)
-		cfg.Device.ID, cfg.Device.Group = fmt.Sprintf("gate-%d", i), "gates"
-		agents = append(agents, start(t, cfg))
-	}
+	agents := startGroup(t, b.URL, pub, "gate", "gates", 2)
 	// Both announce themselves (retained status with their group) before the push.
 	status := b.Subscribe(t, "cloud", "vigil/+/status")
 	waitFor(t, 30*time.Second, "both agents online", func() bool {

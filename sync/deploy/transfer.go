@@ -185,25 +185,9 @@ func (t *Transfer) Put(i int, data []byte) (complete bool, err error) {
 // whole or absent. The data is synced (a chunk the file system lost to a power cut
 // would otherwise be garbage of the right length, found only by the SHA-256); the
 // directory is not (a chunk whose name was lost is simply received again).
+// writeChunk stores a chunk atomically: a crash leaves it whole or absent.
 func writeChunk(p string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), ".chunk-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	return writeFileAtomic(p, data, 0o640)
 }
 
 // Progress is the fraction of the archive's bytes stored, 0..1.
