@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG  ?=
 
-.PHONY: all deps build run test vmtest test-mats bench bench-compare check-config fmt vet clean
+.PHONY: all deps build run test vmtest test-mats bench bench-compare check-config deb deb-arm64 fmt vet clean
 
 all: build
 
@@ -58,6 +58,16 @@ bench-compare: build
 ## check-config: validate CONFIG (or the embedded defaults)
 check-config: build
 	./bin/vigil check-config $(CONFIG)
+
+## deb: build dist/vigil_<version>_amd64.deb: the binary, the unit, /etc/vigil/vigil.yaml,
+## ONNX Runtime and TFLite in /usr/lib/vigil (packaging/build-deb, nfpm)
+deb:
+	packaging/build-deb amd64
+
+## deb-arm64: build dist/vigil_<version>_arm64.deb from VIGIL_BIN, an arm64 binary
+## (packaging/README.md: built in an arm64 Debian root under qemu-user)
+deb-arm64:
+	packaging/build-deb arm64
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
