@@ -43,7 +43,8 @@ type deployer struct {
 	root     string // transfers in progress, one directory each
 	backends *infer.Registry
 	logger   *slog.Logger
-	work     chan *inflight // deployments ready to verify, and rollbacks
+	work     chan *inflight  // deployments ready to verify, and rollbacks
+	ctx      context.Context // Run's: every deployment's context derives from it
 
 	mu      sync.Mutex // guards the fields below
 	current *inflight  // the deployment under way; nil when idle
@@ -56,9 +57,17 @@ type inflight struct {
 	m        *deploy.Manifest
 	target   deploy.Target
 	transfer *deploy.Transfer // chunked transfers only
-	archive  string           // url transfers: the downloaded archive
-	reported float64          // the progress last reported
-	ready    bool             // handed to the work loop
+	reported float64          // the progress last reported (the MQTT handler's)
+	// ctx ends when the deployment does (finished, withdrawn, the agent stopping), so
+	// work still under way for it (a download) stops and is not applied.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Guarded by the deployer's mu:
+	ready        bool      // handed to the work loop
+	archive      string    // url transfers: the downloaded archive
+	lastChunk    time.Time // when the transfer last made progress
+	resubscribed bool      // the chunk subscription was renewed once after a stall
 }
 
 // maxQueued bounds the deployments waiting behind the current one.
@@ -80,18 +89,55 @@ func (d *deployer) Run(ctx context.Context) error {
 	if err := os.MkdirAll(d.root, 0o750); err != nil {
 		return fmt.Errorf("deploy: create %s: %w", d.root, err)
 	}
+	d.ctx = ctx
 	d.resume()
 	d.a.link.Subscribe(deploy.Target{Device: d.device}.DeployTopic(d.prefix), d.onManifest)
 	if d.group != "" {
 		d.a.link.Subscribe(deploy.Target{Group: d.group}.DeployTopic(d.prefix), d.onManifest)
 	}
+	stalls := time.NewTicker(min(d.cfg.StallTimeout/4, 5*time.Second))
+	defer stalls.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case f := <-d.work:
 			d.process(ctx, f)
+		case <-stalls.C:
+			d.checkStall()
 		}
+	}
+}
+
+// checkStall deals with a transfer that stopped making progress (the operator gave up,
+// the broker dropped chunks over its queue limit): the chunk subscription is renewed
+// once, which brings the retained chunks again; if that does not help either, the
+// deployment is rejected, so that it cannot block the ones behind it.
+func (d *deployer) checkStall() {
+	d.mu.Lock()
+	f := d.current
+	if f == nil || f.ready || f.m.Action != deploy.ActionDeploy || time.Since(f.lastChunk) < d.cfg.StallTimeout {
+		d.mu.Unlock()
+		return
+	}
+	renew := !f.resubscribed
+	f.resubscribed, f.lastChunk = true, time.Now()
+	d.mu.Unlock()
+	via := f.m.Transfer.Via
+	if via == deploy.ViaChunks {
+		filter := f.target.ChunkFilter(d.prefix, f.m.Deployment)
+		d.a.link.Unsubscribe(filter)
+		if renew {
+			d.logger.Warn("transfer stalled; subscribing to its chunks again", "deployment", f.m.Deployment, "missing", len(f.transfer.Missing()))
+			d.a.link.Subscribe(filter, d.onChunk)
+			return
+		}
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("stalled: no chunk for %v (deploy.stall_timeout), %d of %d missing",
+			d.cfg.StallTimeout, len(f.transfer.Missing()), f.m.Transfer.Chunks), "")
+		return
+	}
+	if !renew {
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("stalled: the download made no progress for %v (deploy.stall_timeout)", d.cfg.StallTimeout), "")
 	}
 }
 
@@ -112,6 +158,8 @@ func (d *deployer) resume() {
 			t.Remove()
 			continue
 		}
+		// Its retained manifest may have been cleared while the agent was down: the
+		// stall check rejects it if no chunk comes.
 		d.logger.Info("resuming an interrupted deployment", "deployment", m.Deployment, "progress", t.Progress())
 		d.admit(&inflight{m: m, target: target, transfer: t})
 	}
@@ -159,28 +207,44 @@ func (d *deployer) onManifest(topic string, payload []byte) {
 
 // withdraw rejects the transfer under way if its manifest came on topic and is cleared.
 func (d *deployer) withdraw(topic string) {
+	withdrawn := errors.New("withdrawn: the manifest was cleared before the transfer completed")
 	d.mu.Lock()
 	f := d.current
 	downloading := f != nil && !f.ready && f.m.Action == deploy.ActionDeploy && f.target.DeployTopic(d.prefix) == topic
+	var dropped []*inflight
+	d.queued = slices.DeleteFunc(d.queued, func(q *inflight) bool {
+		if q.target.DeployTopic(d.prefix) == topic {
+			dropped = append(dropped, q)
+			return true
+		}
+		return false
+	})
 	d.mu.Unlock()
+	for _, q := range dropped {
+		q.cancel()
+		d.report(d.stateOf(q, deploy.PhaseRejected, withdrawn), true)
+	}
 	if downloading {
 		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, f.m.Deployment))
-		d.finish(f, deploy.PhaseRejected, errors.New("withdrawn: the manifest was cleared before the transfer completed"), "")
+		d.finish(f, deploy.PhaseRejected, withdrawn, "")
 	}
 }
 
 // admit starts a deployment, or queues it behind the one under way.
 func (d *deployer) admit(f *inflight) {
+	f.ctx, f.cancel = context.WithCancel(d.ctx)
 	d.mu.Lock()
 	if cur := d.current; cur != nil {
 		for _, q := range append([]*inflight{cur}, d.queued...) {
 			if q.m.Deployment == f.m.Deployment {
 				d.mu.Unlock()
+				f.cancel()
 				return // the retained manifest again, after a reconnect
 			}
 		}
 		if len(d.queued) >= maxQueued {
 			d.mu.Unlock()
+			f.cancel()
 			d.report(d.stateOf(f, deploy.PhaseRejected, fmt.Errorf("%d deployments are already waiting", maxQueued)), true)
 			return
 		}
@@ -192,6 +256,7 @@ func (d *deployer) admit(f *inflight) {
 		return
 	}
 	d.current = f
+	f.lastChunk = time.Now()
 	d.mu.Unlock()
 	d.begin(f)
 }
@@ -253,6 +318,9 @@ func (d *deployer) onChunk(topic string, payload []byte) {
 	d.mu.Lock()
 	f := d.current
 	done := f == nil || f.transfer == nil || f.m.Deployment != id || f.ready
+	if !done {
+		f.lastChunk = time.Now()
+	}
 	d.mu.Unlock()
 	if done {
 		return
@@ -281,8 +349,11 @@ func (d *deployer) download(f *inflight, dir string) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return err
 		}
-		client := &http.Client{Timeout: 30 * time.Minute}
-		resp, err := client.Get(f.m.Transfer.URL)
+		req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, f.m.Transfer.URL, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return err
 		}
@@ -295,7 +366,12 @@ func (d *deployer) download(f *inflight, dir string) {
 		if err != nil {
 			return err
 		}
-		n, err := io.Copy(out, io.LimitReader(resp.Body, f.m.Size+1))
+		// Progress for the stall check, a buffer at a time.
+		n, err := io.Copy(out, io.TeeReader(io.LimitReader(resp.Body, f.m.Size+1), progressWriter(func() {
+			d.mu.Lock()
+			f.lastChunk = time.Now()
+			d.mu.Unlock()
+		})))
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
@@ -305,9 +381,15 @@ func (d *deployer) download(f *inflight, dir string) {
 		if n != f.m.Size {
 			return fmt.Errorf("GET %s: %d bytes, the manifest says %d", f.m.Transfer.URL, n, f.m.Size)
 		}
+		d.mu.Lock()
 		f.archive = path
+		d.mu.Unlock()
 		return nil
 	}()
+	if f.ctx.Err() != nil {
+		os.RemoveAll(dir)
+		return // finished already (withdrawn, stalled) or the agent is stopping
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		d.finish(f, deploy.PhaseRejected, fmt.Errorf("download: %w", err), "")
@@ -316,13 +398,21 @@ func (d *deployer) download(f *inflight, dir string) {
 	d.ready(f)
 }
 
+// progressWriter calls tick for every write: an io.TeeReader's side channel.
+type progressWriter func()
+
+func (p progressWriter) Write(b []byte) (int, error) {
+	p()
+	return len(b), nil
+}
+
 // ready hands a deployment to the work loop, once.
 func (d *deployer) ready(f *inflight) {
 	d.mu.Lock()
-	already := f.ready
+	send := !f.ready && d.current == f && f.ctx.Err() == nil
 	f.ready = true
 	d.mu.Unlock()
-	if !already {
+	if send {
 		d.work <- f
 	}
 }
@@ -331,6 +421,12 @@ func (d *deployer) ready(f *inflight) {
 // out a rollback. It runs on the deployer's goroutine, so only one model changes at a
 // time, and returns after the watch window.
 func (d *deployer) process(ctx context.Context, f *inflight) {
+	d.mu.Lock()
+	stale := d.current != f || f.ctx.Err() != nil
+	d.mu.Unlock()
+	if stale {
+		return // ended while it waited (withdrawn, stalled)
+	}
 	m := f.m
 	mod := d.a.models[m.Model]
 	if m.Action == deploy.ActionRollback {
@@ -368,7 +464,7 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 	}
 	next, err := d.warm(ctx, f, mod, dir)
 	if err != nil {
-		os.RemoveAll(dir)
+		d.store.Discard(m.Model, dir)
 		d.finish(f, deploy.PhaseRolledBack, err, "")
 		return
 	}
@@ -385,8 +481,11 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 
 // assemble returns the path of the received archive, its size and SHA-256 checked.
 func (d *deployer) assemble(f *inflight) (string, error) {
-	if f.archive != "" {
-		return f.archive, nil
+	d.mu.Lock()
+	archive := f.archive
+	d.mu.Unlock()
+	if archive != "" {
+		return archive, nil
 	}
 	path := filepath.Join(f.transfer.Dir(), "archive.tar")
 	out, err := os.Create(path)
@@ -417,7 +516,7 @@ func (d *deployer) install(m *deploy.Manifest, archive string) (string, error) {
 		err = fmt.Errorf("model.yaml is %s %s, the manifest says %s %s", man.Name, man.Version, m.Bundle.Name, m.Bundle.Version)
 	}
 	if err != nil {
-		os.RemoveAll(dir)
+		d.store.Discard(m.Model, dir)
 		return "", fmt.Errorf("bundle: %w", err)
 	}
 	return dir, nil
@@ -576,7 +675,7 @@ func (d *deployer) watch(ctx context.Context, f *inflight, mod *model, prev, nex
 			continue
 		}
 		mod.running.Store(prev)
-		if _, err := d.store.Rollback(mod.name); err != nil {
+		if _, err := d.store.Revert(mod.name); err != nil {
 			d.logger.Error("rollback: the store still names the new bundle", "err", err)
 		}
 		d.store.Record(mod.name, f.m, deploy.PhaseRolledBack, problem.Error())
@@ -617,10 +716,14 @@ func (d *deployer) finish(f *inflight, phase deploy.Phase, err error, version st
 		st.Progress = 1
 	}
 	d.report(st, true)
+	f.cancel()
+	d.mu.Lock()
+	archive := f.archive
+	d.mu.Unlock()
 	if f.transfer != nil {
 		f.transfer.Remove()
-	} else if f.archive != "" {
-		os.RemoveAll(filepath.Dir(f.archive))
+	} else if archive != "" {
+		os.RemoveAll(filepath.Dir(archive))
 	}
 	d.mu.Lock()
 	if d.current != f {
@@ -632,10 +735,14 @@ func (d *deployer) finish(f *inflight, phase deploy.Phase, err error, version st
 	for len(d.queued) > 0 && next == nil {
 		next, d.queued = d.queued[0], d.queued[1:]
 		if seen, _ := d.store.Seen(next.m.Model, next.m); seen {
+			next.cancel()
 			next = nil
 		}
 	}
 	d.current = next
+	if next != nil {
+		next.lastChunk = time.Now()
+	}
 	d.mu.Unlock()
 	if next != nil {
 		go d.begin(next)

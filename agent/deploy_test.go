@@ -263,7 +263,8 @@ func TestDeployRejections(t *testing.T) {
 		{"corrupted chunk", func() string { return testBundle(t, "0.3.2", priv, nil) },
 			func(_ *deploy.Manifest, archive []byte) { archive[len(archive)/2] ^= 0xff }, deploy.PhaseRejected, "match"},
 		{"wrong sha256", func() string { return testBundle(t, "0.3.3", priv, nil) },
-			func(m *deploy.Manifest, _ []byte) { m.SHA256 = strings.Repeat("ab", 32) }, deploy.PhaseRejected, ""},
+			// The signature is over the SHA-256: another digest is caught as a bad signature.
+			func(m *deploy.Manifest, _ []byte) { m.SHA256 = strings.Repeat("ab", 32) }, deploy.PhaseRejected, "bad signature"},
 		{"bundle that does not fit its model", func() string {
 			return testBundle(t, "0.3.4", priv, func(y string) string { return strings.Replace(y, "width: 416", "width: 320", 1) })
 		}, nil, deploy.PhaseRejected, "input.width"},
@@ -563,7 +564,7 @@ func TestDeployWatchRollsBack(t *testing.T) {
 			var st *deploy.State
 			waitFor(t, 30*time.Second, "the rollback", func() bool {
 				st = r.agent.deployer.lastState()
-				return st.Phase == deploy.PhaseRolledBack
+				return st != nil && st.Phase == deploy.PhaseRolledBack
 			})
 			if !strings.Contains(st.Error, tc.reason) || runningVersion(r) != "0.1.1" {
 				t.Errorf("%+v, running %s", st, runningVersion(r))
@@ -603,5 +604,91 @@ func TestDeployViaURL(t *testing.T) {
 	p.send(target, m)
 	if st := waitPhase(t, r, "d-url-bad"); st.Phase != deploy.PhaseRejected || runningVersion(r) != "3.0.0" {
 		t.Fatalf("%+v", st)
+	}
+}
+
+// A transfer whose manifest the operator clears is withdrawn; one that stops receiving
+// chunks is rejected as stalled after deploy.stall_timeout (one renewed subscription
+// later); neither blocks the deployment after it.
+func TestDeployWithdrawnAndStalled(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+	cfg.Deploy.StallTimeout = time.Second
+	r := start(t, cfg)
+	p := newPusher(t, b.URL)
+	device := deploy.Target{Device: "test-01"}
+
+	m, archive := p.manifest(testBundle(t, "4.0.0", priv, nil), "d-withdrawn")
+	p.chunks(device, m, archive, 0, 1)
+	p.send(device, m)
+	waitFor(t, 30*time.Second, "the transfer under way", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == "d-withdrawn" && st.Progress > 0
+	})
+	p.publish(device.DeployTopic("vigil"), nil) // what `vigil model push` does when it gives up
+	st := waitPhase(t, r, "d-withdrawn")
+	if st.Phase != deploy.PhaseRejected || !strings.Contains(st.Error, "withdrawn") {
+		t.Fatalf("withdrawn: %+v", st)
+	}
+
+	m2, archive2 := p.manifest(testBundle(t, "4.0.1", priv, nil), "d-stalled")
+	p.chunks(device, m2, archive2, 0, 1)
+	p.send(device, m2)
+	st = waitPhase(t, r, "d-stalled")
+	if st.Phase != deploy.PhaseRejected || !strings.Contains(st.Error, "stalled") {
+		t.Fatalf("stalled: %+v", st)
+	}
+
+	m3, archive3 := p.manifest(testBundle(t, "4.0.2", priv, nil), "d-after")
+	p.chunks(device, m3, archive3, 0, m3.Transfer.Chunks)
+	p.send(device, m3)
+	if st := waitPhase(t, r, "d-after"); st.Phase != deploy.PhaseActive {
+		t.Fatalf("the deployment after them: %+v", st)
+	}
+}
+
+// A url transfer withdrawn in the middle of its download is dropped, never installed.
+func TestDeployURLWithdrawnMidDownload(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	r := start(t, deployConfig(t, t.TempDir(), b.URL, pub))
+	p := newPusher(t, b.URL)
+	m, archive := p.manifest(testBundle(t, "5.0.0", priv, nil), "d-url-withdrawn")
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Write(archive[:len(archive)/2])
+		w.(http.Flusher).Flush()
+		select { // the rest only after the withdrawal, or never
+		case <-release:
+			w.Write(archive[len(archive)/2:])
+		case <-req.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	target := deploy.Target{Device: "test-01"}
+	m.Transfer = &deploy.TransferSpec{Via: deploy.ViaURL, URL: srv.URL + "/bundle.tar"}
+	p.send(target, m)
+	waitFor(t, 30*time.Second, "the download under way", func() bool {
+		st := r.agent.deployer.lastState()
+		return st != nil && st.Deployment == m.Deployment && st.Phase == deploy.PhaseDownloading
+	})
+	p.publish(target.DeployTopic("vigil"), nil)
+	if st := waitPhase(t, r, m.Deployment); st.Phase != deploy.PhaseRejected || !strings.Contains(st.Error, "withdrawn") {
+		t.Fatalf("%+v", st)
+	}
+	close(release)
+	// The next deployment is processed after anything the withdrawn one could still do.
+	m2, a2 := p.manifest(testBundle(t, "5.0.1", priv, nil), "d-next")
+	p.chunks(target, m2, a2, 0, m2.Transfer.Chunks)
+	p.send(target, m2)
+	if st := waitPhase(t, r, "d-next"); st.Phase != deploy.PhaseActive || runningVersion(r) != "5.0.1" {
+		t.Fatalf("%+v, running %s", st, runningVersion(r))
+	}
+	history, _ := r.agent.store.State("default")
+	for _, h := range history.History {
+		if h.Deployment == m.Deployment && h.Phase != deploy.PhaseRejected {
+			t.Errorf("the withdrawn deployment went on to %s", h.Phase)
+		}
 	}
 }

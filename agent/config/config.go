@@ -179,6 +179,9 @@ type Deploy struct {
 	// when its median inference time exceeds MaxSlowdown times the previous model's.
 	Watch       time.Duration `mapstructure:"watch" json:"watch"`
 	MaxSlowdown float64       `mapstructure:"max_slowdown" json:"max_slowdown"`
+	// StallTimeout rejects a transfer that receives nothing for this long (after one
+	// renewed subscription), so that it cannot block the deployments behind it.
+	StallTimeout time.Duration `mapstructure:"stall_timeout" json:"stall_timeout"`
 }
 
 // Snapshots are the frames saved with rule events.

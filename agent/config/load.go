@@ -138,6 +138,7 @@ func scalarDefaults() map[string]any {
 		"deploy.warmup_budget":    "2s",
 		"deploy.watch":            "30s",
 		"deploy.max_slowdown":     3.0,
+		"deploy.stall_timeout":    "2m",
 		"runtimes.tflite":         "",
 		"runtimes.openvino":       "",
 	}

@@ -436,6 +436,9 @@ func (c *Config) validate() Errors {
 	if c.Deploy.Watch < 0 {
 		bad("deploy.watch", "%v is negative", c.Deploy.Watch)
 	}
+	if c.Deploy.StallTimeout <= 0 {
+		bad("deploy.stall_timeout", "%v must be greater than 0", c.Deploy.StallTimeout)
+	}
 	if c.Deploy.MaxSlowdown < 1 {
 		bad("deploy.max_slowdown", "%v: a factor of at least 1", c.Deploy.MaxSlowdown)
 	}

@@ -205,6 +205,38 @@ func (s *Store) Rollback(model string) (bundleDir string, err error) {
 	return filepath.Join(dir, active), nil
 }
 
+// Revert abandons the active bundle, which failed after it went live: the previous one
+// becomes active again, and the failed one is removed rather than kept as the previous
+// (so that a later rollback cannot bring it back). It returns the now active directory,
+// "" for the bundle the config names.
+func (s *Store) Revert(model string) (bundleDir string, err error) {
+	dir, err := s.modelDir(model)
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var active, failed string
+	err = s.update(model, func(st *ModelState) error {
+		failed = st.Active
+		st.Active, st.Previous = st.Previous, ""
+		active = st.Active
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("revert: %w", err)
+	}
+	if failed != "" {
+		if err := os.RemoveAll(filepath.Join(dir, failed)); err != nil {
+			return "", fmt.Errorf("revert: remove the failed bundle: %w", err)
+		}
+	}
+	if active == "" {
+		return "", nil
+	}
+	return filepath.Join(dir, active), nil
+}
+
 // Active returns the model's active bundle directory; false means the config's (also
 // when the state file cannot be read: State says why).
 func (s *Store) Active(model string) (string, bool) {

@@ -155,6 +155,32 @@ func TestStoreRollbackToConfigBundle(t *testing.T) {
 	}
 }
 
+// A bundle that failed after going live is reverted: the one before it is active again
+// and the failed one is gone, so a later rollback cannot bring it back.
+func TestStoreRevert(t *testing.T) {
+	archive, sha := realArchive(t)
+	_, priv := newKey(t)
+	s, _ := OpenStore(t.TempDir(), Limits{})
+	m := signedManifest(t, archive, sha, priv, DefaultChunkSize)
+	dir, err := s.Install("cam-2", m, bytes.NewReader(archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate("cam-2", dir); err != nil {
+		t.Fatal(err)
+	}
+	back, err := s.Revert("cam-2")
+	if err != nil || back != "" {
+		t.Fatalf("Revert = %q, %v; want \"\" (the config's bundle)", back, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the failed bundle is still on disk: %v", err)
+	}
+	if again, err := s.Rollback("cam-2"); err == nil {
+		t.Errorf("a rollback after a revert returned to %q", again)
+	}
+}
+
 func TestStoreInstallRefusesMismatch(t *testing.T) {
 	archive, sha := realArchive(t)
 	_, priv := newKey(t)
