@@ -257,3 +257,39 @@ inputs:
 		t.Errorf("setting a gpio input: %d", code)
 	}
 }
+
+// The weld-robot case across a restart: a latched pause survives it (a crash, a power
+// cut, systemd restarting a hung agent), so the robot does not resume without the
+// operator's acknowledge.
+func TestLatchSurvivesARestart(t *testing.T) {
+	state := t.TempDir()
+	weld := func() *config.Config {
+		cfg := testConfig(t, state, "")
+		cfg.Actuators[0].Safe, cfg.Actuators[0].Initial = "low", "high" // low: paused
+		cfg.Rules[0].Action = config.Action{Actuator: "line-stop", State: "low", Until: "ack"}
+		return cfg
+	}
+	r := start(t, weld())
+	waitFor(t, 30*time.Second, "the pause to latch", func() bool { return r.status(t).Rules[0].Latched })
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	r = start(t, weld())
+	if st := r.status(t).Rules[0]; !st.Latched {
+		t.Fatalf("after the restart the rule is not latched: %+v", st)
+	}
+	waitFor(t, 30*time.Second, "detection after the restart", func() bool { return r.status(t).Cameras[0].Detect.Frames > 3 })
+	if s := r.agent.actuators["line-stop"].State(); s.State != "low" {
+		t.Fatalf("the robot resumed without an acknowledge: %+v", s)
+	}
+	if ev := eventOfKind(r.status(t).Events, "latch"); ev == nil {
+		t.Error("no event says the latch was restored")
+	}
+	if code, msg := r.post(t, "/api/rules/stop-on-person/ack", "s3cret", ""); code != http.StatusOK {
+		t.Fatalf("ack: %d %s", code, msg)
+	}
+	if s := r.agent.actuators["line-stop"].State(); s.State != "high" {
+		t.Errorf("after the acknowledge: %+v", s)
+	}
+}

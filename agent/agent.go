@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,6 +80,9 @@ type Agent struct {
 	http      *http.Server
 	closeOnce sync.Once
 	hangAfter time.Duration
+	latchFile string     // state_dir/latches.json
+	latchMu   sync.Mutex // guards latched and the file
+	latched   []string   // as last saved
 
 	// beforeRules, when set by a test, runs before each frame's rules (to inject a panic
 	// where a rule or decoder bug would strike).
@@ -86,6 +91,10 @@ type Agent struct {
 
 type actuator struct {
 	*hal.Output
+	// cmd is held from deciding what the rules want of the output to commanding it, so
+	// that an acknowledge and a rule firing at once cannot leave the output at a level
+	// the rules no longer want.
+	cmd sync.Mutex
 	sim *sim.Line // nil for hardware drivers
 	// normal is the operating level (config initial, else safe): driven once the
 	// pipeline runs, and when the last rule holding the actuator lets go.
@@ -226,6 +235,8 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		a.deployer = newDeployer(a, a.store, backends, logger)
 	}
 	a.rules = rules.New(cfg.Rules, rules.Options{InputHigh: a.inputHigh})
+	a.latchFile = filepath.Join(state, "latches.json")
+	a.restoreLatches()
 	a.ruleStats = map[string]*ruleStats{}
 	for _, r := range cfg.Rules {
 		a.ruleStats[r.Name] = &ruleStats{}
@@ -522,7 +533,11 @@ func (a *Agent) failSafe(cam *camera, reason string) {
 		if r.Camera != cam.cfg.Name || r.OnStall != "safe" || r.Action.Actuator == "" {
 			continue
 		}
-		if err := a.actuators[r.Action.Actuator].Safe(reason); err != nil {
+		act := a.actuators[r.Action.Actuator]
+		act.cmd.Lock()
+		err := act.Safe(reason)
+		act.cmd.Unlock()
+		if err != nil {
 			a.logger.Error("fail-safe: actuator not safe", "actuator", r.Action.Actuator, "rule", r.Name, "err", err)
 			continue
 		}
@@ -535,7 +550,10 @@ func (a *Agent) failSafe(cam *camera, reason string) {
 // restore returns the actuators that failSafe drove safe for cam to what the rules want
 // now: the state of a rule still holding one, else its normal level.
 func (a *Agent) restore(cam *camera, reason string) {
-	if !cam.safed.Swap(false) || !a.modelsLoaded() {
+	if cam.stats.status().LastError != "" || !a.modelsLoaded() {
+		return // its detection still fails: what it guards stays safe
+	}
+	if !cam.safed.Swap(false) {
 		return
 	}
 	done := map[string]bool{}
@@ -554,14 +572,84 @@ func (a *Agent) restore(cam *camera, reason string) {
 
 // settle drives an actuator to what the rules want now: the state of the first rule
 // still holding it (held or latched), else its normal level.
+//
+// An output whose rules are blind (a camera guarding it is failed safe, or a model did
+// not load) stays at its safe level instead of going back to normal.
 func (a *Agent) settle(name, reason string) (hal.Level, error) {
 	act := a.actuators[name]
+	act.cmd.Lock()
+	defer act.cmd.Unlock()
 	level := act.normal
 	if holders := a.rules.Holding(name); len(holders) > 0 {
 		level, _ = hal.ParseLevel(holders[0].Action.State)
 		reason += "; held by rule " + holders[0].Name
+	} else if blind := a.blind(name); blind != "" {
+		level, _ = hal.ParseLevel(a.cfg.ActuatorNamed(name).Safe)
+		reason += "; kept safe: " + blind
 	}
-	return level, act.Set(level, reason)
+	err := act.Set(level, reason)
+	a.saveLatches()
+	return level, err
+}
+
+// blind says why the rules that guard an actuator cannot see ("" when they can): a
+// model that did not load, or a camera of an `on_stall: safe` rule failed safe.
+func (a *Agent) blind(actuator string) string {
+	if !a.modelsLoaded() {
+		return "a model did not load"
+	}
+	for _, cam := range a.cameras {
+		if !cam.safed.Load() {
+			continue
+		}
+		for _, r := range a.cfg.Rules {
+			if r.Camera == cam.cfg.Name && r.OnStall == "safe" && r.Action.Actuator == actuator {
+				return "camera " + cam.cfg.Name + " is failed safe"
+			}
+		}
+	}
+	return ""
+}
+
+// saveLatches keeps the latched rules on disk: after a restart (a crash, a power cut) a
+// weld robot paused until an operator acknowledges must stay paused.
+func (a *Agent) saveLatches() {
+	a.latchMu.Lock()
+	defer a.latchMu.Unlock()
+	names := a.rules.Latched()
+	if slices.Equal(names, a.latched) {
+		return
+	}
+	data, _ := json.Marshal(names)
+	tmp := a.latchFile + ".tmp"
+	err := os.WriteFile(tmp, data, 0o640)
+	if err == nil {
+		err = os.Rename(tmp, a.latchFile)
+	}
+	if err != nil {
+		a.logger.Error("latched rules not saved: a restart would forget them", "err", err)
+		return
+	}
+	a.latched = names
+}
+
+// restoreLatches latches again the rules that were latched when the agent stopped.
+func (a *Agent) restoreLatches() {
+	data, err := os.ReadFile(a.latchFile)
+	if err != nil {
+		return
+	}
+	var names []string
+	if err := json.Unmarshal(data, &names); err != nil {
+		a.logger.Error("latched rules file unreadable; nothing restored", "file", a.latchFile, "err", err)
+		return
+	}
+	a.latched = names
+	for _, r := range a.rules.RestoreLatched(names) {
+		a.logger.Warn("rule still latched from before the restart", "rule", r.Name, "actuator", r.Action.Actuator, "until", r.Action.Until)
+		a.recordEvent(context.Background(), "latch", map[string]string{"rule": r.Name, "actuator": r.Action.Actuator,
+			"until": r.Action.Until, "reason": "latched before the restart"})
+	}
 }
 
 // modelsLoaded reports whether every model loaded: with one missing, its rules are
@@ -586,11 +674,7 @@ func (a *Agent) goNormal(ctx context.Context) {
 		return
 	}
 	for _, name := range a.actOrder {
-		act := a.actuators[name]
-		if act.State().State == act.normal.String() {
-			continue
-		}
-		if err := act.Set(act.normal, "pipeline running"); err != nil {
+		if _, err := a.settle(name, "pipeline running"); err != nil {
 			a.logger.Error("actuator: cannot drive its initial level", "actuator", name, "err", err)
 		}
 	}

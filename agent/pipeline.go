@@ -143,11 +143,19 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 		// An event-only rule.
 	case fire.Kind == rules.Release:
 		level, err = a.settle(name, reason+" released: "+fire.Reason)
-	case fire.Action.Pulse > 0:
-		err = a.actuators[name].Pulse(fire.Action.Pulse, reason)
 	default:
-		level, _ = hal.ParseLevel(fire.Action.State)
-		err = a.actuators[name].Set(level, reason)
+		act := a.actuators[name]
+		act.cmd.Lock()
+		if fire.Action.Pulse > 0 {
+			err = act.Pulse(fire.Action.Pulse, reason)
+		} else {
+			level, _ = hal.ParseLevel(fire.Action.State)
+			err = act.Set(level, reason)
+		}
+		act.cmd.Unlock()
+		if fire.Action.Until != "" {
+			a.saveLatches()
+		}
 	}
 	actuated := time.Since(f.Time)
 	if name != "" && fire.Kind == rules.Fire {

@@ -215,3 +215,13 @@ func (c *Config) RuleNamed(name string) *Rule {
 	}
 	return nil
 }
+
+// ActuatorNamed returns the actuator with the given name, or nil.
+func (c *Config) ActuatorNamed(name string) *Actuator {
+	for i := range c.Actuators {
+		if c.Actuators[i].Name == name {
+			return &c.Actuators[i]
+		}
+	}
+	return nil
+}

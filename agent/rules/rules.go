@@ -179,6 +179,36 @@ func releaseReason(until string) string {
 	return "input " + until
 }
 
+// Latched lists the rules latched now (waiting for an acknowledge or an input), for the
+// agent to keep on disk: a latch must survive a restart.
+func (e *Engine) Latched() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for _, r := range e.rules {
+		if r.active && r.cfg.Action.Until != "" {
+			out = append(out, r.cfg.Name)
+		}
+	}
+	return out
+}
+
+// RestoreLatched latches again the rules named (from Latched before a restart) that
+// still latch; it returns those it latched.
+func (e *Engine) RestoreLatched(names []string) []config.Rule {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []config.Rule
+	for _, r := range e.rules {
+		if r.cfg.Action.Until != "" && r.cfg.Action.State != "" && slices.Contains(names, r.cfg.Name) {
+			r.active = true
+			r.lastFired = e.opts.Now()
+			out = append(out, r.cfg)
+		}
+	}
+	return out
+}
+
 // Holding lists the active rules that hold the actuator called name, in rule order.
 func (e *Engine) Holding(actuator string) []config.Rule {
 	e.mu.Lock()

@@ -317,3 +317,24 @@ func TestEventOnlyRuleFiresWithCooldown(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+func TestLatchesSurviveARestart(t *testing.T) {
+	e := New([]config.Rule{stateRule(0, "ack")}, Options{})
+	e.Evaluate(frame(person(0.9, centre)))
+	saved := e.Latched()
+	if !slices.Equal(saved, []string{"r"}) {
+		t.Fatalf("latched %v", saved)
+	}
+	// A new engine (the restarted agent) with the same rules, and one that no longer latches.
+	again := New([]config.Rule{stateRule(0, "ack")}, Options{})
+	if got := again.RestoreLatched(saved); len(got) != 1 || len(again.Holding("relay")) != 1 {
+		t.Fatalf("restored %v, holding %v", got, again.Holding("relay"))
+	}
+	if _, ok := again.Acknowledge("r", "ack"); !ok {
+		t.Fatal("a restored latch cannot be acknowledged")
+	}
+	changed := New([]config.Rule{stateRule(0, "")}, Options{})
+	if got := changed.RestoreLatched(saved); len(got) != 0 {
+		t.Fatalf("restored a latch on a rule that no longer latches: %v", got)
+	}
+}
