@@ -80,6 +80,7 @@ type Agent struct {
 	http      *http.Server
 	closeOnce sync.Once
 	hangAfter time.Duration
+	fatal     chan error // a panic outside Run's goroutines (an MQTT handler), to stop Run
 	latchFile string     // state_dir/latches.json
 	latchMu   sync.Mutex // guards latched and the file
 	latched   []string   // as last saved
@@ -124,6 +125,22 @@ type loaded struct {
 	// deployment names the push that installed it; "" for the configured bundle.
 	deployment string
 	stats      runStats
+
+	mu      sync.Mutex // guards users and retired
+	users   int        // frames on it now
+	retired bool       // swapped out: closed when the last frame is done
+}
+
+// acquire takes the running bundle for one frame (release it after), or returns nil
+// when none is loaded.
+func (m *model) acquire() *loaded {
+	for {
+		l := m.running.Load()
+		if l == nil || l.acquire() {
+			return l
+		}
+		// Retired between the load and the acquire: a swap happened; take the new one.
+	}
 }
 
 // detector is the running detector, or nil.
@@ -142,7 +159,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a = &Agent{
+	a = &Agent{fatal: make(chan error, 1),
 		cfg: cfg, version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
 		actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{},
 		events: newEventLog(100),
@@ -467,6 +484,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	})
 	sm := newServiceManager(a)
 	g.Go(a.guard("systemd", func() error { return sm.Run(ctx) }))
+	g.Go(func() error {
+		select {
+		case err := <-a.fatal:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	})
 	g.Go(a.guard("telemetry", func() error { return a.telemetryLoop(ctx) }))
 	g.Go(a.guard("stall watch", func() error { return a.watchStalls(ctx) }))
 	if a.link != nil {
@@ -684,6 +709,19 @@ func (a *Agent) goNormal(ctx context.Context) {
 func (a *Agent) inputHigh(name string) bool {
 	in, ok := a.inputs[name]
 	return ok && in.Level() == hal.High
+}
+
+// recoverPanic is guard for code that runs on goroutines Run does not own (MQTT
+// handlers, downloads): deferred there, it turns a panic into the same fail-safe stop.
+func (a *Agent) recoverPanic(part string) {
+	if p := recover(); p != nil {
+		a.safeAll(fmt.Sprintf("panic in %s", part))
+		a.logger.Error("panic: actuators driven safe, stopping", "part", part, "panic", p, "stack", string(debug.Stack()))
+		select {
+		case a.fatal <- fmt.Errorf("panic in %s: %v", part, p):
+		default:
+		}
+	}
 }
 
 // guard runs one of the agent's parts and turns a panic in it into fail-safe: every

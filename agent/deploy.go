@@ -176,6 +176,7 @@ func (d *deployer) topicOf(t *deploy.Transfer) string {
 
 // onManifest handles a manifest on a deploy topic (the link's receiving goroutine).
 func (d *deployer) onManifest(topic string, payload []byte) {
+	defer d.a.recoverPanic("deploy: manifest")
 	m, err := deploy.ParseManifest(payload, d.lim)
 	if errors.Is(err, deploy.ErrEmptyManifest) {
 		// The operator's tool cleared the retained manifest: done, or given up. A
@@ -263,6 +264,7 @@ func (d *deployer) admit(f *inflight) {
 
 // begin receives a deployment's archive (or, for a rollback, goes straight to work).
 func (d *deployer) begin(f *inflight) {
+	defer d.a.recoverPanic("deploy: begin")
 	d.report(d.stateOf(f, deploy.PhaseReceived, nil), true)
 	m := f.m
 	if m.Action == deploy.ActionRollback {
@@ -308,6 +310,7 @@ func (d *deployer) begin(f *inflight) {
 
 // onChunk stores a chunk of the current transfer (the link's receiving goroutine).
 func (d *deployer) onChunk(topic string, payload []byte) {
+	defer d.a.recoverPanic("deploy: chunk")
 	if len(payload) == 0 {
 		return // a cleared retained chunk
 	}
@@ -345,6 +348,7 @@ func (d *deployer) onChunk(topic string, payload []byte) {
 
 // download fetches a url transfer's archive, within the size the manifest gives.
 func (d *deployer) download(f *inflight, dir string) {
+	defer d.a.recoverPanic("deploy: download")
 	err := func() error {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return err
@@ -688,14 +692,39 @@ func (d *deployer) watch(ctx context.Context, f *inflight, mod *model, prev, nex
 	}
 }
 
-// retireAfter is how long a swapped-out detector stays open: a pipeline that loaded it
-// just before the swap finishes its frame on it (one inference, well under this).
-const retireAfter = 5 * time.Second
-
-// retire closes a swapped-out bundle's detector once no frame can still be on it.
+// retire closes a swapped-out bundle's detector as soon as no frame is on it: a
+// pipeline that took it just before the swap finishes its frame first.
 func retire(l *loaded) {
-	if l != nil {
-		time.AfterFunc(retireAfter, func() { l.detector.Close() })
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.retired = true
+	if l.users == 0 {
+		l.detector.Close()
+	}
+}
+
+// acquire takes the bundle for one frame; false means it was retired (load the
+// running one again).
+func (l *loaded) acquire() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.retired {
+		return false
+	}
+	l.users++
+	return true
+}
+
+// release ends acquire's frame, closing a retired bundle's detector after its last one.
+func (l *loaded) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.users--
+	if l.retired && l.users == 0 {
+		l.detector.Close()
 	}
 }
 

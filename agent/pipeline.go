@@ -97,7 +97,8 @@ func (p *pacer) admit(now time.Time) bool {
 // process runs one frame through detection, rules and actions.
 func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 	var dets []infer.Detection
-	if run := cam.model.running.Load(); run != nil {
+	if run := cam.model.acquire(); run != nil {
+		defer run.release()
 		cam.frameSize.Store(uint64(f.Mat.Cols())<<32 | uint64(f.Mat.Rows()))
 		var timing detector.Timing
 		var err error

@@ -89,6 +89,7 @@ type Link struct {
 	opts   Options
 	logger *slog.Logger
 
+	retainMu  sync.Mutex // serialises Retain
 	mu        sync.Mutex // guards the fields below
 	state     State
 	attempted string             // the broker of the last connection attempt
@@ -164,11 +165,16 @@ func (l *Link) Unsubscribe(filter string) {
 // sequence (DESIGN.md: status, models/state).
 func (l *Link) Retain(suffix string, payload []byte) {
 	topic := l.Topic(suffix)
+	// retainMu keeps snapshots in order (the broker must end with the newest); l.mu is
+	// not held while publishing, which may block on a congested connection.
+	l.retainMu.Lock()
+	defer l.retainMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.retained[topic] = payload
-	if l.client != nil {
-		l.await("publish "+topic, l.client.Publish(topic, 1, true, payload))
+	client := l.client
+	l.mu.Unlock()
+	if client != nil {
+		l.await("publish "+topic, client.Publish(topic, 1, true, payload))
 	}
 }
 
