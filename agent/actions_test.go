@@ -56,7 +56,7 @@ func TestLatchUntilAcknowledge(t *testing.T) {
 		st = r.status(t)
 		return len(st.Rules) == 1 && st.Rules[0].Latched && eventOfKind(st.Events, "detection") != nil
 	})
-	if s := r.agent.actuators["line-stop"].State(); s.State != "high" || s.LastReason != "rule stop-on-person" {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "high" || s.LastReason != "rule stop-on-person" {
 		t.Fatalf("latched output: %+v", s)
 	}
 	rule := st.Rules[0]
@@ -90,7 +90,7 @@ func TestLatchUntilAcknowledge(t *testing.T) {
 	if code, msg := r.post(t, "/api/rules/stop-on-person/ack", "s3cret", ""); code != http.StatusOK {
 		t.Fatalf("ack: %d %s", code, msg)
 	}
-	if s := r.agent.actuators["line-stop"].State(); s.State != "low" || !strings.Contains(s.LastReason, "released: acknowledged over http") {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" || !strings.Contains(s.LastReason, "released: acknowledged over http") {
 		t.Errorf("after the ack: %+v", s)
 	}
 	if code, _ := r.post(t, "/api/rules/stop-on-person/ack", "s3cret", ""); code != http.StatusConflict {
@@ -114,7 +114,7 @@ func TestInitialLevelAfterStartSafeAtStop(t *testing.T) {
 	cfg.Rules = nil
 	r := start(t, cfg)
 	waitFor(t, 10*time.Second, "the initial level", func() bool {
-		return r.agent.actuators["line-stop"].State().State == "low"
+		return r.agent.parts().actuators["line-stop"].State().State == "low"
 	})
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
@@ -144,7 +144,7 @@ func TestPanicDrivesActuatorsSafeAndFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "panic in pipeline door: rule bug on camera door") {
 		t.Fatalf("Run: %v", err)
 	}
-	s := a.actuators["line-stop"].State()
+	s := a.parts().actuators["line-stop"].State()
 	if s.State != "low" || !strings.HasPrefix(s.LastReason, "panic in pipeline door") {
 		t.Errorf("after the panic: %+v", s)
 	}
@@ -165,7 +165,7 @@ func TestEventOnlyRule(t *testing.T) {
 	if body.Action != nil || body.Snapshot == "" || len(body.Detections) == 0 {
 		t.Errorf("event: %+v", body)
 	}
-	if s := r.agent.actuators["line-stop"].State(); s.Transitions != 0 {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.Transitions != 0 {
 		t.Errorf("an event-only rule moved the actuator: %+v", s)
 	}
 }
@@ -186,7 +186,7 @@ inputs:
 	waitFor(t, 30*time.Second, "detections with people", func() bool {
 		return r.status(t).Cameras[0].Detect.Frames > 20
 	})
-	if st := r.status(t); st.Rules[0].Firings != 0 || r.agent.actuators["line-stop"].State().State != "low" {
+	if st := r.status(t); st.Rules[0].Firings != 0 || r.agent.parts().actuators["line-stop"].State().State != "low" {
 		t.Fatalf("fired with the interlock open: %+v", st.Rules[0])
 	}
 	if code, msg := r.post(t, "/api/inputs/robot-running", "s3cret", `{"state":"high"}`); code != http.StatusOK {
@@ -200,11 +200,11 @@ inputs:
 		t.Fatalf("press: %d %s", code, msg)
 	}
 	waitFor(t, 10*time.Second, "the button to release the latch", func() bool {
-		return r.agent.actuators["line-stop"].State().State == "low"
+		return r.agent.parts().actuators["line-stop"].State().State == "low"
 	})
 	st := r.status(t)
-	if st.Rules[0].Latched || !strings.Contains(r.agent.actuators["line-stop"].State().LastReason, "released: input ack-button") {
-		t.Errorf("after the button: %+v %+v", st.Rules[0], r.agent.actuators["line-stop"].State())
+	if st.Rules[0].Latched || !strings.Contains(r.agent.parts().actuators["line-stop"].State().LastReason, "released: input ack-button") {
+		t.Errorf("after the button: %+v %+v", st.Rules[0], r.agent.parts().actuators["line-stop"].State())
 	}
 	var inputs []string
 	for _, in := range st.Inputs {
@@ -280,7 +280,7 @@ func TestLatchSurvivesARestart(t *testing.T) {
 		t.Fatalf("after the restart the rule is not latched: %+v", st)
 	}
 	waitFor(t, 30*time.Second, "detection after the restart", func() bool { return r.status(t).Cameras[0].Detect.Frames > 3 })
-	if s := r.agent.actuators["line-stop"].State(); s.State != "low" {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" {
 		t.Fatalf("the robot resumed without an acknowledge: %+v", s)
 	}
 	if ev := eventOfKind(r.status(t).Events, "latch"); ev == nil {
@@ -289,7 +289,7 @@ func TestLatchSurvivesARestart(t *testing.T) {
 	if code, msg := r.post(t, "/api/rules/stop-on-person/ack", "s3cret", ""); code != http.StatusOK {
 		t.Fatalf("ack: %d %s", code, msg)
 	}
-	if s := r.agent.actuators["line-stop"].State(); s.State != "high" {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "high" {
 		t.Errorf("after the acknowledge: %+v", s)
 	}
 }

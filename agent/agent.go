@@ -55,15 +55,46 @@ type Options struct {
 
 // Agent is one running Vigil.
 type Agent struct {
-	cfg     *config.Config
+	cur     atomic.Pointer[parts] // what the config makes of the agent; see parts
 	version string
 	logger  *slog.Logger
 	started time.Time
 
 	outbox    *outbox.Outbox
-	link      *mqttlink.Link       // nil when mqtt.enabled is false
-	store     *deploy.Store        // models installed by deployments
-	deployer  *deployer            // nil when mqtt.enabled is false
+	store     *deploy.Store // models installed by deployments
+	backends  *infer.Registry
+	bundled   string // where the embedded files were extracted
+	snapshots *snapshotStore
+	events    *eventLog
+	metrics   *metrics
+	listener  net.Listener
+	http      *http.Server
+	closeOnce sync.Once
+	hangAfter time.Duration
+	fatal     chan error // a panic outside Run's goroutines (an MQTT handler), to stop Run
+
+	// Run's group, for the parts a reload starts; runMu serialises reloads with Run's
+	// start and guards these.
+	runMu      sync.Mutex
+	group      *errgroup.Group
+	groupCtx   context.Context
+	logBase    *slog.Logger                 // the logger Options gave
+	lastReload atomic.Pointer[ReloadResult] // nil until the first reload
+	latchFile  string                       // state_dir/latches.json
+	latchMu    sync.Mutex                   // guards latched and the file
+	latched    []string                     // as last saved
+
+	// beforeRules, when set by a test, runs before each frame's rules (to inject a panic
+	// where a rule or decoder bug would strike).
+	beforeRules func(camera string)
+}
+
+// parts is what a config makes of the agent: its cameras, models, actuators, inputs,
+// rules and MQTT link. A reload builds new parts, reusing every object whose config did
+// not change (an untouched camera keeps streaming, an untouched output keeps its level),
+// and swaps them in as a whole; readers take one consistent snapshot with a.parts().
+type parts struct {
+	cfg       *config.Config
 	actuators map[string]*actuator // by name
 	actOrder  []string
 	models    map[string]*model // by name
@@ -73,25 +104,17 @@ type Agent struct {
 	inOrder   []string
 	rules     *rules.Engine
 	ruleStats map[string]*ruleStats // by rule name
-	snapshots *snapshotStore
-	events    *eventLog
-	metrics   *metrics
-	listener  net.Listener
-	http      *http.Server
-	closeOnce sync.Once
-	hangAfter time.Duration
-	fatal     chan error // a panic outside Run's goroutines (an MQTT handler), to stop Run
-	latchFile string     // state_dir/latches.json
-	latchMu   sync.Mutex // guards latched and the file
-	latched   []string   // as last saved
-
-	// beforeRules, when set by a test, runs before each frame's rules (to inject a panic
-	// where a rule or decoder bug would strike).
-	beforeRules func(camera string)
+	link      *mqttlink.Link        // nil when mqtt.enabled is false
+	deployer  *deployer             // nil when mqtt.enabled is false
 }
+
+// parts returns the agent's current parts. Keep the result for one task: a reload may
+// replace them meanwhile.
+func (a *Agent) parts() *parts { return a.cur.Load() }
 
 type actuator struct {
 	*hal.Output
+	cfg config.Actuator
 	// cmd is held from deciding what the rules want of the output to commanding it, so
 	// that an acknowledge and a rule firing at once cannot leave the output at a level
 	// the rules no longer want.
@@ -104,7 +127,10 @@ type actuator struct {
 
 type input struct {
 	*hal.Input
-	sim *sim.Input // nil for hardware drivers; the API sets it
+	sim  *sim.Input // nil for hardware drivers; the API sets it
+	cfg  config.Input
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 // model is one configured model. What runs can change while the pipelines use it (a
@@ -159,11 +185,10 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a = &Agent{fatal: make(chan error, 1),
-		cfg: cfg, version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
-		actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{},
-		events: newEventLog(100),
-	}
+	a = &Agent{fatal: make(chan error, 1), version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
+		events: newEventLog(100)}
+	p := &parts{cfg: cfg, actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{}, ruleStats: map[string]*ruleStats{}}
+	a.cur.Store(p) // filled in below, before anything runs
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -179,32 +204,24 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	if err != nil {
 		return a, err
 	}
+	a.bundled = bundled
 
 	// Actuators first: every output is at its safe level before anything else runs. An
 	// output whose line cannot be driven (a GPIO chip missing) stays in the fault state,
 	// retried on every command, and the rest of the agent runs.
+	a.logBase = logger
 	var faults []map[string]string
 	for _, ac := range cfg.Actuators {
-		safe, _ := hal.ParseLevel(ac.Safe)
-		normal := safe
-		if ac.Initial != "" {
-			normal, _ = hal.ParseLevel(ac.Initial)
+		act, fault := a.newActuator(ac)
+		if fault != nil {
+			faults = append(faults, fault)
 		}
-		line, simLine := openLine(ac)
-		out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Normal: &normal, Logger: logger})
-		if err != nil {
-			a.logger.Error("actuator in fault; the agent runs without it until its line works", "actuator", ac.Name, "err", err)
-			faults = append(faults, map[string]string{"actuator": ac.Name, "driver": ac.Driver, "error": err.Error()})
-		}
-		a.actuators[ac.Name] = &actuator{Output: out, sim: simLine, normal: normal}
-		a.actOrder = append(a.actOrder, ac.Name)
+		p.actuators[ac.Name] = act
+		p.actOrder = append(p.actOrder, ac.Name)
 	}
 	for _, ic := range cfg.Inputs {
-		line, simIn := openInputLine(ic)
-		in := &input{sim: simIn}
-		in.Input = hal.NewInput(ic.Name, line, hal.InputOptions{Debounce: ic.Debounce, Logger: logger, OnChange: a.inputChanged})
-		a.inputs[ic.Name] = in
-		a.inOrder = append(a.inOrder, ic.Name)
+		p.inputs[ic.Name] = a.newInput(ic)
+		p.inOrder = append(p.inOrder, ic.Name)
 	}
 
 	a.outbox, err = outbox.Open(outbox.Options{
@@ -219,7 +236,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		a.recordEvent(context.Background(), "fault", body)
 	}
 	if cfg.MQTT.Enabled {
-		if a.link, err = a.newLink(logger); err != nil {
+		if p.link, err = a.newLink(cfg, logger); err != nil {
 			return a, err
 		}
 	}
@@ -227,44 +244,32 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	// A model that cannot load is reported on the status page and in /readyz; its
 	// cameras keep streaming without detection and the actuators stay safe.
 	backends := newBackends(cfg.Runtimes)
+	a.backends = backends
 	if a.store, err = deploy.OpenStore(filepath.Join(state, "models"), deploy.Limits{MaxBytes: int64(cfg.Deploy.MaxBytes)}); err != nil {
 		return a, fmt.Errorf("open the model store: %w", err)
 	}
 	for _, mc := range cfg.Models {
-		m := &model{name: mc.Name, cfg: mc, configured: mc.Bundle}
-		if m.configured == "" {
-			m.configured = filepath.Join(bundled, assets.DefaultBundleDir)
-		}
-		run, err := a.loadAtStart(backends, m)
-		if err != nil {
-			m.err = err
-			a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", err)
-		} else {
-			m.running.Store(run)
-			man := run.detector.Manifest()
-			a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", run.backend, "deployment", run.deployment)
-		}
-		a.models[mc.Name] = m
-		a.modOrder = append(a.modOrder, mc.Name)
+		p.models[mc.Name] = a.newModel(mc)
+		p.modOrder = append(p.modOrder, mc.Name)
 	}
 
-	if a.link != nil {
-		a.deployer = newDeployer(a, a.store, backends, logger)
+	if p.link != nil {
+		p.deployer = newDeployer(a, cfg, p.link, a.store, backends, logger)
 	}
-	a.rules = rules.New(cfg.Rules, rules.Options{InputHigh: a.inputHigh})
+	p.rules = rules.New(cfg.Rules, rules.Options{InputHigh: a.inputHigh})
 	a.latchFile = filepath.Join(state, "latches.json")
 	a.restoreLatches()
-	a.ruleStats = map[string]*ruleStats{}
+	p.ruleStats = map[string]*ruleStats{}
 	for _, r := range cfg.Rules {
-		a.ruleStats[r.Name] = &ruleStats{}
+		p.ruleStats[r.Name] = &ruleStats{}
 	}
 	a.snapshots = newSnapshotStore(filepath.Join(state, "snapshots"), int64(cfg.Snapshots.MaxBytes), logger)
 	for _, cc := range cfg.Cameras {
-		cam, err := a.newCamera(cc, logger)
+		cam, err := a.newCamera(cc, p.models[cc.Model])
 		if err != nil {
 			return a, err
 		}
-		a.cameras = append(a.cameras, cam)
+		p.cameras = append(p.cameras, cam)
 	}
 
 	a.hangAfter = opts.HangAfter
@@ -313,7 +318,7 @@ func (a *Agent) inputChanged(name string, level hal.Level) {
 	a.logger.Info("input changed", "input", name, "level", level)
 	a.recordEvent(context.Background(), "input", map[string]string{"input": name, "state": level.String()})
 	if level == hal.High {
-		for _, fire := range a.rules.InputRose(name) {
+		for _, fire := range a.parts().rules.InputRose(name) {
 			a.release(context.Background(), fire)
 		}
 	}
@@ -425,7 +430,55 @@ func cameraSpec(cc config.Camera) (capture.Spec, error) {
 	}, nil
 }
 
-func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error) {
+// newActuator opens an actuator's line and drives it safe. A line that cannot be driven
+// (a GPIO chip missing) leaves the actuator in fault, retried on every command, and is
+// reported as fault for an event: the rest of the agent runs.
+func (a *Agent) newActuator(ac config.Actuator) (*actuator, map[string]string) {
+	safe, _ := hal.ParseLevel(ac.Safe)
+	normal := safe
+	if ac.Initial != "" {
+		normal, _ = hal.ParseLevel(ac.Initial)
+	}
+	line, simLine := openLine(ac)
+	out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Normal: &normal, Logger: a.logBase})
+	var fault map[string]string
+	if err != nil {
+		a.logger.Error("actuator in fault; the agent runs without it until its line works", "actuator", ac.Name, "err", err)
+		fault = map[string]string{"actuator": ac.Name, "driver": ac.Driver, "error": err.Error()}
+	}
+	return &actuator{Output: out, cfg: ac, sim: simLine, normal: normal}, fault
+}
+
+// newInput opens an input's line; Run's group runs it (startInput).
+func (a *Agent) newInput(ic config.Input) *input {
+	line, simIn := openInputLine(ic)
+	in := &input{sim: simIn, cfg: ic}
+	in.Input = hal.NewInput(ic.Name, line, hal.InputOptions{Debounce: ic.Debounce, Logger: a.logBase, OnChange: a.inputChanged})
+	return in
+}
+
+// newModel loads a model: the bundle a deployment made active, else the configured one.
+// A model that cannot load is reported on the status page and in /readyz; its cameras
+// keep streaming without detection and the actuators stay safe.
+func (a *Agent) newModel(mc config.Model) *model {
+	m := &model{name: mc.Name, cfg: mc, configured: mc.Bundle}
+	if m.configured == "" {
+		m.configured = filepath.Join(a.bundled, assets.DefaultBundleDir)
+	}
+	run, err := a.loadAtStart(a.backends, m)
+	if err != nil {
+		m.err = err
+		a.logger.Error("model not loaded; its cameras run without detection", "model", mc.Name, "err", err)
+		return m
+	}
+	m.running.Store(run)
+	man := run.detector.Manifest()
+	a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", run.backend, "deployment", run.deployment)
+	return m
+}
+
+func (a *Agent) newCamera(cc config.Camera, m *model) (*camera, error) {
+	logger := a.logBase
 	spec, err := cameraSpec(cc)
 	if err != nil {
 		return nil, err
@@ -437,7 +490,7 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 			Lossless: spec.Fast, Logger: logger, OnState: a.cameraChanged,
 			Open: func(ctx context.Context) (capture.Source, error) { return capture.Open(ctx, spec) },
 		}),
-		model:  a.models[cc.Model],
+		model:  m,
 		logger: logger.With("component", "pipeline", "camera", cc.Name),
 		snap:   &snapshot{},
 		stats:  newDetectStats(),
@@ -451,14 +504,19 @@ func (a *Agent) newCamera(cc config.Camera, logger *slog.Logger) (*camera, error
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, a.Close()) }()
 	g, ctx := errgroup.WithContext(ctx)
-	for _, cam := range a.cameras {
-		g.Go(a.guard("camera "+cam.cfg.Name, func() error { return cam.cap.Run(ctx) }))
-		g.Go(a.guard("pipeline "+cam.cfg.Name, func() error { return a.detectLoop(ctx, cam) }))
+	a.runMu.Lock()
+	a.group, a.groupCtx = g, ctx
+	p := a.parts()
+	for _, cam := range p.cameras {
+		a.startCamera(cam)
 	}
-	for _, name := range a.inOrder {
-		in := a.inputs[name]
-		g.Go(a.guard("input "+name, func() error { return in.Run(ctx) }))
+	for _, name := range p.inOrder {
+		a.startInput(p.inputs[name])
 	}
+	if p.link != nil {
+		a.startLink(p.link, p.deployer)
+	}
+	a.runMu.Unlock()
 	a.goNormal(ctx)
 	// Requests inherit the agent's context, so event streams end when it stops
 	// (Shutdown waits for active requests and would otherwise wait for them).
@@ -493,11 +551,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 	})
 	g.Go(a.guard("telemetry", func() error { return a.telemetryLoop(ctx) }))
+	g.Go(a.guard("config watch", func() error { return a.watchConfig(ctx) }))
 	g.Go(a.guard("stall watch", func() error { return a.watchStalls(ctx) }))
-	if a.link != nil {
-		g.Go(a.guard("mqtt link", func() error { return a.link.Run(ctx) }))
-		g.Go(a.guard("deployments", func() error { return a.deployer.Run(ctx) }))
-	}
 	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
@@ -525,27 +580,33 @@ const stallCheck = 200 * time.Millisecond
 func (a *Agent) watchStalls(ctx context.Context) error {
 	t := time.NewTicker(stallCheck)
 	defer t.Stop()
-	healthy := make([]bool, len(a.cameras))
+	healthy := map[*camera]bool{} // cameras come and go with reloads
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		for i, cam := range a.cameras {
+		cams := a.parts().cameras
+		for c := range healthy {
+			if !slices.Contains(cams, c) {
+				delete(healthy, c)
+			}
+		}
+		for _, cam := range cams {
 			st := cam.cap.Status()
 			ok := st.State == capture.StateStreaming || st.State == capture.StateConnecting
-			if healthy[i] && !ok {
+			if healthy[cam] && !ok {
 				reason := fmt.Sprintf("camera %s %s", cam.cfg.Name, st.State)
 				if st.LastError != "" {
 					reason += ": " + st.LastError
 				}
 				a.failSafe(cam, reason)
 			}
-			if !healthy[i] && st.State == capture.StateStreaming {
+			if !healthy[cam] && st.State == capture.StateStreaming {
 				a.restore(cam, "camera "+cam.cfg.Name+" streaming again")
 			}
-			healthy[i] = ok
+			healthy[cam] = ok
 		}
 	}
 }
@@ -554,11 +615,11 @@ func (a *Agent) watchStalls(ctx context.Context) error {
 // undoes it once the camera (or its model) works again.
 func (a *Agent) failSafe(cam *camera, reason string) {
 	cam.safed.Store(true)
-	for _, r := range a.cfg.Rules {
+	for _, r := range a.parts().cfg.Rules {
 		if r.Camera != cam.cfg.Name || r.OnStall != "safe" || r.Action.Actuator == "" {
 			continue
 		}
-		act := a.actuators[r.Action.Actuator]
+		act := a.parts().actuators[r.Action.Actuator]
 		act.cmd.Lock()
 		err := act.Safe(reason)
 		act.cmd.Unlock()
@@ -582,7 +643,7 @@ func (a *Agent) restore(cam *camera, reason string) {
 		return
 	}
 	done := map[string]bool{}
-	for _, r := range a.cfg.Rules {
+	for _, r := range a.parts().cfg.Rules {
 		name := r.Action.Actuator
 		if r.Camera != cam.cfg.Name || r.OnStall != "safe" || name == "" || done[name] {
 			continue
@@ -601,15 +662,15 @@ func (a *Agent) restore(cam *camera, reason string) {
 // An output whose rules are blind (a camera guarding it is failed safe, or a model did
 // not load) stays at its safe level instead of going back to normal.
 func (a *Agent) settle(name, reason string) (hal.Level, error) {
-	act := a.actuators[name]
+	act := a.parts().actuators[name]
 	act.cmd.Lock()
 	defer act.cmd.Unlock()
 	level := act.normal
-	if holders := a.rules.Holding(name); len(holders) > 0 {
+	if holders := a.parts().rules.Holding(name); len(holders) > 0 {
 		level, _ = hal.ParseLevel(holders[0].Action.State)
 		reason += "; held by rule " + holders[0].Name
 	} else if blind := a.blind(name); blind != "" {
-		level, _ = hal.ParseLevel(a.cfg.ActuatorNamed(name).Safe)
+		level, _ = hal.ParseLevel(a.parts().cfg.ActuatorNamed(name).Safe)
 		reason += "; kept safe: " + blind
 	}
 	err := act.Set(level, reason)
@@ -623,11 +684,11 @@ func (a *Agent) blind(actuator string) string {
 	if !a.modelsLoaded() {
 		return "a model did not load"
 	}
-	for _, cam := range a.cameras {
+	for _, cam := range a.parts().cameras {
 		if !cam.safed.Load() {
 			continue
 		}
-		for _, r := range a.cfg.Rules {
+		for _, r := range a.parts().cfg.Rules {
 			if r.Camera == cam.cfg.Name && r.OnStall == "safe" && r.Action.Actuator == actuator {
 				return "camera " + cam.cfg.Name + " is failed safe"
 			}
@@ -641,7 +702,7 @@ func (a *Agent) blind(actuator string) string {
 func (a *Agent) saveLatches() {
 	a.latchMu.Lock()
 	defer a.latchMu.Unlock()
-	names := a.rules.Latched()
+	names := a.parts().rules.Latched()
 	if slices.Equal(names, a.latched) {
 		return
 	}
@@ -670,7 +731,7 @@ func (a *Agent) restoreLatches() {
 		return
 	}
 	a.latched = names
-	for _, r := range a.rules.RestoreLatched(names) {
+	for _, r := range a.parts().rules.RestoreLatched(names) {
 		a.logger.Warn("rule still latched from before the restart", "rule", r.Name, "actuator", r.Action.Actuator, "until", r.Action.Until)
 		a.recordEvent(context.Background(), "latch", map[string]string{"rule": r.Name, "actuator": r.Action.Actuator,
 			"until": r.Action.Until, "reason": "latched before the restart"})
@@ -680,7 +741,7 @@ func (a *Agent) restoreLatches() {
 // modelsLoaded reports whether every model loaded: with one missing, its rules are
 // blind, so outputs stay at their safe level instead of their normal one.
 func (a *Agent) modelsLoaded() bool {
-	for _, m := range a.models {
+	for _, m := range a.parts().models {
 		if m.detector() == nil {
 			return false
 		}
@@ -698,7 +759,7 @@ func (a *Agent) goNormal(ctx context.Context) {
 		a.logger.Warn("a model did not load: actuators stay at their safe level")
 		return
 	}
-	for _, name := range a.actOrder {
+	for _, name := range a.parts().actOrder {
 		if _, err := a.settle(name, "pipeline running"); err != nil {
 			a.logger.Error("actuator: cannot drive its initial level", "actuator", name, "err", err)
 		}
@@ -707,7 +768,7 @@ func (a *Agent) goNormal(ctx context.Context) {
 
 // inputHigh reports an input's debounced level, for rule interlocks.
 func (a *Agent) inputHigh(name string) bool {
-	in, ok := a.inputs[name]
+	in, ok := a.parts().inputs[name]
 	return ok && in.Level() == hal.High
 }
 
@@ -742,8 +803,8 @@ func (a *Agent) guard(part string, run func() error) func() error {
 
 // safeAll drives every actuator to its safe level, logging what fails.
 func (a *Agent) safeAll(reason string) {
-	for _, name := range a.actOrder {
-		if err := a.actuators[name].Safe(reason); err != nil {
+	for _, name := range a.parts().actOrder {
+		if err := a.parts().actuators[name].Safe(reason); err != nil {
 			a.logger.Error("actuator not safe", "actuator", name, "reason", reason, "err", err)
 		}
 	}
@@ -754,13 +815,13 @@ func (a *Agent) safeAll(reason string) {
 func (a *Agent) Close() error {
 	var errs []error
 	a.closeOnce.Do(func() {
-		for _, name := range a.actOrder {
-			if err := a.actuators[name].Close(); err != nil {
+		for _, name := range a.parts().actOrder {
+			if err := a.parts().actuators[name].Close(); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		for _, name := range a.inOrder {
-			a.inputs[name].Close()
+		for _, name := range a.parts().inOrder {
+			a.parts().inputs[name].Close()
 		}
 		if a.listener != nil {
 			a.listener.Close() // already closed after Run; needed when Run never ran
@@ -770,8 +831,8 @@ func (a *Agent) Close() error {
 				errs = append(errs, err)
 			}
 		}
-		for _, name := range a.modOrder {
-			if d := a.models[name].detector(); d != nil {
+		for _, name := range a.parts().modOrder {
+			if d := a.parts().models[name].detector(); d != nil {
 				d.Close()
 			}
 		}

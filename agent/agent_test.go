@@ -221,7 +221,7 @@ func TestEndToEnd(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatalf("Run returned %v on a clean shutdown", err)
 	}
-	if s := r.agent.actuators["line-stop"].State(); s.State != "low" {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" {
 		t.Errorf("actuator not safe after shutdown: %+v", s)
 	}
 
@@ -349,13 +349,13 @@ func TestActuatorAPI(t *testing.T) {
 	if got := post("s3cret", `{"state":"high"}`); got != 200 {
 		t.Fatalf("set high: %d", got)
 	}
-	if s := r.agent.actuators["line-stop"].State(); s.State != "high" || s.LastReason != "http api" {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "high" || s.LastReason != "http api" {
 		t.Errorf("after API set: %+v", s)
 	}
 	if got := post("s3cret", `{"safe":true}`); got != 200 {
 		t.Fatalf("safe: %d", got)
 	}
-	if s := r.agent.actuators["line-stop"].State(); s.State != "low" {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" {
 		t.Errorf("after API safe: %+v", s)
 	}
 }
@@ -444,7 +444,7 @@ func TestBackendWithoutRuntimeIsReported(t *testing.T) {
 	waitFor(t, 10*time.Second, "the camera to stream without detection", func() bool {
 		return r.status(t).Cameras[0].Frames > 0
 	})
-	if s := r.agent.actuators["line-stop"].State(); s.State != "low" || s.Transitions != 0 {
+	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" || s.Transitions != 0 {
 		t.Errorf("with its model missing, the actuator left its safe level: %+v", s)
 	}
 }
@@ -630,13 +630,13 @@ func TestStallDrivesRuleActuatorsSafe(t *testing.T) {
 	cfg.Rules[0].OnStall = "safe"
 	r := start(t, cfg)
 	waitFor(t, 30*time.Second, "the rule to set the output high", func() bool {
-		return r.agent.actuators["line-stop"].State().State == "high"
+		return r.agent.parts().actuators["line-stop"].State().State == "high"
 	})
 	srv.Pause()
 	waitFor(t, 10*time.Second, "the stall to drive the output safe", func() bool {
-		return r.agent.actuators["line-stop"].State().State == "low"
+		return r.agent.parts().actuators["line-stop"].State().State == "low"
 	})
-	st := r.agent.actuators["line-stop"].State()
+	st := r.agent.parts().actuators["line-stop"].State()
 	if !strings.Contains(st.LastReason, "camera door stalled") {
 		t.Errorf("reason %q", st.LastReason)
 	}

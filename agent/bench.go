@@ -169,7 +169,7 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 			a.Close()
 		}
 	}()
-	cam := a.cameras[0]
+	cam := a.parts().cameras[0]
 	if cam.model == nil {
 		return rep, fmt.Errorf("camera %s has no model to measure (cameras[].model)", cc.Name)
 	}
@@ -320,7 +320,7 @@ const benchPoll = 50 * time.Millisecond
 // benchPipeline runs the agent, waits for its first detection, then measures its one
 // camera for d. It returns once the agent has stopped.
 func benchPipeline(ctx context.Context, a *Agent, d time.Duration, r *BenchPipeline) (err error) {
-	cam := a.cameras[0]
+	cam := a.parts().cameras[0]
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()

@@ -71,7 +71,7 @@ func BenchmarkPipeline(b *testing.B) {
 		cfg.Rules = nil
 		cfg.Log.Level = "warn"
 		r := start(b, cfg)
-		cam := r.agent.cameras[0]
+		cam := r.agent.parts().cameras[0]
 		waitFor(b, time.Minute, "the first detection", func() bool { return cam.stats.status().Frames > 0 })
 		first := cam.stats.status().Frames
 		startT := time.Now()

@@ -22,6 +22,7 @@ import (
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/modelfile"
 	"github.com/vigil-edge/vigil/sync/deploy"
+	"github.com/vigil-edge/vigil/sync/mqttlink"
 )
 
 // deployer carries out the model deployments pushed over MQTT (sync/deploy has the
@@ -33,6 +34,8 @@ import (
 // slowdown beyond deploy.max_slowdown in the watch window swap the previous model back.
 type deployer struct {
 	a        *Agent
+	link     *mqttlink.Link // the link it subscribes and reports on
+	stop     func()         // stops it and its link (startLink)
 	cfg      config.Deploy
 	prefix   string
 	device   string
@@ -73,10 +76,9 @@ type inflight struct {
 // maxQueued bounds the deployments waiting behind the current one.
 const maxQueued = 8
 
-func newDeployer(a *Agent, store *deploy.Store, backends *infer.Registry, logger *slog.Logger) *deployer {
-	c := a.cfg
+func newDeployer(a *Agent, c *config.Config, link *mqttlink.Link, store *deploy.Store, backends *infer.Registry, logger *slog.Logger) *deployer {
 	return &deployer{
-		a: a, cfg: c.Deploy, prefix: c.MQTT.TopicPrefix, device: c.Device.ID, group: c.Device.Group,
+		a: a, link: link, cfg: c.Deploy, prefix: c.MQTT.TopicPrefix, device: c.Device.ID, group: c.Device.Group,
 		trusted: c.Trust.Keys, lim: deploy.Limits{MaxBytes: int64(c.Deploy.MaxBytes)}, store: store,
 		root: filepath.Join(c.Device.StateDir, "deploy"), backends: backends,
 		logger: logger.With("component", "deploy"), work: make(chan *inflight, maxQueued+1),
@@ -91,9 +93,9 @@ func (d *deployer) Run(ctx context.Context) error {
 	}
 	d.ctx = ctx
 	d.resume()
-	d.a.link.Subscribe(deploy.Target{Device: d.device}.DeployTopic(d.prefix), d.onManifest)
+	d.link.Subscribe(deploy.Target{Device: d.device}.DeployTopic(d.prefix), d.onManifest)
 	if d.group != "" {
-		d.a.link.Subscribe(deploy.Target{Group: d.group}.DeployTopic(d.prefix), d.onManifest)
+		d.link.Subscribe(deploy.Target{Group: d.group}.DeployTopic(d.prefix), d.onManifest)
 	}
 	stalls := time.NewTicker(min(d.cfg.StallTimeout/4, 5*time.Second))
 	defer stalls.Stop()
@@ -126,10 +128,10 @@ func (d *deployer) checkStall() {
 	via := f.m.Transfer.Via
 	if via == deploy.ViaChunks {
 		filter := f.target.ChunkFilter(d.prefix, f.m.Deployment)
-		d.a.link.Unsubscribe(filter)
+		d.link.Unsubscribe(filter)
 		if renew {
 			d.logger.Warn("transfer stalled; subscribing to its chunks again", "deployment", f.m.Deployment, "missing", len(f.transfer.Missing()))
-			d.a.link.Subscribe(filter, d.onChunk)
+			d.link.Subscribe(filter, d.onChunk)
 			return
 		}
 		d.finish(f, deploy.PhaseRejected, fmt.Errorf("stalled: no chunk for %v (deploy.stall_timeout), %d of %d missing",
@@ -149,7 +151,7 @@ func (d *deployer) resume() {
 	}
 	for _, t := range transfers {
 		m := t.Manifest()
-		if seen, _ := d.store.Seen(m.Model, m); seen || d.a.models[m.Model] == nil {
+		if seen, _ := d.store.Seen(m.Model, m); seen || d.a.parts().models[m.Model] == nil {
 			t.Remove()
 			continue
 		}
@@ -194,7 +196,7 @@ func (d *deployer) onManifest(topic string, payload []byte) {
 	if err != nil {
 		return
 	}
-	if d.a.models[m.Model] == nil {
+	if d.a.parts().models[m.Model] == nil {
 		d.report(deploy.State{Deployment: m.Deployment, Model: m.Model, Phase: deploy.PhaseRejected,
 			Error: fmt.Sprintf("this device has no model named %q (config models[].name)", m.Model)}, true)
 		return
@@ -226,7 +228,7 @@ func (d *deployer) withdraw(topic string) {
 		d.report(d.stateOf(q, deploy.PhaseRejected, withdrawn), true)
 	}
 	if downloading {
-		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, f.m.Deployment))
+		d.link.Unsubscribe(f.target.ChunkFilter(d.prefix, f.m.Deployment))
 		d.finish(f, deploy.PhaseRejected, withdrawn, "")
 	}
 }
@@ -305,7 +307,7 @@ func (d *deployer) begin(f *inflight) {
 		d.ready(f)
 		return
 	}
-	d.a.link.Subscribe(f.target.ChunkFilter(d.prefix, m.Deployment), d.onChunk)
+	d.link.Subscribe(f.target.ChunkFilter(d.prefix, m.Deployment), d.onChunk)
 }
 
 // onChunk stores a chunk of the current transfer (the link's receiving goroutine).
@@ -330,7 +332,7 @@ func (d *deployer) onChunk(topic string, payload []byte) {
 	}
 	complete, err := f.transfer.Put(i, payload)
 	if err != nil {
-		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, id))
+		d.link.Unsubscribe(f.target.ChunkFilter(d.prefix, id))
 		d.finish(f, deploy.PhaseRejected, fmt.Errorf("chunk %d: %w", i, err), "")
 		return
 	}
@@ -341,7 +343,7 @@ func (d *deployer) onChunk(topic string, payload []byte) {
 		d.report(st, false)
 	}
 	if complete {
-		d.a.link.Unsubscribe(f.target.ChunkFilter(d.prefix, id))
+		d.link.Unsubscribe(f.target.ChunkFilter(d.prefix, id))
 		d.ready(f)
 	}
 }
@@ -432,7 +434,7 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 		return // ended while it waited (withdrawn, stalled)
 	}
 	m := f.m
-	mod := d.a.models[m.Model]
+	mod := d.a.parts().models[m.Model]
 	if m.Action == deploy.ActionRollback {
 		// A rollback ends in rolled_back when it worked, rejected when it could not.
 		dir, err := d.store.Rollback(m.Model)
@@ -799,7 +801,7 @@ func (d *deployer) report(st deploy.State, event bool) {
 	d.last = &st
 	d.mu.Unlock()
 	if b, err := json.Marshal(st); err == nil {
-		d.a.link.Retain("models/state", b)
+		d.link.Retain("models/state", b)
 	}
 	if event {
 		d.a.recordEvent(context.Background(), "deployment", st)
@@ -825,7 +827,7 @@ func (d *deployer) lastState() *deploy.State {
 // frameSize is the size of the frames the model's first streaming camera delivers, or
 // 640x480.
 func (a *Agent) frameSize(m *model) (w, h int) {
-	for _, cam := range a.cameras {
+	for _, cam := range a.parts().cameras {
 		if size := cam.frameSize.Load(); cam.model == m && size != 0 {
 			return int(size >> 32), int(size & 0xffffffff)
 		}

@@ -160,14 +160,14 @@ func waitPhase(t *testing.T, r *running, id string) deploy.State {
 	t.Helper()
 	var st *deploy.State
 	waitFor(t, 60*time.Second, "deployment "+id+" to end", func() bool {
-		st = r.agent.deployer.lastState()
+		st = r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == id && st.Phase.Final()
 	})
 	return *st
 }
 
 func runningVersion(r *running) string {
-	return r.agent.models["default"].detector().Manifest().Version
+	return r.agent.parts().models["default"].detector().Manifest().Version
 }
 
 // A signed bundle pushed in chunks goes live while the camera keeps being detected;
@@ -178,7 +178,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 	pub, priv, _ := deploy.GenerateKey()
 	state := t.TempDir()
 	r := start(t, deployConfig(t, state, b.URL, pub))
-	waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.cameras[0].stats.status().Frames > 5 })
+	waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
 
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Device: "test-01"}
@@ -188,7 +188,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 		p.chunks(target, m, archive, i, i+1)
 	}
 	p.chunks(target, m, archive, 0, 1)
-	before := r.agent.cameras[0].stats.status().Frames
+	before := r.agent.parts().cameras[0].stats.status().Frames
 	p.send(target, m)
 	st := waitPhase(t, r, "d-live-1")
 	if st.Phase != deploy.PhaseActive || st.Version != "0.2.0" || st.Progress != 1 {
@@ -198,7 +198,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 		t.Errorf("running version %s", v)
 	}
 	waitFor(t, 10*time.Second, "detections on the new model", func() bool {
-		return r.agent.cameras[0].stats.status().Frames > before+5
+		return r.agent.parts().cameras[0].stats.status().Frames > before+5
 	})
 	status := r.status(t)
 	if ms := status.Models[0]; ms.Version != "0.2.0" || ms.Deployment != "d-live-1" || status.Deployment == nil || status.Deployment.Phase != deploy.PhaseActive {
@@ -288,10 +288,10 @@ func TestDeployRejections(t *testing.T) {
 	// A manifest that does not parse is rejected by name.
 	p.publish(target.DeployTopic("vigil"), []byte(`{"deployment":"d-junk","action":"deploy","model":"default"}`))
 	waitFor(t, 10*time.Second, "the junk manifest's rejection", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-junk" && st.Phase == deploy.PhaseRejected
 	})
-	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.cameras[0].stats.status().Frames > 0 })
+	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 0 })
 }
 
 // A model slower than deploy.warmup_budget never goes live.
@@ -328,13 +328,13 @@ func TestDeployQueueAndSizeLimit(t *testing.T) {
 	p.chunks(target, first, a1, 0, 1)
 	p.send(target, first)
 	waitFor(t, 30*time.Second, "the first deployment downloading", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-first" && st.Phase == deploy.PhaseDownloading
 	})
 	p.chunks(target, second, a2, 0, second.Transfer.Chunks)
 	p.send(target, second)
 	waitFor(t, 30*time.Second, "the second deployment queued", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-second" && st.Phase == deploy.PhaseReceived && strings.Contains(st.Error, "queued behind deployment d-first")
 	})
 	p.chunks(target, first, a1, 1, first.Transfer.Chunks)
@@ -350,7 +350,7 @@ func TestDeployQueueAndSizeLimit(t *testing.T) {
 	p.chunks(target, big, a3, 0, 1)
 	p.send(target, big)
 	waitFor(t, 30*time.Second, "the oversized deployment's rejection", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-big" && st.Phase == deploy.PhaseRejected && strings.Contains(st.Error, "size")
 	})
 }
@@ -371,7 +371,7 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	p.chunks(target, m, archive, 0, half)
 	p.send(target, m)
 	waitFor(t, 30*time.Second, "half the chunks", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-outage" && st.Progress > 0.3
 	})
 	b.StopGraceful()
@@ -387,7 +387,7 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	p.chunks(target, m2, archive2, 0, 1)
 	p.send(target, m2)
 	waitFor(t, 30*time.Second, "the first chunk", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-restart" && st.Progress > 0
 	})
 	if err := r.stop(); err != nil {
@@ -443,7 +443,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 		cfg.Trust.Keys = []string{deploy.PublicKeyString(pub)}
 		cfg.Log.Level = "warn"
 		r := start(b, cfg)
-		frames := func() uint64 { return r.agent.cameras[0].stats.status().Frames }
+		frames := func() uint64 { return r.agent.parts().cameras[0].stats.status().Frames }
 		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return frames() > 30 })
 
 		p := newPusher(b, broker.URL)
@@ -457,7 +457,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 		p.send(target, m)
 		var st *deploy.State
 		waitFor(b, 2*time.Minute, "active", func() bool {
-			st = r.agent.deployer.lastState()
+			st = r.agent.parts().deployer.lastState()
 			return st != nil && st.Deployment == m.Deployment && st.Phase.Final()
 		})
 		toActive := time.Since(pushStart)
@@ -471,10 +471,10 @@ func BenchmarkDeploySwap(b *testing.B) {
 
 		// Baseline: a fresh agent, no push, the same window.
 		r2 := start(b, cfg)
-		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return r2.agent.cameras[0].stats.status().Frames > 30 })
-		g0 := r2.agent.cameras[0].stats.status().Frames
+		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return r2.agent.parts().cameras[0].stats.status().Frames > 30 })
+		g0 := r2.agent.parts().cameras[0].stats.status().Frames
 		time.Sleep(window)
-		baseline := r2.agent.cameras[0].stats.status().Frames - g0
+		baseline := r2.agent.parts().cameras[0].stats.status().Frames - g0
 		r2.stop()
 
 		b.ReportMetric(toActive.Seconds(), "s-push-to-active")
@@ -547,7 +547,7 @@ func TestDeployWatchRollsBack(t *testing.T) {
 			cfg.Deploy.Watch = 3 * time.Second
 			r := start(t, cfg)
 			waitFor(t, 30*time.Second, "detections on the first model", func() bool {
-				_, n := r.agent.models["default"].running.Load().stats.p50()
+				_, n := r.agent.parts().models["default"].running.Load().stats.p50()
 				return n > 3
 			})
 			p := newPusher(t, b.URL)
@@ -560,10 +560,10 @@ func TestDeployWatchRollsBack(t *testing.T) {
 				t.Fatalf("%+v", st)
 			}
 			// What the live pipeline would record on a bad model, recorded on the new one.
-			tc.harm(&r.agent.models["default"].running.Load().stats)
+			tc.harm(&r.agent.parts().models["default"].running.Load().stats)
 			var st *deploy.State
 			waitFor(t, 30*time.Second, "the rollback", func() bool {
-				st = r.agent.deployer.lastState()
+				st = r.agent.parts().deployer.lastState()
 				return st != nil && st.Phase == deploy.PhaseRolledBack
 			})
 			if !strings.Contains(st.Error, tc.reason) || runningVersion(r) != "0.1.1" {
@@ -623,7 +623,7 @@ func TestDeployWithdrawnAndStalled(t *testing.T) {
 	p.chunks(device, m, archive, 0, 1)
 	p.send(device, m)
 	waitFor(t, 30*time.Second, "the transfer under way", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == "d-withdrawn" && st.Progress > 0
 	})
 	p.publish(device.DeployTopic("vigil"), nil) // what `vigil model push` does when it gives up
@@ -670,7 +670,7 @@ func TestDeployURLWithdrawnMidDownload(t *testing.T) {
 	m.Transfer = &deploy.TransferSpec{Via: deploy.ViaURL, URL: srv.URL + "/bundle.tar"}
 	p.send(target, m)
 	waitFor(t, 30*time.Second, "the download under way", func() bool {
-		st := r.agent.deployer.lastState()
+		st := r.agent.parts().deployer.lastState()
 		return st != nil && st.Deployment == m.Deployment && st.Phase == deploy.PhaseDownloading
 	})
 	p.publish(target.DeployTopic("vigil"), nil)

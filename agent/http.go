@@ -41,6 +41,14 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /api/actuators/{name}", a.requireToken(a.commandActuator))
 	mux.HandleFunc("POST /api/rules/{name}/ack", a.requireToken(a.acknowledgeRule))
 	mux.HandleFunc("POST /api/inputs/{name}", a.requireToken(a.setSimInput))
+	mux.HandleFunc("POST /api/reload", a.requireToken(func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.ReloadFromFile("http api")
+		code := http.StatusOK
+		if err != nil {
+			code = http.StatusUnprocessableEntity
+		}
+		writeJSON(w, code, res)
+	}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -69,7 +77,7 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 
 func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	for _, cam := range a.cameras {
+	for _, cam := range a.parts().cameras {
 		if cam.cfg.Name != name {
 			continue
 		}
@@ -120,7 +128,7 @@ func (a *Agent) eventStream(w http.ResponseWriter, r *http.Request) {
 // every such request is refused: a LAN page must not move a weld robot by default.
 func (a *Agent) requireToken(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		token := a.cfg.HTTP.Token
+		token := a.parts().cfg.HTTP.Token
 		if token == "" {
 			writeError(w, http.StatusForbidden, "set http.token in the config to allow changes over HTTP")
 			return
@@ -145,7 +153,7 @@ type actuatorCommand struct {
 
 func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	act, ok := a.actuators[name]
+	act, ok := a.parts().actuators[name]
 	if !ok {
 		writeError(w, http.StatusNotFound, "no actuator named %q", name)
 		return
@@ -211,11 +219,11 @@ func (a *Agent) savedSnapshot(w http.ResponseWriter, r *http.Request) {
 // its normal level (unless another rule holds it).
 func (a *Agent) acknowledgeRule(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if a.cfg.RuleNamed(name) == nil {
+	if a.parts().cfg.RuleNamed(name) == nil {
 		writeError(w, http.StatusNotFound, "no rule named %q", name)
 		return
 	}
-	fire, ok := a.rules.Acknowledge(name, "ack")
+	fire, ok := a.parts().rules.Acknowledge(name, "ack")
 	if !ok {
 		writeError(w, http.StatusConflict, "rule %s is not latched waiting for an acknowledge", name)
 		return
@@ -229,7 +237,7 @@ func (a *Agent) acknowledgeRule(w http.ResponseWriter, r *http.Request) {
 // button or an interlock without the hardware. A gpio input is read, never set.
 func (a *Agent) setSimInput(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	in, ok := a.inputs[name]
+	in, ok := a.parts().inputs[name]
 	if !ok {
 		writeError(w, http.StatusNotFound, "no input named %q", name)
 		return

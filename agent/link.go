@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/vigil-edge/vigil/agent/config"
 	"log/slog"
 	"os"
 
@@ -11,14 +12,14 @@ import (
 )
 
 // newLink builds the MQTT link from the mqtt section.
-func (a *Agent) newLink(logger *slog.Logger) (*mqttlink.Link, error) {
-	m := a.cfg.MQTT
+func (a *Agent) newLink(cfg *config.Config, logger *slog.Logger) (*mqttlink.Link, error) {
+	m := cfg.MQTT
 	tlsConfig, err := clientTLS(m.CAFile, m.CertFile, m.KeyFile, m.ServerName)
 	if err != nil {
 		return nil, err
 	}
 	return mqttlink.New(a.outbox, mqttlink.Options{
-		Brokers: m.Brokers, Device: a.cfg.Device.ID, Username: m.Username, Password: m.Password, TLS: tlsConfig,
+		Brokers: m.Brokers, Device: cfg.Device.ID, Username: m.Username, Password: m.Password, TLS: tlsConfig,
 		TopicPrefix: m.TopicPrefix, KeepAlive: m.KeepAlive, BackoffMin: m.Backoff.Min, BackoffMax: m.Backoff.Max,
 		Window: m.Inflight, Online: a.onlineStatus, Logger: logger,
 	})
@@ -64,7 +65,7 @@ func (a *Agent) onlineStatus() map[string]any {
 		cameras = append(cameras, c.Name)
 	}
 	return map[string]any{
-		"version": a.version, "group": a.cfg.Device.Group, "models": models, "cameras": cameras,
+		"version": a.version, "group": a.parts().cfg.Device.Group, "models": models, "cameras": cameras,
 		"started": a.started.UTC(),
 	}
 }

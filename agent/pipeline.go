@@ -40,6 +40,10 @@ type camera struct {
 	// busySince is when the frame in process entered it (Unix ns), 0 between frames:
 	// the watchdog's view of a hung pipeline.
 	busySince atomic.Int64
+	// stop ends the camera's goroutines (a reload removing or changing it); done is
+	// closed when both have returned.
+	stop context.CancelFunc
+	done chan struct{}
 	// dets is the detect loop's reusable detections slice (Detect appends into it).
 	// Nothing keeps it past process: rules copy their matches into each Firing, and
 	// stats, metrics and the snapshot read it only during the call.
@@ -123,7 +127,7 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		if a.beforeRules != nil {
 			a.beforeRules(cam.cfg.Name)
 		}
-		for _, fire := range a.rules.Evaluate(rules.Frame{
+		for _, fire := range a.parts().rules.Evaluate(rules.Frame{
 			Camera: cam.cfg.Name, Width: f.Mat.Cols(), Height: f.Mat.Rows(), Detections: dets, At: f.Time,
 		}) {
 			a.act(ctx, cam, f, fire, detected.Sub(f.Time))
@@ -145,7 +149,7 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 	case fire.Kind == rules.Release:
 		level, err = a.settle(name, reason+" released: "+fire.Reason)
 	default:
-		act := a.actuators[name]
+		act := a.parts().actuators[name]
 		act.cmd.Lock()
 		if fire.Action.Pulse > 0 {
 			err = act.Pulse(fire.Action.Pulse, reason)
@@ -161,7 +165,7 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 	actuated := time.Since(f.Time)
 	if name != "" && fire.Kind == rules.Fire {
 		a.metrics.observeFiring(fire.Rule, actuated)
-		a.ruleStats[fire.Rule].record(actuated, detectLatency)
+		a.parts().ruleStats[fire.Rule].record(actuated, detectLatency)
 	}
 	if err != nil {
 		cam.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", name, "err", err)

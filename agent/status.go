@@ -27,6 +27,8 @@ type Status struct {
 	Actuators []ActuatorStatus `json:"actuators"`
 	Rules     []RuleStatus     `json:"rules"`
 	Inputs    []hal.InputState `json:"inputs"`
+	// Reload is the last config reload's result (nil until one happens).
+	Reload *ReloadResult `json:"reload,omitempty"`
 	// Deployment is the last model deployment's state (nil until one arrives).
 	Deployment *deploy.State     `json:"deployment,omitempty"`
 	Outbox     OutboxStatus      `json:"outbox"`
@@ -92,21 +94,21 @@ type OutboxStatus struct {
 // Status assembles the agent's status. withHistory adds the sim actuators' transitions.
 func (a *Agent) Status(withHistory bool) Status {
 	st := Status{
-		Device: a.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
+		Device: a.parts().cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
 		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{}, Inputs: []hal.InputState{},
 		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20),
 	}
-	if a.link != nil {
-		st.MQTT = a.link.State()
+	if a.parts().link != nil {
+		st.MQTT = a.parts().link.State()
 	}
 	st.Ready, _ = a.readiness()
-	for _, cam := range a.cameras {
+	for _, cam := range a.parts().cameras {
 		st.Cameras = append(st.Cameras, CameraStatus{
 			Status: cam.cap.Status(), URL: config.Redact(cam.cfg.URL), Model: cam.cfg.Model, Detect: cam.stats.status(),
 		})
 	}
-	for _, name := range a.modOrder {
-		m := a.models[name]
+	for _, name := range a.parts().modOrder {
+		m := a.parts().models[name]
 		ms := ModelStatus{Name: name, Backend: m.cfg.Backend, State: "loaded"}
 		if run := m.running.Load(); run != nil {
 			ms.Backend, ms.Deployment = run.backend, run.deployment
@@ -123,20 +125,21 @@ func (a *Agent) Status(withHistory bool) Status {
 		}
 		st.Models = append(st.Models, ms)
 	}
-	for _, name := range a.actOrder {
-		act := a.actuators[name]
+	for _, name := range a.parts().actOrder {
+		act := a.parts().actuators[name]
 		as := ActuatorStatus{State: act.State()}
 		if withHistory && act.sim != nil {
 			as.History = act.sim.History()
 		}
 		st.Actuators = append(st.Actuators, as)
 	}
-	st.Deployment = a.deployer.lastState()
-	for _, name := range a.inOrder {
-		st.Inputs = append(st.Inputs, a.inputs[name].State())
+	st.Deployment = a.parts().deployer.lastState()
+	st.Reload = a.lastReload.Load()
+	for _, name := range a.parts().inOrder {
+		st.Inputs = append(st.Inputs, a.parts().inputs[name].State())
 	}
-	for _, rs := range a.rules.Status() {
-		st.Rules = append(st.Rules, a.ruleStats[rs.Name].status(rs))
+	for _, rs := range a.parts().rules.Status() {
+		st.Rules = append(st.Rules, a.parts().ruleStats[rs.Name].status(rs))
 	}
 	if a.outbox != nil {
 		o := a.outbox.Stats()
@@ -152,12 +155,12 @@ func (a *Agent) Status(withHistory bool) Status {
 // detection; otherwise it says what is missing.
 func (a *Agent) readiness() (bool, []string) {
 	var missing []string
-	for _, name := range a.modOrder {
-		if m := a.models[name]; m.detector() == nil {
+	for _, name := range a.parts().modOrder {
+		if m := a.parts().models[name]; m.detector() == nil {
 			missing = append(missing, "model "+name+" not loaded")
 		}
 	}
-	for _, cam := range a.cameras {
+	for _, cam := range a.parts().cameras {
 		if cam.model.detector() != nil && cam.stats.status().Frames == 0 {
 			missing = append(missing, "camera "+cam.cfg.Name+" has no detection yet")
 		}

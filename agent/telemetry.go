@@ -15,7 +15,7 @@ import (
 // telemetryLoop puts a summary of the agent's state into the outbox every
 // mqtt.telemetry_interval, whether or not MQTT is enabled: it waits there for the link.
 func (a *Agent) telemetryLoop(ctx context.Context) error {
-	t := time.NewTicker(a.cfg.MQTT.TelemetryInterval)
+	t := time.NewTicker(a.parts().cfg.MQTT.TelemetryInterval)
 	defer t.Stop()
 	cpu := newCPUMeter()
 	for {
@@ -47,7 +47,7 @@ func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
 	for i, c := range st.Cameras {
 		cams[c.Name] = cameraTelemetry{
 			State: c.State, FPS: c.FPS, Frames: c.Frames, Dropped: c.Dropped, Reconnects: c.Reconnects,
-			Detect: c.Detect, Detections: a.cameras[i].stats.labels(),
+			Detect: c.Detect, Detections: a.parts().cameras[i].stats.labels(),
 		}
 	}
 	acts := map[string]string{}

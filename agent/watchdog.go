@@ -72,7 +72,7 @@ func (s *serviceManager) Run(ctx context.Context) error {
 // hold.
 func (a *Agent) hungPipeline() string {
 	now := time.Now()
-	for _, cam := range a.cameras {
+	for _, cam := range a.parts().cameras {
 		if since := cam.busySince.Load(); since != 0 {
 			if busy := now.Sub(time.Unix(0, since)); busy > a.hangAfter {
 				return fmt.Sprintf("camera %s: one frame in the pipeline for %v", cam.cfg.Name, busy.Round(time.Second))

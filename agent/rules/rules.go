@@ -7,6 +7,7 @@
 package rules
 
 import (
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -177,6 +178,23 @@ func releaseReason(until string) string {
 		return "acknowledged"
 	}
 	return "input " + until
+}
+
+// Carry takes over the state (window, hold, latch, cooldown) of every rule of old whose
+// config is the same in e: a reload that changes one rule leaves the others as they were.
+func (e *Engine) Carry(old *Engine) {
+	old.mu.Lock()
+	defer old.mu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range e.rules {
+		for _, o := range old.rules {
+			if o.cfg.Name == r.cfg.Name && reflect.DeepEqual(o.cfg, r.cfg) {
+				r.window = slices.Clone(o.window)
+				r.lastFired, r.lastMatch, r.active = o.lastFired, o.lastMatch, o.active
+			}
+		}
+	}
 }
 
 // Latched lists the rules latched now (waiting for an acknowledge or an input), for the

@@ -123,22 +123,21 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// SIGHUP means "reload" to a daemon; until reloading exists it must at least not
-	// kill the process (Go's default) without making the outputs safe.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			logger.Warn("SIGHUP ignored: this version cannot reload its config; restart it to apply changes")
-		}
-	}()
 	a, err := agent.New(cfg, agent.Options{Version: version, Logger: logger})
 	if err != nil {
 		logger.Error("cannot start", "err", err)
 		return exitFailed
 	}
 	fmt.Fprintf(stdout, "vigil %s: status page on http://%s\n", version, a.Addr())
+	// SIGHUP reloads the config file; a bad one is refused and the running config stays.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			a.ReloadFromFile("SIGHUP")
+		}
+	}()
 	if err := a.Run(ctx); err != nil {
 		logger.Error("stopped with an error", "err", err)
 		return exitFailed
