@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -154,4 +155,64 @@ actuators:
 		!strings.Contains(errb.String(), "actuator weld-pause") {
 		t.Errorf("vigil safe: %d\n%s\n%s", code, out.String(), errb.String())
 	}
+}
+
+// SIGHUP reloads the config file: a change is applied without a restart, and the
+// process keeps running.
+func TestSIGHUPReloads(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vigil.yaml")
+	config := `
+device: {state_dir: ` + filepath.Join(dir, "state") + `}
+http: {listen: "127.0.0.1:0"}
+cameras:
+  - {name: synthetic, url: "pattern://"}
+`
+	os.WriteFile(cfg, []byte(config), 0o644)
+	cmd := exec.Command(os.Args[0], "run", "--config", cfg)
+	cmd.Env = append(os.Environ(), "RUN_VIGIL_MAIN=1")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	if !strings.Contains(line, "status page on http://127.0.0.1:") {
+		t.Fatalf("first line %q; stderr:\n%s", line, stderr.String())
+	}
+	os.WriteFile(cfg, []byte(config+"  - {name: second, url: \"pattern://\"}\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "camera second added") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload after SIGHUP; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if cmd.ProcessState != nil {
+		t.Fatal("vigil exited on SIGHUP")
+	}
+}
+
+// syncBuffer is a bytes.Buffer a process writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
