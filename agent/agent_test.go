@@ -361,17 +361,49 @@ func TestActuatorAPI(t *testing.T) {
 }
 
 func TestMutatingEndpointsForbiddenWithoutToken(t *testing.T) {
-	cfg := testConfig(t, t.TempDir(), "")
-	cfg.HTTP.Token = ""
+	mutating := []string{"/api/actuators/line-stop", "/api/rules/stop-on-person/ack", "/api/inputs/ack", "/api/reload"}
+	cfg := testConfig(t, t.TempDir(), "inputs: [{name: ack, driver: sim}]\n")
 	r := start(t, cfg)
-	resp, err := http.Post(r.base+"/api/actuators/line-stop", "application/json", strings.NewReader(`{"state":"high"}`))
-	if err != nil {
-		t.Fatal(err)
+	for _, path := range mutating {
+		for _, token := range []string{"", "guess"} {
+			if code, _ := r.post(t, path, token, `{"state":"high"}`); code != http.StatusUnauthorized {
+				t.Errorf("POST %s with token %q: %d, want 401", path, token, code)
+			}
+		}
+	}
+	r.stop()
+
+	cfg.HTTP.Token = ""
+	r = start(t, cfg)
+	for _, path := range mutating {
+		if code, _ := r.post(t, path, "s3cret", `{"state":"high"}`); code != http.StatusForbidden {
+			t.Errorf("POST %s with no http.token configured: %d, want 403", path, code)
+		}
+	}
+	if s := r.agent.parts().actuators["line-stop"].State(); s.Transitions != 0 && s.LastReason == "http api" {
+		t.Errorf("a refused request moved the relay: %+v", s)
+	}
+}
+
+// With http.read_token, reading needs it too (or the change token); health checks stay
+// open for probes.
+func TestReadToken(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "")
+	cfg.HTTP.ReadToken = "look"
+	r := start(t, cfg)
+	for path, want := range map[string]int{"/api/status": 401, "/": 401, "/metrics": 401, "/api/events": 401, "/healthz": 200,
+		"/api/status?token=look": 200, "/?token=look": 200, "/metrics?token=s3cret": 200, "/api/status?token=nope": 401} {
+		if code, _ := r.get(t, path); code != want {
+			t.Errorf("GET %s: %d, want %d", path, code, want)
+		}
+	}
+	req, _ := http.NewRequest("GET", r.base+"/api/status", nil)
+	req.Header.Set("Authorization", "Bearer look")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("status with the read token in the header: %v %v", err, resp.StatusCode)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("with no http.token: %d, want 403", resp.StatusCode)
-	}
 }
 
 // A camera whose file is missing is retried and reported, while the agent keeps

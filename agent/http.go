@@ -60,7 +60,7 @@ func (a *Agent) routes() http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
-	return mux
+	return a.requireRead(mux)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -124,6 +124,35 @@ func (a *Agent) eventStream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// tokenOf is the token a request carries: the bearer header, or, where a browser cannot
+// set headers (an <img>, an EventSource, a link), the token query parameter.
+func tokenOf(r *http.Request) string {
+	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return got
+	}
+	return r.URL.Query().Get("token")
+}
+
+func sameToken(got, want string) bool {
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// requireRead guards the read side when http.read_token is set: the read token or the
+// change token is needed for everything but the health checks.
+func (a *Agent) requireRead(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := a.parts().cfg.HTTP
+		if c.ReadToken != "" && r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+			if got := tokenOf(r); !sameToken(got, c.ReadToken) && !sameToken(got, c.Token) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
+				writeError(w, http.StatusUnauthorized, "this device needs its read token (http.read_token): open the page as /?token=...")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // requireToken guards a mutating endpoint with http.token. With no token configured
 // every such request is refused: a LAN page must not move a weld robot by default.
 func (a *Agent) requireToken(next http.HandlerFunc) http.HandlerFunc {
@@ -134,7 +163,7 @@ func (a *Agent) requireToken(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+		if !ok || !sameToken(got, token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return

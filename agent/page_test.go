@@ -67,6 +67,15 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	poll("the new actuator event", `document.querySelector("#events")?.textContent.includes("actuator line-stop by hand")`)
 
+	// Manual control from the page, with the change token the page keeps.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`localStorage.setItem("vigil-token", "s3cret");
+		document.querySelector('button[data-act="line-stop"][data-cmd="high"]').click()`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the relay set high from the page", func() bool {
+		return r.agent.parts().actuators["line-stop"].State().State == "high"
+	})
+
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)

@@ -47,6 +47,9 @@ type Log struct {
 type HTTP struct {
 	Listen string `mapstructure:"listen" json:"listen"`
 	Token  string `mapstructure:"token" json:"-"`
+	// ReadToken, when set, is needed to read the status page, the API and the metrics
+	// too (http.token also reads); empty: reading is open on the listen address.
+	ReadToken string `mapstructure:"read_token" json:"-"`
 }
 
 // Camera is one frame source.

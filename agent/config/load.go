@@ -113,6 +113,7 @@ func scalarDefaults() map[string]any {
 		"log.format":              "text",
 		"http.listen":             "127.0.0.1:8080",
 		"http.token":              "",
+		"http.read_token":         "",
 		"mqtt.enabled":            false,
 		"mqtt.brokers":            []string{"tcp://127.0.0.1:1883"},
 		"mqtt.username":           "",
