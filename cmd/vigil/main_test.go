@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vigil-edge/vigil/agent/config"
 )
 
 func TestVersion(t *testing.T) {
@@ -215,4 +217,20 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Under systemd ($JOURNAL_STREAM set) log lines carry no timestamp: the journal adds it.
+func TestJournaldLogsHaveNoTimestamp(t *testing.T) {
+	var buf bytes.Buffer
+	t.Setenv("JOURNAL_STREAM", "8:12345")
+	newLogger(config.Log{Level: "info", Format: "text"}, &buf).Info("hello")
+	if strings.Contains(buf.String(), "time=") || !strings.Contains(buf.String(), "msg=hello") {
+		t.Errorf("journald line %q", buf.String())
+	}
+	buf.Reset()
+	t.Setenv("JOURNAL_STREAM", "")
+	newLogger(config.Log{Level: "info", Format: "text"}, &buf).Info("hello")
+	if !strings.Contains(buf.String(), "time=") {
+		t.Errorf("terminal line %q", buf.String())
+	}
 }
