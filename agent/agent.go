@@ -71,7 +71,8 @@ type Agent struct {
 	http      *http.Server
 	closeOnce sync.Once
 	hangAfter time.Duration
-	fatal     chan error // a panic outside Run's goroutines (an MQTT handler), to stop Run
+	fatal     chan error    // a panic outside Run's goroutines (an MQTT handler), to stop Run
+	running   chan struct{} // closed once Run has started the parts
 
 	// Run's group, for the parts a reload starts; runMu serialises reloads with Run's
 	// start and guards these.
@@ -185,7 +186,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a = &Agent{fatal: make(chan error, 1), version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
+	a = &Agent{fatal: make(chan error, 1), running: make(chan struct{}), version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
 		events: newEventLog(100)}
 	p := &parts{cfg: cfg, actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{}, ruleStats: map[string]*ruleStats{}}
 	a.cur.Store(p) // filled in below, before anything runs
@@ -517,6 +518,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.startLink(p.link, p.deployer)
 	}
 	a.runMu.Unlock()
+	close(a.running)
 	a.goNormal(ctx)
 	// Requests inherit the agent's context, so event streams end when it stops
 	// (Shutdown waits for active requests and would otherwise wait for them).

@@ -288,6 +288,7 @@ func (a *Agent) refuse(res ReloadResult, err error) (ReloadResult, error) {
 // reported (log, status page, event). SIGHUP, POST /api/reload and the file watch all
 // come here.
 func (a *Agent) ReloadFromFile(trigger string) (ReloadResult, error) {
+	<-a.running // a reload asked for while the agent starts waits for it
 	res := ReloadResult{At: time.Now().UTC().Format(time.RFC3339Nano)}
 	src := a.parts().cfg.Source
 	var err error

@@ -123,21 +123,23 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Caught from the start: Go's default for SIGHUP is to exit.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	a, err := agent.New(cfg, agent.Options{Version: version, Logger: logger})
 	if err != nil {
 		logger.Error("cannot start", "err", err)
 		return exitFailed
 	}
-	fmt.Fprintf(stdout, "vigil %s: status page on http://%s\n", version, a.Addr())
-	// SIGHUP reloads the config file; a bad one is refused and the running config stays.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	// SIGHUP reloads the config file; a bad one is refused and the running config
+	// stays. One that comes before the agent runs waits for it.
 	go func() {
 		for range hup {
 			a.ReloadFromFile("SIGHUP")
 		}
 	}()
+	fmt.Fprintf(stdout, "vigil %s: status page on http://%s\n", version, a.Addr())
 	if err := a.Run(ctx); err != nil {
 		logger.Error("stopped with an error", "err", err)
 		return exitFailed
