@@ -60,19 +60,20 @@ type Agent struct {
 	logger  *slog.Logger
 	started time.Time
 
-	outbox    *outbox.Outbox
-	store     *deploy.Store // models installed by deployments
-	backends  *infer.Registry
-	bundled   string // where the embedded files were extracted
-	snapshots *snapshotStore
-	events    *eventLog
-	metrics   *metrics
-	listener  net.Listener
-	http      *http.Server
-	closeOnce sync.Once
-	hangAfter time.Duration
-	fatal     chan error    // a panic outside Run's goroutines (an MQTT handler), to stop Run
-	running   chan struct{} // closed once Run has started the parts
+	outbox     *outbox.Outbox
+	store      *deploy.Store // models installed by deployments
+	backends   *infer.Registry
+	bundled    string // where the embedded files were extracted
+	snapshots  *snapshotStore
+	events     *eventLog
+	metrics    *metrics
+	listener   net.Listener
+	http       *http.Server
+	closeOnce  sync.Once
+	hangAfter  time.Duration
+	fatal      chan error    // a panic outside Run's goroutines (an MQTT handler), to stop Run
+	running    chan struct{} // closed once Run has started the parts
+	inferSlots chan struct{} // POST /api/infer requests running
 
 	// Run's group, for the parts a reload starts; runMu serialises reloads with Run's
 	// start and guards these.
@@ -273,6 +274,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		p.cameras = append(p.cameras, cam)
 	}
 
+	a.inferSlots = make(chan struct{}, cfg.HTTP.InferConcurrency)
 	a.hangAfter = opts.HangAfter
 	if a.hangAfter <= 0 {
 		a.hangAfter = DefaultHangAfter

@@ -41,6 +41,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /api/actuators/{name}", a.requireToken(a.commandActuator))
 	mux.HandleFunc("POST /api/rules/{name}/ack", a.requireToken(a.acknowledgeRule))
 	mux.HandleFunc("POST /api/inputs/{name}", a.requireToken(a.setSimInput))
+	mux.HandleFunc("POST /api/infer", a.inferImage)
 	mux.HandleFunc("POST /api/reload", a.requireToken(func(w http.ResponseWriter, r *http.Request) {
 		res, err := a.ReloadFromFile("http api")
 		code := http.StatusOK

@@ -50,6 +50,9 @@ type HTTP struct {
 	// ReadToken, when set, is needed to read the status page, the API and the metrics
 	// too (http.token also reads); empty: reading is open on the listen address.
 	ReadToken string `mapstructure:"read_token" json:"-"`
+	// POST /api/infer: the largest image body, and how many run at once.
+	InferMaxBytes    ByteSize `mapstructure:"infer_max_bytes" json:"infer_max_bytes"`
+	InferConcurrency int      `mapstructure:"infer_concurrency" json:"infer_concurrency"`
 }
 
 // Camera is one frame source.

@@ -114,6 +114,8 @@ func scalarDefaults() map[string]any {
 		"http.listen":             "127.0.0.1:8080",
 		"http.token":              "",
 		"http.read_token":         "",
+		"http.infer_max_bytes":    "8MiB",
+		"http.infer_concurrency":  1,
 		"mqtt.enabled":            false,
 		"mqtt.brokers":            []string{"tcp://127.0.0.1:1883"},
 		"mqtt.username":           "",

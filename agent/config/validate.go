@@ -424,6 +424,12 @@ func (c *Config) validate() Errors {
 		bad("outbox.fsync_interval", "%v must be greater than 0", c.Outbox.FsyncInterval)
 	}
 
+	if c.HTTP.InferMaxBytes < 1<<10 {
+		bad("http.infer_max_bytes", "%v is below the minimum of 1KiB", c.HTTP.InferMaxBytes)
+	}
+	if c.HTTP.InferConcurrency < 1 {
+		bad("http.infer_concurrency", "%d: at least 1", c.HTTP.InferConcurrency)
+	}
 	if c.Deploy.MaxBytes < 1<<20 {
 		bad("deploy.max_bytes", "%v is below the minimum of 1MiB", c.Deploy.MaxBytes)
 	}
