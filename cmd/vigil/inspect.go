@@ -27,7 +27,7 @@ model.yaml key), 2 on usage errors.
 Flags:
 `
 
-const modelCommands = `vigil model inspect|sign|pack|push: see 'vigil model SUBCOMMAND --help'.
+const modelCommands = `vigil model inspect|eval|sign|pack|push: see 'vigil model SUBCOMMAND --help'.
 
 `
 
@@ -39,6 +39,8 @@ func modelCmd(args []string, stdout, stderr io.Writer) int {
 			return inspectModel(args[1:], stdout, stderr)
 		case "sign":
 			return signModel(args[1:], stdout, stderr)
+		case "eval":
+			return evalModel(args[1:], stdout, stderr)
 		case "pack":
 			return packModel(args[1:], stdout, stderr)
 		case "push":

@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/infer/eval"
+)
+
+// EvalBundle runs a bundle's model on a labelled image set and measures it (`vigil
+// model eval`). The set is a directory of images (NAME.jpg or NAME.png), each with
+// NAME.json: {"detections": [{"label": "dog", "box": [x1, y1, x2, y2]}]} in image pixels,
+// the same format as a bundle's golden images; by default the bundle's golden/ folder.
+func EvalBundle(bundleDir, imagesDir string, mc config.Model, rt config.Runtimes) (eval.Result, error) {
+	if imagesDir == "" {
+		imagesDir = filepath.Join(bundleDir, goldenDir)
+	}
+	specs, err := filepath.Glob(filepath.Join(imagesDir, "*.json"))
+	if err != nil || len(specs) == 0 {
+		return eval.Result{}, fmt.Errorf("no labelled images (NAME.json beside NAME.jpg) in %s", imagesDir)
+	}
+	det, _, err := loadModel(newBackends(rt), bundleDir, mc)
+	if err != nil {
+		return eval.Result{}, err
+	}
+	defer det.Close()
+	var images []eval.Image
+	for _, spec := range specs {
+		var g struct {
+			Detections []eval.Truth `json:"detections"`
+		}
+		b, err := os.ReadFile(spec)
+		if err == nil {
+			err = json.Unmarshal(b, &g)
+		}
+		if err != nil {
+			return eval.Result{}, fmt.Errorf("%s: %w", spec, err)
+		}
+		base := strings.TrimSuffix(spec, ".json")
+		img := gocv.IMRead(base+".jpg", gocv.IMReadColor)
+		if img.Empty() {
+			img = gocv.IMRead(base+".png", gocv.IMReadColor)
+		}
+		if img.Empty() {
+			return eval.Result{}, fmt.Errorf("%s: no %s.jpg or .png beside it", spec, filepath.Base(base))
+		}
+		dets, _, err := det.Detect(img, nil)
+		img.Close()
+		if err != nil {
+			return eval.Result{}, fmt.Errorf("%s: %w", filepath.Base(base), err)
+		}
+		images = append(images, eval.Image{Name: filepath.Base(base), Truth: g.Detections, Detections: dets})
+	}
+	return eval.Evaluate(images, det.Manifest().Thresholds.Score), nil
+}
