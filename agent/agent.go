@@ -32,6 +32,7 @@ import (
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/drift"
 	"github.com/vigil-edge/vigil/infer/ocvdnn"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
 	"github.com/vigil-edge/vigil/infer/openvino"
@@ -433,6 +434,15 @@ func cameraSpec(cc config.Camera) (capture.Spec, error) {
 	}, nil
 }
 
+// newDriftMonitor is a camera's drift monitor, or nil when drift.enabled is off.
+func (a *Agent) newDriftMonitor() *drift.Monitor {
+	d := a.parts().cfg.Drift
+	if !d.Enabled {
+		return nil
+	}
+	return drift.New(drift.Options{Every: d.Every, Baseline: d.Baseline, Window: d.Window, Threshold: d.Threshold, Clear: d.Clear})
+}
+
 // newActuator opens an actuator's line and drives it safe. A line that cannot be driven
 // (a GPIO chip missing) leaves the actuator in fault, retried on every command, and is
 // reported as fault for an event: the rest of the agent runs.
@@ -494,6 +504,7 @@ func (a *Agent) newCamera(cc config.Camera, m *model) (*camera, error) {
 			Open: func(ctx context.Context) (capture.Source, error) { return capture.Open(ctx, spec) },
 		}),
 		model:  m,
+		drift:  a.newDriftMonitor(),
 		logger: logger.With("component", "pipeline", "camera", cc.Name),
 		snap:   &snapshot{},
 		stats:  newDetectStats(),

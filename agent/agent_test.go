@@ -167,6 +167,9 @@ func TestEndToEnd(t *testing.T) {
 	if cam.Name != "door" || cam.State != "streaming" || cam.Frames == 0 || cam.FPS <= 0 || cam.Detect.Frames == 0 || cam.Detect.InferenceP50 <= 0 {
 		t.Errorf("camera status: %+v", cam)
 	}
+	if cam.Drift == nil {
+		t.Error("no drift status for the camera (drift.enabled is on by default)")
+	}
 	if m := st.Models[0]; m.Model != "yolox-nano" || m.Backend != "onnxruntime" || m.State != "loaded" {
 		t.Errorf("model status: %+v", m)
 	}

@@ -638,6 +638,11 @@ func describe(dets []infer.Detection) string {
 // open until the watch window is over.
 func (d *deployer) swap(mod *model, next *loaded) *loaded {
 	prev := mod.running.Swap(next)
+	for _, cam := range d.a.parts().cameras {
+		if cam.model == mod && cam.drift != nil {
+			cam.drift.Reset() // the new model gets its own baseline
+		}
+	}
 	d.logger.Info("model swapped", "model", mod.name, "bundle", next.dir, "backend", next.backend)
 	return prev
 }

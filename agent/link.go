@@ -4,10 +4,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"github.com/vigil-edge/vigil/agent/config"
 	"log/slog"
 	"os"
 
+	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 )
 

@@ -78,6 +78,7 @@ var (
 	descCamDropped    = prometheus.NewDesc("vigil_camera_dropped_frames_total", "Frames replaced by a newer one before detection took them.", []string{"camera"}, nil)
 	descCamReconnects = prometheus.NewDesc("vigil_camera_reconnects_total", "Times the camera failed and was reopened.", []string{"camera"}, nil)
 	descCamFPS        = prometheus.NewDesc("vigil_camera_fps", "Capture frame rate, smoothed.", []string{"camera"}, nil)
+	descDrift         = prometheus.NewDesc("vigil_drift_score", "How far what the camera sees is from its model's baseline: the largest population stability index of its statistics (above drift.threshold it drifts).", []string{"camera"}, nil)
 	descCamAge        = prometheus.NewDesc("vigil_camera_last_frame_age_seconds", "Seconds since the last frame.", []string{"camera"}, nil)
 	descCamState      = prometheus.NewDesc("vigil_camera_state", "1 for the camera's current state.", []string{"camera", "state"}, nil)
 	descActState      = prometheus.NewDesc("vigil_actuator_high", "1 when the actuator is high.", []string{"actuator", "driver"}, nil)
@@ -106,7 +107,7 @@ type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descUp, descCamFrames, descCamDropped, descCamReconnects, descCamFPS, descCamAge,
-		descCamState, descActState, descActTrans, descModelUp, descOutDepth, descOutBytes, descOutPending, descOutDropped, descOutSeq, descOutError,
+		descDrift, descCamState, descActState, descActTrans, descModelUp, descOutDepth, descOutBytes, descOutPending, descOutDropped, descOutSeq, descOutError,
 		descOutEvicted, descOutDisk, descMQTTUp, descMQTTState, descMQTTConnects, descMQTTPub, descMQTTAcked, descMQTTInflight} {
 		ch <- d
 	}
@@ -128,6 +129,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descCamReconnects, float64(cam.Reconnects), cam.Name)
 		gauge(descCamFPS, cam.FPS, cam.Name)
 		gauge(descCamAge, cam.LastFrameAgeS, cam.Name)
+		if cam.Drift != nil && cam.Drift.Baseline {
+			gauge(descDrift, cam.Drift.Score, cam.Name)
+		}
 		for _, s := range cameraStates {
 			gauge(descCamState, b2f(cam.State == s), cam.Name, s)
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/drift"
 	"github.com/vigil-edge/vigil/internal/rate"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -35,6 +36,8 @@ type camera struct {
 	stats  *detectStats
 	// safed: failSafe drove this camera's rule outputs safe and they are not restored.
 	safed atomic.Bool
+	// drift watches what the camera sees against a baseline; nil when drift.enabled is off.
+	drift *drift.Monitor
 	// frameSize is the last frame's width<<32 | height, for warming up a new model.
 	frameSize atomic.Uint64
 	// busySince is when the frame in process entered it (Unix ns), 0 between frames:
@@ -126,6 +129,9 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 
 		if a.beforeRules != nil {
 			a.beforeRules(cam.cfg.Name)
+		}
+		if cam.drift != nil {
+			a.observeDrift(cam, f, dets)
 		}
 		for _, fire := range a.parts().rules.Evaluate(rules.Frame{
 			Camera: cam.cfg.Name, Width: f.Mat.Cols(), Height: f.Mat.Rows(), Detections: dets, At: f.Time,
@@ -433,4 +439,21 @@ func round(v float64, digits int) float64 {
 		p *= 10
 	}
 	return float64(int64(v*p+0.5)) / p
+}
+
+// observeDrift feeds the drift monitor and records a change of drift as an event, once
+// per crossing (the monitor has hysteresis).
+func (a *Agent) observeDrift(cam *camera, f capture.Frame, dets []infer.Detection) {
+	change := cam.drift.Observe(f.Mat, dets)
+	if change == 0 {
+		return
+	}
+	st := cam.drift.Status()
+	body := map[string]any{"camera": cam.cfg.Name, "drifting": st.Drifting, "score": round(st.Score, 3), "feature": st.Feature}
+	a.recordEvent(context.Background(), "drift", body)
+	if st.Drifting {
+		cam.logger.Warn("what the camera sees drifted from the model's baseline", "score", round(st.Score, 3), "feature", st.Feature)
+	} else {
+		cam.logger.Info("drift cleared", "score", round(st.Score, 3))
+	}
 }

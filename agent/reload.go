@@ -43,6 +43,9 @@ func (a *Agent) startCamera(cam *camera) {
 	go func() {
 		<-capDone
 		<-loopDone
+		if cam.drift != nil {
+			cam.drift.Close() // no frame reaches it any more
+		}
 		close(cam.done)
 	}()
 }

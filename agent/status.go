@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/infer/drift"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -42,6 +43,8 @@ type CameraStatus struct {
 	URL    string       `json:"url"` // password redacted
 	Model  string       `json:"model"`
 	Detect detectStatus `json:"detect"`
+	// Drift is how far what the camera sees is from its model's baseline (nil when off).
+	Drift *drift.Status `json:"drift,omitempty"`
 }
 
 // ModelStatus is one configured model.
@@ -105,6 +108,7 @@ func (a *Agent) Status(withHistory bool) Status {
 	for _, cam := range a.parts().cameras {
 		st.Cameras = append(st.Cameras, CameraStatus{
 			Status: cam.cap.Status(), URL: config.Redact(cam.cfg.URL), Model: cam.cfg.Model, Detect: cam.stats.status(),
+			Drift: driftStatus(cam),
 		})
 	}
 	for _, name := range a.parts().modOrder {
@@ -259,4 +263,13 @@ func (s *ruleStats) status(rs rules.Status) RuleStatus {
 	st.ActuateP50, st.ActuateP99 = percentiles(s.latency)
 	st.AddedP50, st.AddedP99 = percentiles(s.added)
 	return st
+}
+
+func driftStatus(cam *camera) *drift.Status {
+	if cam.drift == nil {
+		return nil
+	}
+	st := cam.drift.Status()
+	st.Score = round(st.Score, 3)
+	return &st
 }

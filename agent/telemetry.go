@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vigil-edge/vigil/infer/drift"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -38,17 +39,26 @@ type cameraTelemetry struct {
 	Reconnects uint64            `json:"reconnects"`
 	Detect     detectStatus      `json:"detect"`
 	Detections map[string]uint64 `json:"detections"` // by label, since start
+	Drift      *drift.Status     `json:"drift,omitempty"`
 }
 
 // telemetry is the body of one telemetry message.
 func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
 	st := a.Status(false)
+	byName := map[string]*camera{}
+	for _, cam := range a.parts().cameras {
+		byName[cam.cfg.Name] = cam
+	}
 	cams := map[string]cameraTelemetry{}
-	for i, c := range st.Cameras {
-		cams[c.Name] = cameraTelemetry{
+	for _, c := range st.Cameras {
+		ct := cameraTelemetry{
 			State: c.State, FPS: c.FPS, Frames: c.Frames, Dropped: c.Dropped, Reconnects: c.Reconnects,
-			Detect: c.Detect, Detections: a.parts().cameras[i].stats.labels(),
+			Detect: c.Detect, Drift: c.Drift,
 		}
+		if cam := byName[c.Name]; cam != nil { // a reload may have removed it meanwhile
+			ct.Detections = cam.stats.labels()
+		}
+		cams[c.Name] = ct
 	}
 	acts := map[string]string{}
 	for _, act := range st.Actuators {

@@ -25,6 +25,7 @@ type Config struct {
 	Runtimes  Runtimes   `mapstructure:"runtimes" json:"runtimes"`
 	Snapshots Snapshots  `mapstructure:"snapshots" json:"snapshots"`
 	Deploy    Deploy     `mapstructure:"deploy" json:"deploy"`
+	Drift     Drift      `mapstructure:"drift" json:"drift"`
 
 	// Source is the file the config came from; "" for the embedded defaults.
 	Source string `mapstructure:"-" json:"source"`
@@ -188,6 +189,18 @@ type Deploy struct {
 	// StallTimeout rejects a transfer that receives nothing for this long (after one
 	// renewed subscription), so that it cannot block the deployments behind it.
 	StallTimeout time.Duration `mapstructure:"stall_timeout" json:"stall_timeout"`
+}
+
+// Drift compares what each camera sees (brightness, contrast, sharpness, objects, scores)
+// with a baseline recorded when its model went live (infer/drift).
+type Drift struct {
+	Enabled bool `mapstructure:"enabled" json:"enabled"`
+	// Every samples one detected frame in Every; Baseline and Window are in samples.
+	Every     int     `mapstructure:"every" json:"every"`
+	Baseline  int     `mapstructure:"baseline" json:"baseline"`
+	Window    int     `mapstructure:"window" json:"window"`
+	Threshold float64 `mapstructure:"threshold" json:"threshold"` // PSI above which a camera drifts
+	Clear     float64 `mapstructure:"clear" json:"clear"`         // PSI below which it stops
 }
 
 // Snapshots are the frames saved with rule events.

@@ -142,6 +142,12 @@ func scalarDefaults() map[string]any {
 		"deploy.watch":            "30s",
 		"deploy.max_slowdown":     3.0,
 		"deploy.stall_timeout":    "2m",
+		"drift.enabled":           true,
+		"drift.every":             5,
+		"drift.baseline":          600,
+		"drift.window":            600,
+		"drift.threshold":         0.25,
+		"drift.clear":             0.1,
 		"runtimes.tflite":         "",
 		"runtimes.openvino":       "",
 	}

@@ -442,6 +442,17 @@ func (c *Config) validate() Errors {
 	if c.Deploy.Watch < 0 {
 		bad("deploy.watch", "%v is negative", c.Deploy.Watch)
 	}
+	if d := c.Drift; d.Enabled {
+		if d.Every < 1 {
+			bad("drift.every", "%d: at least 1", d.Every)
+		}
+		if d.Baseline < 10 || d.Window < 10 {
+			bad("drift", "baseline %d and window %d: at least 10 samples each", d.Baseline, d.Window)
+		}
+		if d.Clear <= 0 || d.Clear > d.Threshold {
+			bad("drift.clear", "%v must be above 0 and at most drift.threshold (%v)", d.Clear, d.Threshold)
+		}
+	}
 	if c.Deploy.StallTimeout <= 0 {
 		bad("deploy.stall_timeout", "%v must be greater than 0", c.Deploy.StallTimeout)
 	}

@@ -1,0 +1,134 @@
+package drift
+
+import (
+	"context"
+	"image"
+	"path/filepath"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/capture"
+)
+
+var clip = filepath.Join("..", "..", "assets", "footage", "people.mp4")
+
+// frames reads n frames of the bundled clip (looping), each passed through f.
+func feed(t *testing.T, m *Monitor, src capture.Source, n int, f func(in gocv.Mat) gocv.Mat) (events []int) {
+	t.Helper()
+	for range n {
+		mat, err := src.Read(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := f(mat)
+		if e := m.Observe(out, nil); e != 0 {
+			events = append(events, e)
+		}
+		if out.Ptr() != mat.Ptr() {
+			out.Close()
+		}
+		mat.Close()
+	}
+	return events
+}
+
+func same(in gocv.Mat) gocv.Mat { return in }
+
+func darker(in gocv.Mat) gocv.Mat {
+	out := gocv.NewMat()
+	in.ConvertToWithParams(&out, gocv.MatTypeCV8UC3, 0.35, 0)
+	return out
+}
+
+func blurred(in gocv.Mat) gocv.Mat {
+	out := gocv.NewMat()
+	gocv.GaussianBlur(in, &out, image.Pt(31, 31), 0, 0, gocv.BorderDefault)
+	return out
+}
+
+func newMonitor(t *testing.T) (*Monitor, capture.Source) {
+	// Baseline and window of 450 frames each (18 s of the 26 s clip, people coming and
+	// going): the scene varies within the clip, so the window must see enough of it.
+	m := New(Options{Every: 3, Baseline: 150, Window: 150, Threshold: 0.25, Clear: 0.1})
+	t.Cleanup(m.Close)
+	src, err := capture.OpenFile(clip, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	if ev := feed(t, m, src, 450, same); len(ev) != 0 || !m.Status().Baseline {
+		t.Fatalf("baseline: %v %+v", ev, m.Status())
+	}
+	return m, src
+}
+
+func TestDriftStaysLowOnTheSameScene(t *testing.T) {
+	m, src := newMonitor(t)
+	peak := 0.0
+	for range 15 {
+		if ev := feed(t, m, src, 100, same); len(ev) != 0 {
+			t.Errorf("events on the clip itself: %v (%+v)", ev, m.Status())
+		}
+		peak = max(peak, m.Status().Score)
+	}
+	t.Logf("highest drift score on the clip itself: %.3f (threshold 0.25)", peak)
+	if ev := feed(t, m, src, 0, same); len(ev) != 0 {
+		t.Errorf("events on the clip itself: %v (%+v)", ev, m.Status())
+	}
+	if st := m.Status(); st.Score >= 0.25 || st.Drifting {
+		t.Errorf("drift on the clip itself: %+v", st)
+	}
+}
+
+func TestDriftRises(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		f       func(gocv.Mat) gocv.Mat
+		feature string
+	}{
+		{"darkened", darker, "brightness"},
+		{"blurred", blurred, "sharpness"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, src := newMonitor(t)
+			ev := feed(t, m, src, 600, tc.f)
+			st := m.Status()
+			if len(ev) != 1 || ev[0] != 1 || !st.Drifting || st.Score <= 0.25 || st.Feature != tc.feature {
+				t.Fatalf("events %v, status %+v", ev, st)
+			}
+			// Back to the normal scene: it clears once, with hysteresis.
+			ev = feed(t, m, src, 900, same)
+			if len(ev) != 1 || ev[0] != -1 || m.Status().Drifting {
+				t.Errorf("after recovery: events %v, status %+v", ev, m.Status())
+			}
+		})
+	}
+	t.Run("another scene", func(t *testing.T) {
+		m, _ := newMonitor(t)
+		ev := feed(t, m, capture.NewPattern(768, 432, 1000), 600, same)
+		if len(ev) != 1 || !m.Status().Drifting {
+			t.Fatalf("events %v, status %+v", ev, m.Status())
+		}
+	})
+}
+
+// BenchmarkObserve is the cost of one sampled frame (one in drift.every is sampled);
+// compare with the inference time of the model (BenchmarkDetect in infer/detector).
+func BenchmarkObserve(b *testing.B) {
+	m := New(Options{Every: 1, Baseline: 100, Window: 100, Threshold: 0.25, Clear: 0.1})
+	defer m.Close()
+	src, err := capture.OpenFile(clip, true, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	frame, err := src.Read(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer frame.Close()
+	for b.Loop() {
+		m.Observe(frame, nil)
+	}
+}
