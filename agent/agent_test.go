@@ -661,7 +661,7 @@ func TestStallDrivesRuleActuatorsSafe(t *testing.T) {
 	cfg.Cameras[0].StallTimeout = 500 * time.Millisecond
 	cfg.Rules[0].Labels = nil // anything seen latches the output high
 	cfg.Rules[0].MinScore = 0.2
-	cfg.Rules[0].Action = config.Action{Actuator: "line-stop", State: "high"}
+	cfg.Rules[0].Action = config.Action{Actuator: "line-stop", State: "high", Until: "ack"} // held until the stall
 	cfg.Rules[0].OnStall = "safe"
 	r := start(t, cfg)
 	waitFor(t, 30*time.Second, "the rule to set the output high", func() bool {
