@@ -139,6 +139,7 @@ type input struct {
 // model is one configured model. What runs can change while the pipelines use it (a
 // pushed model is swapped in), so the pipelines load it atomically for each frame.
 type model struct {
+	shadow     *shadow // nil without models[].shadow
 	name       string
 	cfg        config.Model
 	configured string                 // the bundle directory the config names (or the bundled one)
@@ -487,6 +488,15 @@ func (a *Agent) newModel(mc config.Model) *model {
 	m.running.Store(run)
 	man := run.detector.Manifest()
 	a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", run.backend, "deployment", run.deployment)
+	if sc := mc.Shadow; sc.Bundle != "" {
+		det, backend, err := loadModel(a.backends, sc.Bundle, config.Model{Backend: sc.Backend, Device: mc.Device, Threads: mc.Threads})
+		if err != nil {
+			a.logger.Error("shadow model not loaded", "model", mc.Name, "shadow", sc.Bundle, "err", err)
+		} else {
+			m.shadow = newShadow(det, sc.Bundle, sc.Every)
+			a.logger.Info("shadow model loaded", "model", mc.Name, "bundle", det.Manifest().Name, "version", det.Manifest().Version, "backend", backend)
+		}
+	}
 	return m
 }
 
@@ -529,6 +539,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	if p.link != nil {
 		a.startLink(p.link, p.deployer)
+	}
+	for _, name := range p.modOrder {
+		a.startShadow(p.models[name])
 	}
 	a.runMu.Unlock()
 	close(a.running)
@@ -849,6 +862,9 @@ func (a *Agent) Close() error {
 		for _, name := range a.parts().modOrder {
 			if d := a.parts().models[name].detector(); d != nil {
 				d.Close()
+			}
+			if sh := a.parts().models[name].shadow; sh != nil {
+				sh.det.Close()
 			}
 		}
 		if len(errs) == 0 {

@@ -138,6 +138,10 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		}) {
 			a.act(ctx, cam, f, fire, detected.Sub(f.Time))
 		}
+		// After the actions: the candidate must never delay an actuator.
+		if sh := cam.model.shadow; sh != nil {
+			sh.offer(f.Mat, dets, timing.Infer)
+		}
 	}
 	cam.snap.update(f, dets)
 }

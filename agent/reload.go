@@ -50,6 +50,13 @@ func (a *Agent) startCamera(cam *camera) {
 	}()
 }
 
+// startShadow runs a model's shadow, if it has one.
+func (a *Agent) startShadow(m *model) {
+	if m.shadow != nil {
+		a.spawn("shadow of "+m.name, m.shadow.Run)
+	}
+}
+
 func (a *Agent) startInput(in *input) {
 	in.stop, in.done = a.spawn("input "+in.cfg.Name, in.Run)
 }
@@ -199,6 +206,7 @@ func (a *Agent) Reload(next *config.Config) (ReloadResult, error) {
 			np.models[mc.Name] = cur
 		} else {
 			np.models[mc.Name] = a.newModel(mc)
+			a.startShadow(np.models[mc.Name])
 			if ok {
 				res.Changed = append(res.Changed, "model "+mc.Name)
 			} else {

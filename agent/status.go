@@ -55,6 +55,8 @@ type ModelStatus struct {
 	Backend string `json:"backend"`
 	Input   string `json:"input,omitempty"`
 	State   string `json:"state"` // loaded | failed
+	// Shadow is the candidate model run beside it (models[].shadow), and how they agree.
+	Shadow *ShadowStatus `json:"shadow,omitempty"`
 	// Deployment is the push that installed the running bundle ("" for the configured one).
 	Deployment string `json:"deployment,omitempty"`
 	Error      string `json:"error,omitempty"`
@@ -126,6 +128,9 @@ func (a *Agent) Status(withHistory bool) Status {
 			if m.err != nil {
 				ms.Error = m.err.Error()
 			}
+		}
+		if m.shadow != nil {
+			ms.Shadow = m.shadow.status(name)
 		}
 		st.Models = append(st.Models, ms)
 	}

@@ -82,6 +82,16 @@ type Model struct {
 	Threads int    `mapstructure:"threads" json:"threads"`
 	// Optimization is ONNX Runtime's graph optimisation level; "" = all.
 	Optimization string `mapstructure:"optimization" json:"optimization"`
+	// Shadow runs a candidate bundle beside this model on a sample of its frames and
+	// reports how far they agree, before anyone promotes it.
+	Shadow Shadow `mapstructure:"shadow" json:"shadow"`
+}
+
+// Shadow is a candidate model evaluated in the shadow of a running one.
+type Shadow struct {
+	Bundle  string `mapstructure:"bundle" json:"bundle"`   // "" = no shadow
+	Backend string `mapstructure:"backend" json:"backend"` // "" = the bundle's preference
+	Every   int    `mapstructure:"every" json:"every"`     // one detected frame in Every; 0 = 10
 }
 
 // Actuator is one output.

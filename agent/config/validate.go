@@ -206,6 +206,17 @@ func (c *Config) validate() Errors {
 		if m.Threads < 0 {
 			bad(key+".threads", "%d is negative", m.Threads)
 		}
+		if m.Shadow.Bundle != "" {
+			if _, err := infer.LoadManifest(m.Shadow.Bundle); err != nil {
+				bad(key+".shadow.bundle", "%v", err)
+			}
+			if m.Shadow.Backend != "" {
+				oneOf(key+".shadow.backend", m.Shadow.Backend, Backends...)
+			}
+			if m.Shadow.Every < 0 {
+				bad(key+".shadow.every", "%d is negative", m.Shadow.Every)
+			}
+		}
 		if m.Optimization != "" {
 			oneOf(key+".optimization", m.Optimization, "all", "extended", "basic", "disabled")
 		}

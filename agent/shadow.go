@@ -1,0 +1,191 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/eval"
+)
+
+// shadow runs a candidate model (models[].shadow) on a sample of the frames its model
+// detects, on a goroutine of its own, and measures how far the two agree: the
+// candidate's detections are matched to the running model's by label and IoU >= 0.5.
+// The pipeline only hands it a copy of the frame when it is idle, after the frame's
+// rules and actions, so the candidate never delays an actuator or the next frame.
+type shadow struct {
+	det   *detector.Detector
+	dir   string
+	every int
+	jobs  chan shadowJob
+
+	mu     sync.Mutex // guards the fields below
+	n      int        // frames offered
+	frames int        // frames run
+	errs   int
+	perCls map[string]*agreement
+	cand   []time.Duration // recent inference times, candidate
+	active []time.Duration // the same frames, running model
+	pos    int
+}
+
+type shadowJob struct {
+	frame  gocv.Mat
+	dets   []infer.Detection
+	active time.Duration
+}
+
+type agreement struct{ tp, fp, fn int }
+
+// ShadowStatus is what the status page shows of a shadow model.
+type ShadowStatus struct {
+	Bundle  string `json:"bundle"`
+	Version string `json:"version"`
+	Frames  int    `json:"frames"`
+	Errors  int    `json:"errors"`
+	// Agreement is the F1 score of the candidate's detections against the running
+	// model's (1: the same objects found), overall and per class.
+	Agreement      float64            `json:"agreement"`
+	PerClass       map[string]float64 `json:"per_class"`
+	LatencyP50     float64            `json:"inference_ms_p50"`
+	ActiveP50      float64            `json:"active_inference_ms_p50"`
+	LatencyRatio   float64            `json:"latency_ratio"` // candidate / running
+	ShadowingModel string             `json:"of"`
+}
+
+func newShadow(det *detector.Detector, dir string, every int) *shadow {
+	if every <= 0 {
+		every = 10
+	}
+	return &shadow{det: det, dir: dir, every: every, jobs: make(chan shadowJob, 1), perCls: map[string]*agreement{}}
+}
+
+// offer hands a frame (copied) and the running model's detections to the shadow if it
+// is idle and the frame is one of the sample.
+func (s *shadow) offer(frame gocv.Mat, dets []infer.Detection, active time.Duration) {
+	s.mu.Lock()
+	s.n++
+	due := s.n%s.every == 0
+	s.mu.Unlock()
+	if !due || len(s.jobs) > 0 {
+		return
+	}
+	job := shadowJob{frame: frame.Clone(), dets: slices.Clone(dets), active: active}
+	select {
+	case s.jobs <- job:
+	default:
+		job.frame.Close()
+	}
+}
+
+// Run runs the candidate on the offered frames until ctx ends.
+func (s *shadow) Run(ctx context.Context) error {
+	defer func() {
+		for {
+			select {
+			case j := <-s.jobs:
+				j.frame.Close()
+			default:
+				return
+			}
+		}
+	}()
+	var dets []infer.Detection
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case j := <-s.jobs:
+			var timing detector.Timing
+			var err error
+			dets, timing, err = s.det.Detect(j.frame, dets[:0])
+			j.frame.Close()
+			s.record(j, dets, timing.Infer, err)
+		}
+	}
+}
+
+func (s *shadow) record(j shadowJob, cand []infer.Detection, took time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.errs++
+		return
+	}
+	s.frames++
+	threshold := s.det.Manifest().Thresholds.Score
+	var truth []eval.Truth
+	for _, d := range j.dets {
+		if d.Score >= threshold {
+			truth = append(truth, eval.Truth{Label: d.Label, Box: d.Box})
+		}
+	}
+	// Per class, so that the status can say which classes the two disagree on.
+	labels := map[string]bool{}
+	for _, t := range truth {
+		labels[t.Label] = true
+	}
+	for _, d := range cand {
+		if d.Score >= threshold {
+			labels[d.Label] = true
+		}
+	}
+	for l := range labels {
+		var tl []eval.Truth
+		for _, t := range truth {
+			if t.Label == l {
+				tl = append(tl, t)
+			}
+		}
+		var cl []infer.Detection
+		for _, d := range cand {
+			if d.Label == l {
+				cl = append(cl, d)
+			}
+		}
+		r := eval.Evaluate([]eval.Image{{Truth: tl, Detections: cl}}, threshold)
+		a := s.perCls[l]
+		if a == nil {
+			a = &agreement{}
+			s.perCls[l] = a
+		}
+		a.tp, a.fp, a.fn = a.tp+r.TP, a.fp+r.FP, a.fn+r.FN
+	}
+	if len(s.cand) < statsWindow {
+		s.cand, s.active = append(s.cand, took), append(s.active, j.active)
+	} else {
+		s.cand[s.pos], s.active[s.pos] = took, j.active
+		s.pos = (s.pos + 1) % statsWindow
+	}
+}
+
+func f1(a agreement) float64 {
+	if a.tp+a.fp+a.fn == 0 {
+		return 1 // neither saw anything: they agree
+	}
+	return 2 * float64(a.tp) / float64(2*a.tp+a.fp+a.fn)
+}
+
+func (s *shadow) status(of string) *ShadowStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	man := s.det.Manifest()
+	st := &ShadowStatus{Bundle: man.Name, Version: man.Version, Frames: s.frames, Errors: s.errs, PerClass: map[string]float64{}, ShadowingModel: of}
+	var all agreement
+	for l, a := range s.perCls {
+		st.PerClass[l] = round(f1(*a), 3)
+		all.tp, all.fp, all.fn = all.tp+a.tp, all.fp+a.fp, all.fn+a.fn
+	}
+	st.Agreement = round(f1(all), 3)
+	st.LatencyP50, _ = percentiles(s.cand)
+	st.ActiveP50, _ = percentiles(s.active)
+	if st.ActiveP50 > 0 {
+		st.LatencyRatio = round(st.LatencyP50/st.ActiveP50, 2)
+	}
+	return st
+}
