@@ -66,6 +66,7 @@ type Agent struct {
 	backends   *infer.Registry
 	bundled    string // where the embedded files were extracted
 	snapshots  *snapshotStore
+	samples    *snapshotStore // frames kept for retraining (samples.go)
 	events     *eventLog
 	metrics    *metrics
 	listener   net.Listener
@@ -268,6 +269,8 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		p.ruleStats[r.Name] = &ruleStats{}
 	}
 	a.snapshots = newSnapshotStore(filepath.Join(state, "snapshots"), int64(cfg.Snapshots.MaxBytes), logger)
+	a.samples = newSnapshotStore(filepath.Join(state, "samples"), int64(cfg.Samples.MaxBytes), logger)
+	a.samples.clean = true
 	for _, cc := range cfg.Cameras {
 		cam, err := a.newCamera(cc, p.models[cc.Model])
 		if err != nil {

@@ -38,6 +38,10 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /api/events/stream", a.eventStream)
 	mux.HandleFunc("GET /api/cameras/{name}/snapshot.jpg", a.snapshot)
 	mux.HandleFunc("GET /api/snapshots/{file}", a.savedSnapshot)
+	mux.HandleFunc("GET /api/samples/{file}", func(w http.ResponseWriter, r *http.Request) {
+		serveStored(w, r, a.samples)
+	})
+	mux.HandleFunc("POST /api/cameras/{name}/sample", a.requireToken(a.flagSample))
 	mux.HandleFunc("POST /api/actuators/{name}", a.requireToken(a.commandActuator))
 	mux.HandleFunc("POST /api/rules/{name}/ack", a.requireToken(a.acknowledgeRule))
 	mux.HandleFunc("POST /api/inputs/{name}", a.requireToken(a.setSimInput))
@@ -236,13 +240,38 @@ func (a *Agent) commandActuator(w http.ResponseWriter, r *http.Request) {
 
 // savedSnapshot serves a frame saved with a rule's event.
 func (a *Agent) savedSnapshot(w http.ResponseWriter, r *http.Request) {
-	path := a.snapshots.path(r.PathValue("file"))
+	serveStored(w, r, a.snapshots)
+}
+
+// serveStored serves a file of a snapshot store (a frame, or a sample's sidecar).
+func serveStored(w http.ResponseWriter, r *http.Request, s *snapshotStore) {
+	path := s.path(r.PathValue("file"))
 	if path == "" {
-		writeError(w, http.StatusNotFound, "no snapshot named %q", r.PathValue("file"))
+		writeError(w, http.StatusNotFound, "no file named %q", r.PathValue("file"))
 		return
 	}
-	w.Header().Set("Content-Type", "image/jpeg")
+	if strings.HasSuffix(path, ".jpg") {
+		w.Header().Set("Content-Type", "image/jpeg")
+	}
 	http.ServeFile(w, r, path)
+}
+
+// flagSample keeps the camera's next frame as a sample for retraining (an operator
+// saw something the model got wrong).
+func (a *Agent) flagSample(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	for _, cam := range a.parts().cameras {
+		if cam.cfg.Name == name {
+			if !cam.cfg.StoreFrames {
+				writeError(w, http.StatusConflict, "camera %s has store_frames: false", name)
+				return
+			}
+			cam.flagged.Store(true)
+			writeJSON(w, http.StatusAccepted, map[string]string{"camera": name, "sample": "the next frame"})
+			return
+		}
+	}
+	writeError(w, http.StatusNotFound, "no camera named %q", name)
 }
 
 // acknowledgeRule releases a rule latched with `until: ack`: its actuator returns to

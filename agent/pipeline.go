@@ -36,6 +36,10 @@ type camera struct {
 	stats  *detectStats
 	// safed: failSafe drove this camera's rule outputs safe and they are not restored.
 	safed atomic.Bool
+	// flagged: an operator asked for the next frame as a sample; lastSample is when the
+	// last one was kept (Unix ns).
+	flagged    atomic.Bool
+	lastSample atomic.Int64
 	// drift watches what the camera sees against a baseline; nil when drift.enabled is off.
 	drift *drift.Monitor
 	// frameSize is the last frame's width<<32 | height, for warming up a new model.
@@ -138,6 +142,7 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		}) {
 			a.act(ctx, cam, f, fire, detected.Sub(f.Time))
 		}
+		a.maybeSample(cam, f, run, dets)
 		// After the actions: the candidate must never delay an actuator.
 		if sh := cam.model.shadow; sh != nil {
 			sh.offer(f.Mat, dets, timing.Infer)

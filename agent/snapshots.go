@@ -22,7 +22,9 @@ import (
 type snapshotStore struct {
 	dir      string
 	maxBytes int64 // 0: snapshots are off
-	logger   *slog.Logger
+	// clean keeps frames as captured, without boxes (training samples).
+	clean  bool
+	logger *slog.Logger
 
 	mu    sync.Mutex // guards the fields below
 	files []snapFile // oldest first
@@ -42,12 +44,20 @@ func newSnapshotStore(dir string, maxBytes int64, logger *slog.Logger) *snapshot
 // save writes the frame with the matches drawn and returns the file's name, or the
 // reason it could not (a full disk must not stop the event).
 func (s *snapshotStore) save(camera string, f capture.Frame, matches []infer.Detection) (name, problem string) {
+	return s.saveWith(camera, f, matches, nil)
+}
+
+// saveWith is save with a JSON sidecar (NAME.json beside NAME.jpg) when sidecar is set;
+// the pair counts against the budget and goes together.
+func (s *snapshotStore) saveWith(camera string, f capture.Frame, matches []infer.Detection, sidecar []byte) (name, problem string) {
 	if s.maxBytes == 0 {
 		return "", ""
 	}
 	img := f.Mat.Clone() // the frame is drawn on again for the live snapshot
 	defer img.Close()
-	drawDetections(&img, matches)
+	if !s.clean {
+		drawDetections(&img, matches)
+	}
 	buf, err := gocv.IMEncodeWithParams(gocv.JPEGFileExt, img, []int{gocv.IMWriteJpegQuality, 85})
 	if err != nil {
 		return "", "encode: " + err.Error()
@@ -70,17 +80,28 @@ func (s *snapshotStore) save(camera string, f capture.Frame, matches []infer.Det
 		s.logger.Error("snapshot not saved", "file", name, "err", err)
 		return "", "write: " + err.Error()
 	}
+	size := int64(len(data))
+	if sidecar != nil {
+		// The sidecar first: a sample is never on disk without what it shows.
+		side := filepath.Join(s.dir, strings.TrimSuffix(name, ".jpg")+".json")
+		if err := os.WriteFile(side, sidecar, 0o640); err != nil {
+			os.Remove(tmp)
+			return "", "write: " + err.Error()
+		}
+		size += int64(len(sidecar))
+	}
 	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
 		os.Remove(tmp)
 		return "", "write: " + err.Error()
 	}
-	s.files = append(s.files, snapFile{name: name, size: int64(len(data))})
-	s.bytes += int64(len(data))
+	s.files = append(s.files, snapFile{name: name, size: size})
+	s.bytes += size
 	for s.bytes > s.maxBytes && len(s.files) > 1 {
 		old := s.files[0]
 		if err := os.Remove(filepath.Join(s.dir, old.name)); err != nil && !os.IsNotExist(err) {
 			s.logger.Warn("old snapshot not removed", "file", old.name, "err", err)
 		}
+		os.Remove(filepath.Join(s.dir, strings.TrimSuffix(old.name, ".jpg")+".json"))
 		s.files = s.files[1:]
 		s.bytes -= old.size
 	}
@@ -109,7 +130,11 @@ func (s *snapshotStore) loadLocked() error {
 		if err != nil || !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".jpg") || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		found = append(found, aged{snapFile{e.Name(), info.Size()}, info.ModTime()})
+		size := info.Size()
+		if side, err := os.Stat(filepath.Join(s.dir, strings.TrimSuffix(e.Name(), ".jpg")+".json")); err == nil {
+			size += side.Size()
+		}
+		found = append(found, aged{snapFile{e.Name(), size}, info.ModTime()})
 	}
 	slices.SortFunc(found, func(a, b aged) int { return a.mod.Compare(b.mod) })
 	for _, f := range found {
@@ -120,9 +145,9 @@ func (s *snapshotStore) loadLocked() error {
 	return nil
 }
 
-// path returns the file of a snapshot name, or "" when the name is not a snapshot.
+// path returns the file of a snapshot name (or of its .json sidecar), or "" when the name is not a snapshot.
 func (s *snapshotStore) path(name string) string {
-	if name != filepath.Base(name) || !strings.HasSuffix(name, ".jpg") || strings.HasPrefix(name, ".") {
+	if name != filepath.Base(name) || !(strings.HasSuffix(name, ".jpg") || strings.HasSuffix(name, ".json")) || strings.HasPrefix(name, ".") {
 		return ""
 	}
 	return filepath.Join(s.dir, name)

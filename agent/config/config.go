@@ -26,6 +26,7 @@ type Config struct {
 	Snapshots Snapshots  `mapstructure:"snapshots" json:"snapshots"`
 	Deploy    Deploy     `mapstructure:"deploy" json:"deploy"`
 	Drift     Drift      `mapstructure:"drift" json:"drift"`
+	Samples   Samples    `mapstructure:"samples" json:"samples"`
 
 	// Source is the file the config came from; "" for the embedded defaults.
 	Source string `mapstructure:"-" json:"source"`
@@ -65,6 +66,9 @@ type Camera struct {
 	StallTimeout  time.Duration `mapstructure:"stall_timeout" json:"stall_timeout"`
 	Backoff       Backoff       `mapstructure:"backoff" json:"backoff"`
 	Model         string        `mapstructure:"model" json:"model"`
+	// StoreFrames false keeps every frame of this camera off the disk (no samples for
+	// retraining; privacy).
+	StoreFrames bool `mapstructure:"store_frames" json:"store_frames"`
 }
 
 // Backoff bounds the wait between reconnection attempts.
@@ -211,6 +215,14 @@ type Drift struct {
 	Window    int     `mapstructure:"window" json:"window"`
 	Threshold float64 `mapstructure:"threshold" json:"threshold"` // PSI above which a camera drifts
 	Clear     float64 `mapstructure:"clear" json:"clear"`         // PSI below which it stops
+}
+
+// Samples are frames kept for retraining: where the model is unsure, where the camera
+// drifts, or that an operator flags.
+type Samples struct {
+	MaxBytes ByteSize      `mapstructure:"max_bytes" json:"max_bytes"` // 0: none are kept
+	Near     float64       `mapstructure:"near" json:"near"`           // "unsure": a score under the threshold + near
+	Interval time.Duration `mapstructure:"interval" json:"interval"`   // at most one sample per camera this often
 }
 
 // Snapshots are the frames saved with rule events.

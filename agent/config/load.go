@@ -142,6 +142,9 @@ func scalarDefaults() map[string]any {
 		"deploy.watch":            "30s",
 		"deploy.max_slowdown":     3.0,
 		"deploy.stall_timeout":    "2m",
+		"samples.max_bytes":       "256MiB",
+		"samples.near":            0.1,
+		"samples.interval":        "10s",
 		"drift.enabled":           true,
 		"drift.every":             5,
 		"drift.baseline":          600,
@@ -181,7 +184,7 @@ func sampleDefaults(stateDir string) map[string]any {
 // itemDefaults fill keys missing from each item of a list.
 var itemDefaults = map[string]map[string]any{
 	"cameras": {
-		"rtsp_transport": "tcp", "detect_fps": 5, "stall_timeout": "10s", "model": "default",
+		"rtsp_transport": "tcp", "detect_fps": 5, "stall_timeout": "10s", "model": "default", "store_frames": true,
 		"backoff": map[string]any{"min": "500ms", "max": "30s"},
 	},
 	"models":    {"device": "CPU"},
