@@ -556,7 +556,13 @@ func (d *deployer) warm(ctx context.Context, f *inflight, mod *model, dir string
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	if err := checkGolden(det, dir); err != nil {
+	// A bundle's labelled images (golden/) are a strict check (every object found), or,
+	// when its model.yaml sets eval minimums, measured against those.
+	check := checkGolden
+	if det.Manifest().Eval != (infer.EvalSpec{}) {
+		check = checkEval
+	}
+	if err := check(det, dir); err != nil {
 		det.Close()
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
@@ -616,6 +622,29 @@ func checkGolden(det *detector.Detector, dir string) error {
 				return fmt.Errorf("golden image %s: no %s with score >= %.2f near %v (found %s)",
 					filepath.Base(base), want.Label, min, want.Box, describe(dets))
 			}
+		}
+	}
+	return nil
+}
+
+// checkEval measures the model on the bundle's labelled images (golden/) against the
+// minimums its model.yaml asks for (eval.min_precision, min_recall, min_map50).
+func checkEval(det *detector.Detector, dir string) error {
+	want := det.Manifest().Eval
+	specs, _ := filepath.Glob(filepath.Join(dir, goldenDir, "*.json"))
+	if len(specs) == 0 {
+		return fmt.Errorf("model.yaml asks for eval minimums, but the bundle has no labelled images in %s/", goldenDir)
+	}
+	got, err := evalImages(det, specs)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want float64
+	}{{"precision", got.Precision, want.MinPrecision}, {"recall", got.Recall, want.MinRecall}, {"mAP@0.5", got.MAP50, want.MinMAP50}} {
+		if c.got < c.want {
+			return fmt.Errorf("eval on %d labelled images: %s %.3f is under the bundle's minimum %.3f", got.Images, c.name, c.got, c.want)
 		}
 	}
 	return nil

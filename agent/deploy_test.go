@@ -71,6 +71,18 @@ func goldenBundle(t testing.TB, version string, priv ed25519.PrivateKey, label s
 	return dir
 }
 
+// evalBundle is goldenBundle whose model.yaml asks for a minimum recall on it.
+func evalBundle(t testing.TB, version string, priv ed25519.PrivateKey, label string, minRecall float64) string {
+	dir := goldenBundle(t, version, priv, label)
+	y := filepath.Join(dir, "model.yaml")
+	b, _ := os.ReadFile(y)
+	os.WriteFile(y, append(b, []byte(fmt.Sprintf("eval: {min_recall: %v}\n", minRecall))...), 0o644)
+	if _, err := deploy.SignBundle(dir, priv); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // pusher plays the operator's side on a real broker: chunks then the manifest, retained.
 type pusher struct {
 	t      testing.TB
@@ -182,7 +194,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Device: "test-01"}
-	m, archive := p.manifest(goldenBundle(t, "0.2.0", priv, "dog"), "d-live-1")
+	m, archive := p.manifest(evalBundle(t, "0.2.0", priv, "dog", 1), "d-live-1")
 	// Out of order, with a duplicate: the transfer sorts it out.
 	for i := m.Transfer.Chunks - 1; i >= 0; i-- {
 		p.chunks(target, m, archive, i, i+1)
@@ -269,6 +281,7 @@ func TestDeployRejections(t *testing.T) {
 			return testBundle(t, "0.3.4", priv, func(y string) string { return strings.Replace(y, "width: 416", "width: 320", 1) })
 		}, nil, deploy.PhaseRejected, "input.width"},
 		{"model that misses its golden image", func() string { return goldenBundle(t, "0.3.6", priv, "horse") }, nil, deploy.PhaseRolledBack, "golden image dog: no horse"},
+		{"model under its bundle eval minimum", func() string { return evalBundle(t, "0.3.7", priv, "horse", 0.5) }, nil, deploy.PhaseRolledBack, "recall 0.000 is under the bundle's minimum 0.500"},
 	} {
 		id := "d-" + strings.ReplaceAll(tc.name, " ", "-")
 		m, archive := p.manifest(tc.bundle(), id)

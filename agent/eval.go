@@ -10,6 +10,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/eval"
 )
 
@@ -30,6 +31,11 @@ func EvalBundle(bundleDir, imagesDir string, mc config.Model, rt config.Runtimes
 		return eval.Result{}, err
 	}
 	defer det.Close()
+	return evalImages(det, specs)
+}
+
+// evalImages runs det on the labelled images whose NAME.json files are specs.
+func evalImages(det *detector.Detector, specs []string) (eval.Result, error) {
 	var images []eval.Image
 	for _, spec := range specs {
 		var g struct {

@@ -27,6 +27,16 @@ type Manifest struct {
 	Output     OutputSpec `yaml:"output"`
 	Labels     []string   `yaml:"labels"`
 	Thresholds Thresholds `yaml:"thresholds"`
+	// Eval is what a push of this bundle must reach on its labelled images (the
+	// bundle's golden/ folder) before it goes live; zero values are not checked.
+	Eval EvalSpec `yaml:"eval"`
+}
+
+// EvalSpec are minimums on a bundle's own labelled images (infer/eval measures).
+type EvalSpec struct {
+	MinPrecision float64 `yaml:"min_precision"`
+	MinRecall    float64 `yaml:"min_recall"`
+	MinMAP50     float64 `yaml:"min_map50"`
 }
 
 // InputSpec says how a frame becomes the model's input tensor. Each element is
@@ -169,6 +179,14 @@ func (m *Manifest) validate() error {
 	}
 	if m.Name == "" {
 		bad("name", "missing")
+	}
+	for _, e := range []struct {
+		key string
+		v   float64
+	}{{"eval.min_precision", m.Eval.MinPrecision}, {"eval.min_recall", m.Eval.MinRecall}, {"eval.min_map50", m.Eval.MinMAP50}} {
+		if e.v < 0 || e.v > 1 {
+			bad(e.key, "%v is outside 0..1", e.v)
+		}
 	}
 	if m.Version == "" {
 		bad("version", "missing")
