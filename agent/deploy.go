@@ -575,56 +575,26 @@ func (d *deployer) warm(ctx context.Context, f *inflight, mod *model, dir string
 // bundle's thresholds.score).
 const goldenDir = "golden"
 
-type goldenFile struct {
-	Detections []struct {
-		Label    string     `json:"label"`
-		Box      [4]float32 `json:"box"`
-		MinScore float32    `json:"min_score"`
-	} `json:"detections"`
-}
-
 // checkGolden runs the model on the bundle's golden images: each expected object must be
 // found with its label, at least its score, and a box overlapping the expected one by
 // IoU >= 0.5. A bundle without golden images passes.
 func checkGolden(det *detector.Detector, dir string) error {
 	specs, _ := filepath.Glob(filepath.Join(dir, goldenDir, "*.json"))
-	for _, spec := range specs {
-		var g goldenFile
-		b, err := os.ReadFile(spec)
-		if err == nil {
-			err = json.Unmarshal(b, &g)
-		}
-		if err != nil {
-			return fmt.Errorf("golden %s: %w", filepath.Base(spec), err)
-		}
-		base := strings.TrimSuffix(spec, ".json")
-		img := gocv.IMRead(base+".jpg", gocv.IMReadColor)
-		if img.Empty() {
-			img = gocv.IMRead(base+".png", gocv.IMReadColor)
-		}
-		if img.Empty() {
-			return fmt.Errorf("golden %s: no %s.jpg or .png beside it", filepath.Base(spec), filepath.Base(base))
-		}
-		dets, _, err := det.Detect(img, nil)
-		img.Close()
-		if err != nil {
-			return fmt.Errorf("golden %s: %w", filepath.Base(base), err)
-		}
-		for _, want := range g.Detections {
-			min := want.MinScore
+	return detectLabelled(det, specs, func(name string, want []labelledObject, dets []infer.Detection) error {
+		for _, w := range want {
+			min := w.MinScore
 			if min == 0 {
 				min = det.Manifest().Thresholds.Score
 			}
 			found := slices.ContainsFunc(dets, func(d infer.Detection) bool {
-				return d.Label == want.Label && d.Score >= min && infer.IoU(d.Box, want.Box) >= 0.5
+				return d.Label == w.Label && d.Score >= min && infer.IoU(d.Box, w.Box) >= 0.5
 			})
 			if !found {
-				return fmt.Errorf("golden image %s: no %s with score >= %.2f near %v (found %s)",
-					filepath.Base(base), want.Label, min, want.Box, describe(dets))
+				return fmt.Errorf("golden image %s: no %s with score >= %.2f near %v (found %s)", name, w.Label, min, w.Box, describe(dets))
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // checkEval measures the model on the bundle's labelled images (golden/) against the
