@@ -140,7 +140,9 @@ type input struct {
 // model is one configured model. What runs can change while the pipelines use it (a
 // pushed model is swapped in), so the pipelines load it atomically for each frame.
 type model struct {
-	shadow     *shadow // nil without models[].shadow
+	// shadow is the candidate run beside it: pushed by a shadow deployment, else
+	// models[].shadow; nil without either. setShadow changes it.
+	shadow     atomic.Pointer[shadow]
 	name       string
 	cfg        config.Model
 	configured string                 // the bundle directory the config names (or the bundled one)
@@ -491,16 +493,39 @@ func (a *Agent) newModel(mc config.Model) *model {
 	m.running.Store(run)
 	man := run.detector.Manifest()
 	a.logger.Info("model loaded", "model", mc.Name, "bundle", man.Name, "version", man.Version, "backend", run.backend, "deployment", run.deployment)
-	if sc := mc.Shadow; sc.Bundle != "" {
-		det, backend, err := loadModel(a.backends, sc.Bundle, config.Model{Backend: sc.Backend, Device: mc.Device, Threads: mc.Threads})
-		if err != nil {
-			a.logger.Error("shadow model not loaded", "model", mc.Name, "shadow", sc.Bundle, "err", err)
-		} else {
-			m.shadow = newShadow(det, sc.Bundle, sc.Every)
-			a.logger.Info("shadow model loaded", "model", mc.Name, "bundle", det.Manifest().Name, "version", det.Manifest().Version, "backend", backend)
+	if dir, deployment, ok := a.store.Shadow(mc.Name); ok {
+		if sh := a.loadShadow(mc, dir, mc, deployment); sh != nil {
+			m.shadow.Store(sh)
+			return m
 		}
 	}
+	m.shadow.Store(a.configShadow(mc))
 	return m
+}
+
+// configShadow loads the candidate models[].shadow names, or returns nil.
+func (a *Agent) configShadow(mc config.Model) *shadow {
+	sc := mc.Shadow
+	if sc.Bundle == "" {
+		return nil
+	}
+	return a.loadShadow(mc, sc.Bundle, config.Model{Backend: sc.Backend, Device: mc.Device, Threads: mc.Threads}, "")
+}
+
+// loadShadow loads the bundle in dir as mc's shadow with the runtime settings of rt;
+// deployment names the push that installed it ("" for the config's). A bundle that
+// does not load is logged and nil returned: the model runs on without a shadow.
+func (a *Agent) loadShadow(mc config.Model, dir string, rt config.Model, deployment string) *shadow {
+	det, backend, err := loadModel(a.backends, dir, rt)
+	if err != nil {
+		a.logger.Error("shadow model not loaded", "model", mc.Name, "shadow", dir, "deployment", deployment, "err", err)
+		return nil
+	}
+	a.logger.Info("shadow model loaded", "model", mc.Name, "bundle", det.Manifest().Name, "version", det.Manifest().Version,
+		"backend", backend, "deployment", deployment)
+	sh := newShadow(det, dir, mc.Shadow.Every)
+	sh.deployment = deployment
+	return sh
 }
 
 func (a *Agent) newCamera(cc config.Camera, m *model) (*camera, error) {
@@ -866,9 +891,7 @@ func (a *Agent) Close() error {
 			if d := a.parts().models[name].detector(); d != nil {
 				d.Close()
 			}
-			if sh := a.parts().models[name].shadow; sh != nil {
-				sh.det.Close()
-			}
+			a.setShadow(a.parts().models[name], nil)
 		}
 		if len(errs) == 0 {
 			a.logger.Info("stopped; actuators safe, outbox closed")

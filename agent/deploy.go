@@ -118,7 +118,7 @@ func (d *deployer) Run(ctx context.Context) error {
 func (d *deployer) checkStall() {
 	d.mu.Lock()
 	f := d.current
-	if f == nil || f.ready || f.m.Action != deploy.ActionDeploy || time.Since(f.lastChunk) < d.cfg.StallTimeout {
+	if f == nil || f.ready || !f.m.CarriesBundle() || time.Since(f.lastChunk) < d.cfg.StallTimeout {
 		d.mu.Unlock()
 		return
 	}
@@ -213,7 +213,7 @@ func (d *deployer) withdraw(topic string) {
 	withdrawn := errors.New("withdrawn: the manifest was cleared before the transfer completed")
 	d.mu.Lock()
 	f := d.current
-	downloading := f != nil && !f.ready && f.m.Action == deploy.ActionDeploy && f.target.DeployTopic(d.prefix) == topic
+	downloading := f != nil && !f.ready && f.m.CarriesBundle() && f.target.DeployTopic(d.prefix) == topic
 	var dropped []*inflight
 	d.queued = slices.DeleteFunc(d.queued, func(q *inflight) bool {
 		if q.target.DeployTopic(d.prefix) == topic {
@@ -269,7 +269,7 @@ func (d *deployer) begin(f *inflight) {
 	defer d.a.recoverPanic("deploy: begin")
 	d.report(d.stateOf(f, deploy.PhaseReceived, nil), true)
 	m := f.m
-	if m.Action == deploy.ActionRollback {
+	if !m.CarriesBundle() {
 		d.ready(f)
 		return
 	}
@@ -435,7 +435,8 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 	}
 	m := f.m
 	mod := d.a.parts().models[m.Model]
-	if m.Action == deploy.ActionRollback {
+	switch m.Action {
+	case deploy.ActionRollback:
 		// A rollback ends in rolled_back when it worked, rejected when it could not.
 		dir, err := d.store.Rollback(m.Model)
 		if err != nil {
@@ -454,6 +455,21 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 		retire(d.swap(mod, next)) // rollbacks are not watched: nothing to return to
 		d.finish(f, deploy.PhaseRolledBack, nil, next.detector.Manifest().Version)
 		return
+	case deploy.ActionPromote:
+		d.promote(ctx, f, mod)
+		return
+	case deploy.ActionDiscard:
+		if _, _, ok := d.store.Shadow(m.Model); !ok {
+			d.finish(f, deploy.PhaseRejected, fmt.Errorf("model %s has no pushed shadow candidate to discard", m.Model), "")
+			return
+		}
+		if err := d.store.ClearShadow(m.Model); err != nil {
+			d.finish(f, deploy.PhaseRejected, err, "")
+			return
+		}
+		d.a.setShadow(mod, d.a.configShadow(mod.cfg))
+		d.finish(f, deploy.PhaseDiscarded, nil, "")
+		return
 	}
 
 	d.report(d.stateOf(f, deploy.PhaseVerifying, nil), true)
@@ -471,7 +487,24 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 	next, err := d.warm(ctx, f, mod, dir)
 	if err != nil {
 		d.store.Discard(m.Model, dir)
-		d.finish(f, deploy.PhaseRolledBack, err, "")
+		phase := deploy.PhaseRolledBack
+		if m.Action == deploy.ActionShadow {
+			phase = deploy.PhaseRejected // nothing was rolled: the model ran on untouched
+		}
+		d.finish(f, phase, err, "")
+		return
+	}
+	if m.Action == deploy.ActionShadow {
+		if err := d.store.SetShadow(m.Model, dir, m.Deployment); err != nil {
+			next.detector.Close()
+			d.store.Discard(m.Model, dir)
+			d.finish(f, deploy.PhaseRejected, err, "")
+			return
+		}
+		sh := newShadow(next.detector, dir, mod.cfg.Shadow.Every)
+		sh.deployment = m.Deployment
+		d.a.setShadow(mod, sh)
+		d.finish(f, deploy.PhaseShadowing, nil, m.Bundle.Version)
 		return
 	}
 	next.deployment = m.Deployment
@@ -482,6 +515,36 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 	}
 	prev := d.swap(mod, next)
 	d.finish(f, deploy.PhaseActive, nil, m.Bundle.Version)
+	d.watch(ctx, f, mod, prev, next)
+}
+
+// promote swaps in the model's pushed shadow candidate, as a deployment of it would be:
+// loaded afresh and warmed up (the shadow runs on, untouched, if that fails), made
+// active, and watched.
+func (d *deployer) promote(ctx context.Context, f *inflight, mod *model) {
+	name := f.m.Model
+	dir, shadowed, ok := d.store.Shadow(name)
+	if !ok {
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("model %s has no pushed shadow candidate to promote (push one with --shadow first)", name), "")
+		return
+	}
+	next, err := d.warm(ctx, f, mod, dir)
+	if err != nil {
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("promote: %w", err), "")
+		return
+	}
+	next.deployment = shadowed
+	if err := d.store.Activate(name, dir); err != nil {
+		next.detector.Close()
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("promote: activate: %w", err), "")
+		return
+	}
+	if err := d.store.ClearShadow(name); err != nil {
+		d.logger.Error("promoted, but the store still names the shadow", "model", name, "err", err)
+	}
+	d.a.setShadow(mod, d.a.configShadow(mod.cfg))
+	prev := d.swap(mod, next)
+	d.finish(f, deploy.PhaseActive, nil, next.detector.Manifest().Version)
 	d.watch(ctx, f, mod, prev, next)
 }
 

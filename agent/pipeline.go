@@ -144,7 +144,7 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		}
 		a.maybeSample(cam, f, run, dets)
 		// After the actions: the candidate must never delay an actuator.
-		if sh := cam.model.shadow; sh != nil {
+		if sh := cam.model.shadow.Load(); sh != nil {
 			sh.offer(f.Mat, dets, timing.Infer)
 		}
 	}

@@ -52,8 +52,19 @@ func (a *Agent) startCamera(cam *camera) {
 
 // startShadow runs a model's shadow, if it has one.
 func (a *Agent) startShadow(m *model) {
-	if m.shadow != nil {
-		a.spawn("shadow of "+m.name, m.shadow.Run)
+	if sh := m.shadow.Load(); sh != nil {
+		sh.start(a.spawn("shadow of "+m.name, sh.Run))
+	}
+}
+
+// setShadow makes sh (nil: none) the model's shadow, running it when the agent runs,
+// and stops and closes the one it replaces.
+func (a *Agent) setShadow(m *model, sh *shadow) {
+	if sh != nil && a.groupCtx != nil {
+		sh.start(a.spawn("shadow of "+m.name, sh.Run))
+	}
+	if old := m.shadow.Swap(sh); old != nil {
+		old.shutdown()
 	}
 }
 
@@ -276,6 +287,7 @@ func (a *Agent) Reload(next *config.Config) (ReloadResult, error) {
 	for _, name := range old.modOrder {
 		if m := old.models[name]; np.models[name] != m {
 			retire(m.running.Load()) // its cameras have stopped
+			a.setShadow(m, nil)
 		}
 	}
 	// New outputs go to their normal level, and the rules' holds apply.

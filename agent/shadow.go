@@ -18,15 +18,22 @@ import (
 // candidate's detections are matched to the running model's by label and IoU >= 0.5.
 // The pipeline only hands it a copy of the frame when it is idle, after the frame's
 // rules and actions, so the candidate never delays an actuator or the next frame.
+//
+// The candidate comes from models[].shadow or from a shadow deployment (deployment set),
+// which replaces it until promoted or discarded.
 type shadow struct {
-	det   *detector.Detector
-	dir   string
-	every int
-	jobs  chan shadowJob
+	det        *detector.Detector
+	dir        string
+	deployment string // the push that installed it; "" for models[].shadow
+	every      int
+	jobs       chan shadowJob
 
-	mu     sync.Mutex // guards the fields below
-	n      int        // frames offered
-	frames int        // frames run
+	mu     sync.Mutex         // guards the fields below
+	stop   context.CancelFunc // set by start
+	done   chan struct{}
+	closed bool // shut down: offers are refused
+	n      int  // frames offered
+	frames int  // frames run
 	errs   int
 	perCls map[string]*agreement
 	cand   []time.Duration // recent inference times, candidate
@@ -46,8 +53,10 @@ type agreement struct{ tp, fp, fn int }
 type ShadowStatus struct {
 	Bundle  string `json:"bundle"`
 	Version string `json:"version"`
-	Frames  int    `json:"frames"`
-	Errors  int    `json:"errors"`
+	// Deployment is the shadow deployment that installed it; "" for models[].shadow.
+	Deployment string `json:"deployment,omitempty"`
+	Frames     int    `json:"frames"`
+	Errors     int    `json:"errors"`
 	// Agreement is the F1 score of the candidate's detections against the running
 	// model's (1: the same objects found), overall and per class.
 	Agreement      float64            `json:"agreement"`
@@ -69,10 +78,9 @@ func newShadow(det *detector.Detector, dir string, every int) *shadow {
 // is idle and the frame is one of the sample.
 func (s *shadow) offer(frame gocv.Mat, dets []infer.Detection, active time.Duration) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.n++
-	due := s.n%s.every == 0
-	s.mu.Unlock()
-	if !due || len(s.jobs) > 0 {
+	if s.closed || s.n%s.every != 0 || len(s.jobs) > 0 {
 		return
 	}
 	job := shadowJob{frame: frame.Clone(), dets: slices.Clone(dets), active: active}
@@ -80,6 +88,36 @@ func (s *shadow) offer(frame gocv.Mat, dets []infer.Detection, active time.Durat
 	case s.jobs <- job:
 	default:
 		job.frame.Close()
+	}
+}
+
+// start records how to stop the goroutine that runs the shadow (Agent.spawn's result).
+func (s *shadow) start(stop context.CancelFunc, done chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stop, s.done = stop, done
+}
+
+// shutdown stops the shadow's goroutine, if it runs, closes the candidate and frees
+// the frame still waiting, if any. A pipeline may hold the shadow a moment longer: its
+// offers are refused.
+func (s *shadow) shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	stop, done := s.stop, s.done
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	for {
+		select {
+		case j := <-s.jobs:
+			j.frame.Close()
+		default:
+			s.det.Close()
+			return
+		}
 	}
 }
 
@@ -175,7 +213,7 @@ func (s *shadow) status(of string) *ShadowStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	man := s.det.Manifest()
-	st := &ShadowStatus{Bundle: man.Name, Version: man.Version, Frames: s.frames, Errors: s.errs, PerClass: map[string]float64{}, ShadowingModel: of}
+	st := &ShadowStatus{Bundle: man.Name, Version: man.Version, Deployment: s.deployment, Frames: s.frames, Errors: s.errs, PerClass: map[string]float64{}, ShadowingModel: of}
 	var all agreement
 	for l, a := range s.perCls {
 		st.PerClass[l] = round(f1(*a), 3)

@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +12,9 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
+	"github.com/vigil-edge/vigil/sync/deploy"
+	"github.com/vigil-edge/vigil/sync/deploy/push"
+	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 )
 
 // The ONNX model's TFLite twin, in shadow on the bundled clip: it runs on a sample of
@@ -56,4 +62,93 @@ func loadTestDetector(t *testing.T) *detector.Detector {
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
+}
+
+// A bundle pushed with --shadow runs beside the model without replacing it, reports
+// its agreement, survives a restart, and is then promoted (it becomes the running
+// model) or discarded (it stops, its files go).
+func TestShadowDeployment(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	pub, priv, _ := deploy.GenerateKey()
+	state := t.TempDir()
+	cfg := deployConfig(t, state, b.URL, pub)
+	cfg.Models[0].Shadow.Every = 2
+	r := start(t, cfg)
+	waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
+	ctx := context.Background()
+	pushTo := func(bundle string, o push.Options) *push.Result {
+		t.Helper()
+		o.Broker, o.Device, o.Timeout = b.URL, "test-01", time.Minute
+		res, err := push.Push(ctx, bundle, o)
+		if err != nil {
+			t.Fatalf("push %+v: %v", o, err)
+		}
+		return res
+	}
+
+	res := pushTo(testBundle(t, "0.3.0", priv, nil), push.Options{Shadow: true})
+	if !res.OK() || res.Devices[0].Phase != deploy.PhaseShadowing || res.Devices[0].Version != "0.3.0" {
+		t.Fatalf("shadow push: %+v", res.Devices)
+	}
+	if v := runningVersion(r); v != "0.1.1" {
+		t.Errorf("a shadow push replaced the running model: %s runs", v)
+	}
+	var sh *ShadowStatus
+	waitFor(t, 60*time.Second, "the pushed shadow to run on 4 frames", func() bool {
+		sh = r.status(t).Models[0].Shadow
+		return sh != nil && sh.Frames >= 4
+	})
+	// The same weights under another version: they must agree exactly.
+	if sh.Version != "0.3.0" || sh.Deployment != res.Deployment || sh.Agreement != 1 || sh.Errors != 0 {
+		t.Errorf("shadow status %+v", sh)
+	}
+	if tel := r.agent.telemetry(newCPUMeter()); tel["shadows"] == nil {
+		t.Errorf("telemetry carries no shadow: %v", tel)
+	}
+
+	// A restart keeps the candidate in shadow.
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	r = start(t, cfg)
+	if sh := r.agent.parts().models["default"].shadow.Load(); sh == nil || sh.deployment != res.Deployment {
+		t.Fatalf("after a restart the pushed shadow is gone: %+v", sh)
+	}
+	shadowDir, _, _ := r.agent.store.Shadow("default")
+
+	res = pushTo("", push.Options{Promote: true})
+	if !res.OK() || res.Devices[0].Version != "0.3.0" {
+		t.Fatalf("promote: %+v", res.Devices)
+	}
+	if v := runningVersion(r); v != "0.3.0" {
+		t.Errorf("after the promotion %s runs", v)
+	}
+	if sh := r.status(t).Models[0].Shadow; sh != nil {
+		t.Errorf("the promoted candidate still shadows: %+v", sh)
+	}
+	if active, _ := r.agent.store.Active("default"); active != shadowDir {
+		t.Errorf("active bundle %s, want the promoted %s", active, shadowDir)
+	}
+
+	// Nothing to promote now: refused with the reason, the model untouched.
+	res = pushTo("", push.Options{Promote: true})
+	if res.OK() || !strings.Contains(res.Devices[0].Reason, "no pushed shadow") || runningVersion(r) != "0.3.0" {
+		t.Errorf("promote without a shadow: %+v", res.Devices)
+	}
+
+	res = pushTo(testBundle(t, "0.4.0", priv, nil), push.Options{Shadow: true})
+	if !res.OK() {
+		t.Fatalf("second shadow push: %+v", res.Devices)
+	}
+	dir, _, _ := r.agent.store.Shadow("default")
+	res = pushTo("", push.Options{DiscardShadow: true})
+	if !res.OK() || res.Devices[0].Phase != deploy.PhaseDiscarded {
+		t.Fatalf("discard: %+v", res.Devices)
+	}
+	if sh := r.status(t).Models[0].Shadow; sh != nil || runningVersion(r) != "0.3.0" {
+		t.Errorf("after the discard: shadow %+v, running %s", sh, runningVersion(r))
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the discarded bundle %s is still on disk: %v", dir, err)
+	}
 }

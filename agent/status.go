@@ -129,8 +129,8 @@ func (a *Agent) Status(withHistory bool) Status {
 				ms.Error = m.err.Error()
 			}
 		}
-		if m.shadow != nil {
-			ms.Shadow = m.shadow.status(name)
+		if sh := m.shadow.Load(); sh != nil {
+			ms.Shadow = sh.status(name)
 		}
 		st.Models = append(st.Models, ms)
 	}

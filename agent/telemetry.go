@@ -71,6 +71,16 @@ func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
 	if c, ok := temperatureC(); ok {
 		body["temperature_c"] = c
 	}
+	// A candidate in shadow is judged from afar: its agreement travels with telemetry.
+	shadows := map[string]*ShadowStatus{}
+	for _, m := range st.Models {
+		if m.Shadow != nil {
+			shadows[m.Name] = m.Shadow
+		}
+	}
+	if len(shadows) > 0 {
+		body["shadows"] = shadows
+	}
 	return body
 }
 

@@ -152,7 +152,8 @@ func packModel(args []string, stdout, stderr io.Writer) int {
 }
 
 const pushUsage = `Usage: vigil model push BUNDLE_DIR --broker URL (--device ID | --group NAME) [flags]
-       vigil model push --rollback --broker URL (--device ID | --group NAME) [flags]
+       vigil model push BUNDLE_DIR --shadow --broker URL (--device ID | --group NAME) [flags]
+       vigil model push (--promote | --discard-shadow | --rollback) --broker URL (--device ID | --group NAME) [flags]
 
 Publishes a signed bundle (see 'vigil model sign') to a device or to every device of a
 group (those whose retained <prefix>/<device>/status says "group": NAME), retained at
@@ -161,7 +162,14 @@ device's final phase (active, rejected, rolled_back) on its retained models/stat
 prints a table (device, phase, version, reason) and clears the retained messages.
 --rollback instead asks the devices to return to their previous bundle.
 
-Exit status 0 when every device went active (rolled_back for --rollback), 1 when any
+--shadow delivers the bundle the same way, but the devices run it in shadow beside
+the model on a sample of frames (models[].shadow.every, default 1 in 10) and report
+how the two agree (status page, /api/status models[].shadow, telemetry); it ends in
+"shadowing". --promote then swaps that candidate in (warm-up and watch window as for
+a push), --discard-shadow drops it.
+
+Exit status 0 when every device reached the phase asked for (active; rolled_back for
+--rollback, shadowing for --shadow, discarded for --discard-shadow), 1 when any
 did not or did not answer in time, or the push could not be made; 2 on usage errors.
 The password may also come from $VIGIL_MQTT_PASSWORD (and the user from
 $VIGIL_MQTT_USERNAME), so that it is not on the command line.
@@ -188,6 +196,9 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	keyFile := fs.String("key-file", "", "client key (PEM), with --cert-file")
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long to wait for the devices' final phases")
 	fs.BoolVar(&o.Rollback, "rollback", false, "ask the devices to return to their previous bundle")
+	fs.BoolVar(&o.Shadow, "shadow", false, "run the bundle in shadow beside the model and report agreement, instead of swapping it in")
+	fs.BoolVar(&o.Promote, "promote", false, "swap in the candidate a --shadow push left running (no BUNDLE_DIR)")
+	fs.BoolVar(&o.DiscardShadow, "discard-shadow", false, "stop and remove the candidate a --shadow push left running (no BUNDLE_DIR)")
 	fs.StringVar(&o.Deployment, "deployment", "", "deployment id (default: the time and a random suffix)")
 	fs.Usage = func() { fmt.Fprint(stderr, pushUsage); fs.PrintDefaults() }
 	pos, err := parseArgs(fs, args)
@@ -206,10 +217,13 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return exitUsage
 	}
+	noBundle := o.Rollback || o.Promote || o.DiscardShadow
 	switch {
-	case o.Rollback && len(pos) > 0:
-		return usageErr("--rollback takes no BUNDLE_DIR")
-	case !o.Rollback && len(pos) != 1:
+	case o.Shadow && noBundle, o.Rollback && (o.Promote || o.DiscardShadow), o.Promote && o.DiscardShadow:
+		return usageErr("--rollback, --shadow, --promote and --discard-shadow go one at a time")
+	case noBundle && len(pos) > 0:
+		return usageErr("--rollback, --promote and --discard-shadow take no BUNDLE_DIR")
+	case !noBundle && len(pos) != 1:
 		return usageErr("want one BUNDLE_DIR, got %d", len(pos))
 	case o.Broker == "":
 		return usageErr("--broker is required")

@@ -107,11 +107,15 @@ func TestModelSignAndPack(t *testing.T) {
 
 func TestModelPushUsage(t *testing.T) {
 	for _, args := range [][]string{
-		{"model", "push", "b", "--device", "d"},                                               // no broker
-		{"model", "push", "b", "--broker", "tcp://x:1"},                                       // no target
-		{"model", "push", "b", "--broker", "tcp://x:1", "--device", "d", "--group", "g"},      // two targets
-		{"model", "push", "--broker", "tcp://x:1", "--device", "d"},                           // no bundle
-		{"model", "push", "b", "--rollback", "--broker", "tcp://x:1", "--device", "d"},        // bundle with rollback
+		{"model", "push", "b", "--device", "d"},                                          // no broker
+		{"model", "push", "b", "--broker", "tcp://x:1"},                                  // no target
+		{"model", "push", "b", "--broker", "tcp://x:1", "--device", "d", "--group", "g"}, // two targets
+		{"model", "push", "--broker", "tcp://x:1", "--device", "d"},                      // no bundle
+		{"model", "push", "b", "--rollback", "--broker", "tcp://x:1", "--device", "d"},   // bundle with rollback
+		{"model", "push", "b", "--promote", "--broker", "tcp://x:1", "--device", "d"},    // bundle with promote
+		{"model", "push", "--shadow", "--broker", "tcp://x:1", "--device", "d"},          // shadow without a bundle
+		{"model", "push", "--promote", "--discard-shadow", "--broker", "tcp://x:1", "--device", "d"},
+		{"model", "push", "--rollback", "--promote", "--broker", "tcp://x:1", "--device", "d"},
 		{"model", "push", "b", "--broker", "tcp://x:1", "--device", "d", "--via", "ftp"},      // bad via
 		{"model", "push", "b", "--broker", "tcp://x:1", "--device", "d", "--via", "url"},      // url missing
 		{"model", "push", "b", "--broker", "tcp://x:1", "--device", "d", "--chunk-size", "0"}, // bad chunk size

@@ -62,5 +62,13 @@
 // Store.Record(active). A manifest with action "rollback" makes the device return to
 // its previous bundle (Store.Rollback; "" is the bundle the config names).
 //
+// Action "shadow" carries a bundle as "deploy" does and goes through the same phases to
+// warm-up, then Store.SetShadow instead of Store.Activate: the device runs it beside
+// the model and reports their agreement, and the deployment ends in "shadowing".
+// "promote" (no bundle) makes that candidate active (warm-up, Store.Activate,
+// Store.ClearShadow, then the watch window) and ends in "active"; "discard" drops it
+// (Store.ClearShadow) and ends in "discarded". Either is "rejected" on a device with no
+// pushed candidate.
+//
 // Only agent/ and sync/deploy/push import this package.
 package deploy

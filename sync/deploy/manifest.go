@@ -20,7 +20,19 @@ import (
 const (
 	ActionDeploy   = "deploy"
 	ActionRollback = "rollback"
+	// ActionShadow delivers a bundle as ActionDeploy does, but the device runs it in
+	// shadow beside the model instead of swapping it in, and reports how the two agree;
+	// ActionPromote swaps that candidate in, ActionDiscard drops it.
+	ActionShadow  = "shadow"
+	ActionPromote = "promote"
+	ActionDiscard = "discard"
 )
+
+// CarriesBundle reports whether the manifest's action delivers a bundle (deploy and
+// shadow); the others act on bundles the device already has.
+func (m *Manifest) CarriesBundle() bool {
+	return m.Action == ActionDeploy || m.Action == ActionShadow
+}
 
 // Transfer kinds (Manifest.Transfer.Via).
 const (
@@ -59,14 +71,14 @@ const (
 type Manifest struct {
 	// Deployment is the deployment id: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
 	Deployment string `json:"deployment"`
-	// Action is ActionDeploy or ActionRollback.
+	// Action is one of the Action constants.
 	Action string `json:"action"`
 	// Model is the name (config models[].name) of the model this bundle replaces.
 	Model string `json:"model"`
 	// Issued is when the operator issued the deployment (RFC 3339 with nanoseconds).
 	Issued time.Time `json:"issued"`
 
-	// The rest is set for ActionDeploy only.
+	// The rest is set for the actions that carry a bundle (CarriesBundle) only.
 
 	// Bundle is the bundle's name and version from its model.yaml.
 	Bundle *BundleRef `json:"bundle,omitempty"`
@@ -164,22 +176,22 @@ func (m *Manifest) Validate(lim Limits) error {
 		bad("issued", "missing")
 	}
 	switch m.Action {
-	case ActionDeploy:
+	case ActionDeploy, ActionShadow:
 		m.validateDeploy(lim, bad)
-	case ActionRollback:
-		// A rollback names no bundle: anything more is a mistake, not something to ignore.
+	case ActionRollback, ActionPromote, ActionDiscard:
+		// These name no bundle: anything more is a mistake, not something to ignore.
 		for field, set := range map[string]bool{
 			"bundle": m.Bundle != nil, "size": m.Size != 0, "sha256": m.SHA256 != "",
 			"key": m.Key != "", "signature": m.Signature != "", "transfer": m.Transfer != nil,
 		} {
 			if set {
-				bad(field, "not allowed with action %q", ActionRollback)
+				bad(field, "not allowed with action %q", m.Action)
 			}
 		}
 	case "":
 		bad("action", "missing")
 	default:
-		bad("action", "%q is not one of %q, %q", m.Action, ActionDeploy, ActionRollback)
+		bad("action", "%q is not one of %q, %q, %q, %q, %q", m.Action, ActionDeploy, ActionRollback, ActionShadow, ActionPromote, ActionDiscard)
 	}
 	if len(errs) == 0 {
 		return nil
@@ -299,7 +311,7 @@ func (m *Manifest) ChunkLen(i int) int {
 // Phases a device reports in State.Phase.
 type Phase string
 
-// The phases, in order; the last three are final.
+// The phases, in order; the last ones, from active, are final.
 const (
 	PhaseReceived    Phase = "received"
 	PhaseDownloading Phase = "downloading"
@@ -309,11 +321,19 @@ const (
 	PhaseActive      Phase = "active"
 	PhaseRejected    Phase = "rejected"
 	PhaseRolledBack  Phase = "rolled_back"
+	// PhaseShadowing ends a shadow deployment: the candidate runs beside the model.
+	PhaseShadowing Phase = "shadowing"
+	// PhaseDiscarded ends a discard: the candidate no longer runs.
+	PhaseDiscarded Phase = "discarded"
 )
 
 // Final reports whether a device is done with a deployment in this phase.
 func (p Phase) Final() bool {
-	return p == PhaseActive || p == PhaseRejected || p == PhaseRolledBack
+	switch p {
+	case PhaseActive, PhaseRejected, PhaseRolledBack, PhaseShadowing, PhaseDiscarded:
+		return true
+	}
+	return false
 }
 
 // State is the retained <prefix>/<device>/models/state.

@@ -140,6 +140,8 @@ func TestParseManifestBad(t *testing.T) {
 		{"missing url", edit(t, validManifest, "transfer", `{"via":"url"}`), "transfer.url: missing", Limits{}},
 		{"file url", edit(t, validManifest, "transfer", `{"via":"url","url":"file:///etc/passwd"}`), "transfer.url: \"file:///etc/passwd\" is not an http", Limits{}},
 		{"rollback with bundle", edit(t, validRollback, "sha256", `"abc"`), `sha256: not allowed with action "rollback"`, Limits{}},
+		{"promote with bundle", edit(t, edit(t, validRollback, "action", `"promote"`), "size", "5"), `size: not allowed with action "promote"`, Limits{}},
+		{"shadow without bundle", edit(t, validRollback, "action", `"shadow"`), "bundle: missing", Limits{}},
 		{"several at once", `{"deployment":"x","action":"deploy","model":"m","issued":"2025-01-01T00:00:00Z"}`, "bundle: missing; key: missing; sha256: missing; signature: missing; size: missing; transfer: missing", Limits{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,8 +218,8 @@ func TestTopics(t *testing.T) {
 }
 
 func TestPhaseFinal(t *testing.T) {
-	final := map[Phase]bool{PhaseActive: true, PhaseRejected: true, PhaseRolledBack: true}
-	for _, p := range []Phase{PhaseReceived, PhaseDownloading, PhaseVerifying, PhaseStaging, PhaseWarming, PhaseActive, PhaseRejected, PhaseRolledBack} {
+	final := map[Phase]bool{PhaseActive: true, PhaseRejected: true, PhaseRolledBack: true, PhaseShadowing: true, PhaseDiscarded: true}
+	for _, p := range []Phase{PhaseReceived, PhaseDownloading, PhaseVerifying, PhaseStaging, PhaseWarming, PhaseActive, PhaseRejected, PhaseRolledBack, PhaseShadowing, PhaseDiscarded} {
 		if p.Final() != final[p] {
 			t.Errorf("%s.Final() = %v", p, p.Final())
 		}

@@ -203,7 +203,7 @@ func CheckSigned(dir string, w io.Writer) (*Signature, error) {
 // (base64 Ed25519 public keys, as in trust.keys; else ErrUntrustedKey) and the
 // signature must verify over Message(m.SHA256) (else ErrBadSignature).
 func Verify(m *Manifest, trusted []string) error {
-	if m.Action != ActionDeploy {
+	if !m.CarriesBundle() {
 		return fmt.Errorf("verify deployment %s: action %q carries no signature", m.Deployment, m.Action)
 	}
 	key, err := decodeKey(m.Key)

@@ -42,6 +42,10 @@ type ModelState struct {
 	// the bundle the config names (nothing installed).
 	Active   string `json:"active"`
 	Previous string `json:"previous"`
+	// Shadow is the bundle a shadow deployment (ShadowDeployment) installed to run
+	// beside the active one until it is promoted or discarded; "" when there is none.
+	Shadow           string `json:"shadow,omitempty"`
+	ShadowDeployment string `json:"shadow_deployment,omitempty"`
 	// LastIssued and LastDeployment are of the last deployment applied (that reached
 	// active or rolled_back).
 	LastIssued     time.Time `json:"last_issued"`
@@ -90,7 +94,7 @@ func (s *Store) Install(model string, m *Manifest, archive io.Reader) (bundleDir
 	if err != nil {
 		return "", err
 	}
-	if m.Action != ActionDeploy || m.Bundle == nil || !versionRE.MatchString(m.Bundle.Version) || !idRE.MatchString(m.Deployment) {
+	if !m.CarriesBundle() || m.Bundle == nil || !versionRE.MatchString(m.Bundle.Version) || !idRE.MatchString(m.Deployment) {
 		return "", fmt.Errorf("install deployment %s: not a valid deploy manifest", m.Deployment)
 	}
 	if m.Size > s.lim.MaxBytes {
@@ -349,6 +353,51 @@ func (s *Store) Record(model string, m *Manifest, phase Phase, reason string) er
 	return nil
 }
 
+// SetShadow makes bundleDir (from Install) the model's shadow candidate, installed by
+// deployment. A shadow it replaces is removed unless it is the active or previous one.
+func (s *Store) SetShadow(model, bundleDir, deployment string) error {
+	name, err := s.bundleName(model, bundleDir)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err = s.update(model, func(st *ModelState) error {
+		st.Shadow, st.ShadowDeployment = name, deployment
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("set shadow %s: %w", bundleDir, err)
+	}
+	delete(s.pending, filepath.Clean(bundleDir))
+	return s.prune(model)
+}
+
+// Shadow returns the model's shadow candidate and the deployment that installed it;
+// ok is false when there is none.
+func (s *Store) Shadow(model string) (bundleDir, deployment string, ok bool) {
+	st, err := s.State(model)
+	if err != nil || st.Shadow == "" {
+		return "", "", false
+	}
+	return filepath.Join(s.root, model, st.Shadow), st.ShadowDeployment, true
+}
+
+// ClearShadow forgets the model's shadow candidate and removes its directory, unless a
+// promotion made it the active (or previous) bundle.
+func (s *Store) ClearShadow(model string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.update(model, func(st *ModelState) error {
+		st.Shadow, st.ShadowDeployment = "", ""
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clear shadow: %w", err)
+	}
+	return s.prune(model)
+}
+
 // Discard removes an installed bundle that did not become active (rejected in
 // warm-up). The active and the previous bundle are refused.
 func (s *Store) Discard(model, bundleDir string) error {
@@ -362,8 +411,8 @@ func (s *Store) Discard(model, bundleDir string) error {
 	if err != nil {
 		return err
 	}
-	if name == st.Active || name == st.Previous {
-		return fmt.Errorf("discard %s: it is the model's active or previous bundle", bundleDir)
+	if name == st.Active || name == st.Previous || name == st.Shadow {
+		return fmt.Errorf("discard %s: it is the model's active, previous or shadow bundle", bundleDir)
 	}
 	delete(s.pending, filepath.Clean(bundleDir))
 	if err := os.RemoveAll(bundleDir); err != nil {
@@ -397,7 +446,7 @@ func (s *Store) prune(model string) error {
 	for _, e := range entries {
 		name := e.Name()
 		p := filepath.Join(dir, name)
-		if name == stateFile || name == st.Active || name == st.Previous || s.pending[p] || s.pending[strings.TrimSuffix(p, ".tmp")] {
+		if name == stateFile || name == st.Active || name == st.Previous || name == st.Shadow || s.pending[p] || s.pending[strings.TrimSuffix(p, ".tmp")] {
 			continue
 		}
 		if !e.IsDir() && !strings.HasSuffix(name, ".tmp") {

@@ -181,6 +181,72 @@ func TestStoreRevert(t *testing.T) {
 	}
 }
 
+// A shadow candidate is kept (Prune and Activate leave it), replaced by the next one,
+// and cleared: removed, unless a promotion made it the active bundle.
+func TestStoreShadow(t *testing.T) {
+	archive, sha := realArchive(t)
+	_, priv := newKey(t)
+	s, _ := OpenStore(t.TempDir(), Limits{})
+	install := func(id string) string {
+		t.Helper()
+		m := signedManifest(t, archive, sha, priv, DefaultChunkSize)
+		m.Deployment, m.Action = id, ActionShadow
+		dir, err := s.Install("default", m, bytes.NewReader(archive))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	if _, _, ok := s.Shadow("default"); ok {
+		t.Fatal("an empty store has a shadow")
+	}
+	first := install("sh-1")
+	if err := s.SetShadow("default", first, "sh-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Prune("default"); err != nil {
+		t.Fatal(err)
+	}
+	if dir, dep, ok := s.Shadow("default"); !ok || dir != first || dep != "sh-1" {
+		t.Fatalf("Shadow = %s, %s, %v", dir, dep, ok)
+	}
+	if err := s.Discard("default", first); err == nil {
+		t.Error("Discard removed the shadow candidate")
+	}
+	second := install("sh-2")
+	if err := s.SetShadow("default", second, "sh-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(first); !os.IsNotExist(err) {
+		t.Errorf("the replaced shadow is still on disk: %v", err)
+	}
+	// Promoted: active, and clearing the shadow keeps its files.
+	if err := s.Activate("default", second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ClearShadow("default"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := s.Shadow("default"); ok {
+		t.Error("still a shadow after ClearShadow")
+	}
+	if active, _ := s.Active("default"); active != second {
+		t.Fatalf("active %s, want the promoted %s", active, second)
+	}
+	if _, err := os.Stat(second); err != nil {
+		t.Errorf("the promoted bundle was removed: %v", err)
+	}
+	// Discarded: cleared and removed.
+	third := install("sh-3")
+	s.SetShadow("default", third, "sh-3")
+	if err := s.ClearShadow("default"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(third); !os.IsNotExist(err) {
+		t.Errorf("the discarded shadow is still on disk: %v", err)
+	}
+}
+
 func TestStoreInstallRefusesMismatch(t *testing.T) {
 	archive, sha := realArchive(t)
 	_, priv := newKey(t)

@@ -47,7 +47,7 @@ type Transfer struct {
 // Chunk files whose length is wrong for their index (a write cut short by a crash)
 // are dropped, to be received again.
 func OpenTransfer(dir string, m *Manifest) (*Transfer, error) {
-	if m.Action != ActionDeploy || m.Transfer == nil || m.Transfer.Via != ViaChunks {
+	if !m.CarriesBundle() || m.Transfer == nil || m.Transfer.Via != ViaChunks {
 		return nil, fmt.Errorf("open transfer of deployment %s: the manifest has no chunked transfer", m.Deployment)
 	}
 	if data, err := os.ReadFile(filepath.Join(dir, transferManifest)); err == nil {

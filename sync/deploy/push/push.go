@@ -50,6 +50,12 @@ type Options struct {
 
 	// Rollback sends action "rollback" instead of a bundle.
 	Rollback bool
+	// Shadow sends the bundle as action "shadow": the devices run it beside the model
+	// and report their agreement instead of swapping it in. Promote swaps that
+	// candidate in; DiscardShadow drops it (neither sends a bundle).
+	Shadow        bool
+	Promote       bool
+	DiscardShadow bool
 	// Deployment is the deployment id; default: time and random.
 	Deployment string
 	// Timeout bounds the wait for the devices' final phases (default 10m).
@@ -108,6 +114,16 @@ func (r *Result) WriteTable(w io.Writer) {
 	tw.Flush()
 }
 
+func countTrue(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -162,10 +178,17 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 		return nil, err
 	}
 	target := deploy.Target{Device: opts.Device, Group: opts.Group}
-	m := &deploy.Manifest{Deployment: opts.Deployment, Model: opts.Model, Issued: opts.Now().UTC(), Action: deploy.ActionRollback}
-	res := &Result{Deployment: m.Deployment, Success: deploy.PhaseRolledBack}
+	m := &deploy.Manifest{Deployment: opts.Deployment, Model: opts.Model, Issued: opts.Now().UTC()}
+	res := &Result{Deployment: m.Deployment}
 	var archive *os.File
-	if !opts.Rollback {
+	switch {
+	case opts.Rollback:
+		m.Action, res.Success = deploy.ActionRollback, deploy.PhaseRolledBack
+	case opts.Promote:
+		m.Action, res.Success = deploy.ActionPromote, deploy.PhaseActive
+	case opts.DiscardShadow:
+		m.Action, res.Success = deploy.ActionDiscard, deploy.PhaseDiscarded
+	default:
 		var err error
 		archive, err = prepare(ctx, bundleDir, m, opts)
 		if err != nil {
@@ -173,6 +196,9 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 		}
 		defer func() { archive.Close(); os.Remove(archive.Name()) }()
 		res.Success = deploy.PhaseActive
+		if opts.Shadow {
+			res.Success = deploy.PhaseShadowing
+		}
 	}
 	// What devices will parse must parse (their size limit aside).
 	if err := m.Validate(deploy.Limits{MaxBytes: 1 << 62}); err != nil {
@@ -242,6 +268,9 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 func (o *Options) defaults() error {
 	if (o.Device == "") == (o.Group == "") {
 		return errors.New("push: give exactly one of a device and a group")
+	}
+	if n := countTrue(o.Rollback, o.Shadow, o.Promote, o.DiscardShadow); n > 1 {
+		return errors.New("push: rollback, shadow, promote and discard go one at a time")
 	}
 	if o.Broker == "" {
 		return errors.New("push: no broker URL")
@@ -323,6 +352,9 @@ func prepare(ctx context.Context, bundleDir string, m *deploy.Manifest, opts Opt
 		return fail(err)
 	}
 	m.Action = deploy.ActionDeploy
+	if opts.Shadow {
+		m.Action = deploy.ActionShadow
+	}
 	m.Bundle = &deploy.BundleRef{Name: bm.Name, Version: bm.Version}
 	m.Size, m.SHA256, m.Key, m.Signature = sig.Size, sig.SHA256, sig.Key, sig.Signature
 	if opts.Via == deploy.ViaURL {
