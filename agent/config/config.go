@@ -205,7 +205,7 @@ type Deploy struct {
 	StallTimeout time.Duration `mapstructure:"stall_timeout" json:"stall_timeout"`
 }
 
-// Drift compares what each camera sees (brightness, contrast, sharpness, objects, scores)
+// Drift compares what each camera sees (brightness, contrast, sharpness, colour, objects, scores, classes)
 // with a baseline recorded when its model went live (infer/drift).
 type Drift struct {
 	Enabled bool `mapstructure:"enabled" json:"enabled"`

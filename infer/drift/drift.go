@@ -1,8 +1,8 @@
 // Package drift tells when what a camera sees no longer looks like what its model saw
-// when it went live: cheap statistics of the frames (brightness, contrast, sharpness)
-// and of the model's output (objects per frame, their mean score) are binned into
-// histograms, a baseline is recorded first, and the recent window is compared with it
-// by the population stability index (PSI) of each statistic.
+// when it went live: cheap statistics of the frames (brightness, contrast, sharpness,
+// colour) and of the model's output (objects per frame, their mean score, the mix of
+// classes) are binned into histograms, a baseline is recorded first, and the recent
+// window is compared with it by the population stability index (PSI) of each statistic.
 //
 // PSI = sum over bins of (recent - baseline) * ln(recent / baseline), on the bins'
 // shares. It is the standard measure of distribution shift in model monitoring: it needs
@@ -10,6 +10,12 @@
 // its scale is well known (below 0.1 no shift, 0.1 to 0.25 some, above 0.25 a
 // significant one). The camera's drift score is the largest PSI over the statistics,
 // with the statistic that gives it.
+//
+// Most statistics put a sample in one bin. Two spread it: colour is the share of the
+// frame's pixels in each of 12 hue sectors and a grey bin (low saturation or dark), and
+// classes the share of the frame's detections of each label (the first 15 labels the
+// baseline sees get a bin each, any other label the last bin, so a class never seen at
+// baseline is drift; a frame without detections says nothing about the class mix).
 package drift
 
 import (
@@ -34,16 +40,36 @@ type Options struct {
 	Threshold, Clear float64
 }
 
-// Statistics, and the bin edges of their histograms.
+// The statistics, in this order; the scalar ones have the bin edges of their
+// histograms.
 var features = []struct {
 	name  string
 	edges []float64
+	bins  int
 }{
-	{"brightness", []float64{32, 64, 96, 128, 160, 192, 224}},
-	{"contrast", []float64{8, 16, 24, 32, 48, 64, 96}},
-	{"sharpness", []float64{10, 30, 100, 300, 1000, 3000}},
-	{"objects", []float64{0.5, 1.5, 2.5, 4.5, 8.5}},
-	{"score", []float64{0.01, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}},
+	{name: "brightness", edges: []float64{32, 64, 96, 128, 160, 192, 224}},
+	{name: "contrast", edges: []float64{8, 16, 24, 32, 48, 64, 96}},
+	{name: "sharpness", edges: []float64{10, 30, 100, 300, 1000, 3000}},
+	{name: "colour", bins: hueBins + 1},
+	{name: "objects", edges: []float64{0.5, 1.5, 2.5, 4.5, 8.5}},
+	{name: "score", edges: []float64{0.01, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}},
+	{name: "classes", bins: classBins},
+}
+
+const (
+	fColour, fClasses = 3, 6
+
+	hueBins = 12
+	// A pixel below these (of 255) has no hue to speak of: it counts as grey.
+	minSaturation, minValue = 40, 40
+	classBins               = 16
+)
+
+func binsOf(f int) int {
+	if features[f].edges != nil {
+		return len(features[f].edges) + 1
+	}
+	return features[f].bins
 }
 
 // Status is a camera's drift for the status page and telemetry.
@@ -52,29 +78,39 @@ type Status struct {
 	Feature  string  `json:"feature,omitempty"` // the statistic that drifted most
 	Drifting bool    `json:"drifting"`
 	Baseline bool    `json:"baseline_ready"`
+	// Features is the PSI of each statistic (once the window is full).
+	Features map[string]float64 `json:"features,omitempty"`
 }
 
 // Monitor watches one camera. It is safe for concurrent use.
 type Monitor struct {
 	opts Options
 
-	mu       sync.Mutex // guards the fields below
-	n        int        // frames observed
-	base     [][]float64
-	baseN    int
-	recent   [][]int // ring of bin indices per sample, per feature
+	mu    sync.Mutex // guards the fields below
+	n     int        // frames observed
+	base  [][]float64
+	baseN int
+	// recent is a ring of Window samples: per sample, per feature, the sample's weight
+	// in each bin (one bin 1 for a scalar; shares for colour and classes; all 0 for
+	// classes without detections).
+	recent   [][][]float64
 	pos      int
 	filled   int
+	labels   map[string]int // class bins, assigned while the baseline records
+	scratch  [][]float64    // a baseline sample
 	status   Status
+	psi      []float64 // of each statistic, at the last sample
 	small    gocv.Mat
 	gray     gocv.Mat
+	hsv      gocv.Mat
 	lap      gocv.Mat
 	mean, sd gocv.Mat
 }
 
 // New returns a monitor that starts recording its baseline.
 func New(opts Options) *Monitor {
-	m := &Monitor{opts: opts, small: gocv.NewMat(), gray: gocv.NewMat(), lap: gocv.NewMat(), mean: gocv.NewMat(), sd: gocv.NewMat()}
+	m := &Monitor{opts: opts, small: gocv.NewMat(), gray: gocv.NewMat(), hsv: gocv.NewMat(), lap: gocv.NewMat(),
+		mean: gocv.NewMat(), sd: gocv.NewMat()}
 	m.resetLocked()
 	return m
 }
@@ -83,7 +119,7 @@ func New(opts Options) *Monitor {
 func (m *Monitor) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, mat := range []*gocv.Mat{&m.small, &m.gray, &m.lap, &m.mean, &m.sd} {
+	for _, mat := range []*gocv.Mat{&m.small, &m.gray, &m.hsv, &m.lap, &m.mean, &m.sd} {
 		mat.Close()
 	}
 }
@@ -96,12 +132,15 @@ func (m *Monitor) Reset() {
 }
 
 func (m *Monitor) resetLocked() {
-	m.base = make([][]float64, len(features))
-	for i, f := range features {
-		m.base[i] = make([]float64, len(f.edges)+1)
-	}
+	m.base = newSample()
 	m.baseN, m.pos, m.filled = 0, 0, 0
-	m.recent = make([][]int, m.opts.Window)
+	m.recent = make([][][]float64, m.opts.Window)
+	for i := range m.recent {
+		m.recent[i] = newSample()
+	}
+	m.labels = map[string]int{}
+	m.scratch = newSample()
+	m.psi = make([]float64, len(features))
 	m.status = Status{}
 }
 
@@ -114,23 +153,25 @@ func (m *Monitor) Observe(frame gocv.Mat, dets []infer.Detection) int {
 	if m.opts.Every > 1 && m.n%m.opts.Every != 0 {
 		return 0
 	}
-	bins := m.bins(frame, dets)
 	if m.baseN < m.opts.Baseline {
-		for i, b := range bins {
-			m.base[i][b]++
+		m.measure(frame, dets, m.scratch, true)
+		for f := range m.scratch {
+			for b, w := range m.scratch[f] {
+				m.base[f][b] += w
+			}
 		}
 		m.baseN++
 		m.status.Baseline = m.baseN == m.opts.Baseline
 		return 0
 	}
-	m.recent[m.pos] = bins
+	m.measure(frame, dets, m.recent[m.pos], false)
 	m.pos = (m.pos + 1) % len(m.recent)
 	m.filled = min(m.filled+1, len(m.recent))
 	if m.filled < len(m.recent) {
 		return 0
 	}
 	score, feature := m.psiLocked()
-	m.status.Score, m.status.Feature = score, feature
+	m.status.Score, m.status.Feature = round3(score), feature
 	switch {
 	case !m.status.Drifting && score > m.opts.Threshold:
 		m.status.Drifting = true
@@ -146,11 +187,30 @@ func (m *Monitor) Observe(frame gocv.Mat, dets []infer.Detection) int {
 func (m *Monitor) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.status
+	st := m.status
+	if m.filled == len(m.recent) && m.baseN == m.opts.Baseline {
+		st.Features = make(map[string]float64, len(features))
+		for f, v := range m.psi {
+			st.Features[features[f].name] = round3(v)
+		}
+	}
+	return st
 }
 
-// bins computes the statistics of one sample and the bin each falls in.
-func (m *Monitor) bins(frame gocv.Mat, dets []infer.Detection) []int {
+func newSample() [][]float64 {
+	s := make([][]float64, len(features))
+	for f := range features {
+		s[f] = make([]float64, binsOf(f))
+	}
+	return s
+}
+
+// measure computes the statistics of one sample into out (overwritten). learn assigns
+// bins to labels not seen yet (while the baseline records).
+func (m *Monitor) measure(frame gocv.Mat, dets []infer.Detection, out [][]float64, learn bool) {
+	for f := range out {
+		clear(out[f])
+	}
 	gocv.Resize(frame, &m.small, image.Pt(96, 54), 0, 0, gocv.InterpolationArea)
 	gocv.CvtColor(m.small, &m.gray, gocv.ColorBGRToGray)
 	gocv.MeanStdDev(m.gray, &m.mean, &m.sd)
@@ -158,42 +218,91 @@ func (m *Monitor) bins(frame gocv.Mat, dets []infer.Detection) []int {
 	gocv.Laplacian(m.gray, &m.lap, gocv.MatTypeCV64F, 1, 1, 0, gocv.BorderDefault)
 	gocv.MeanStdDev(m.lap, &m.mean, &m.sd)
 	sharpness := m.sd.GetDoubleAt(0, 0) * m.sd.GetDoubleAt(0, 0)
+	m.colour(out[fColour])
+
 	var score float64
 	for _, d := range dets {
 		score += float64(d.Score)
+		b, ok := m.labels[d.Label]
+		if !ok {
+			b = classBins - 1 // other
+			if learn && len(m.labels) < classBins-1 {
+				b = len(m.labels)
+				m.labels[d.Label] = b
+			}
+		}
+		out[fClasses][b] += 1 / float64(len(dets))
 	}
 	if len(dets) > 0 {
 		score /= float64(len(dets))
 	}
-	values := []float64{brightness, contrast, sharpness, float64(len(dets)), score}
-	out := make([]int, len(values))
-	for i, v := range values {
+	for _, sc := range [...]struct {
+		f int
+		v float64
+	}{{0, brightness}, {1, contrast}, {2, sharpness}, {4, float64(len(dets))}, {5, score}} {
+		f, v := sc.f, sc.v
 		b := 0
-		for b < len(features[i].edges) && v >= features[i].edges[b] {
+		for b < len(features[f].edges) && v >= features[f].edges[b] {
 			b++
 		}
-		out[i] = b
+		out[f][b] = 1
 	}
-	return out
 }
 
-// psiLocked is the largest PSI over the statistics, and which.
+// colour puts the shares of the small frame's pixels per hue sector (grey last) in out.
+func (m *Monitor) colour(out []float64) {
+	gocv.CvtColor(m.small, &m.hsv, gocv.ColorBGRToHSV) // OpenCV's hue is 0..179
+	px, err := m.hsv.DataPtrUint8()
+	if err != nil || len(px) == 0 {
+		return
+	}
+	var counts [hueBins + 1]int
+	for i := 0; i+2 < len(px); i += 3 {
+		h, sat, val := px[i], px[i+1], px[i+2]
+		if sat < minSaturation || val < minValue {
+			counts[hueBins]++
+			continue
+		}
+		counts[int(h)*hueBins/180]++
+	}
+	n := float64(len(px) / 3)
+	for b, c := range counts {
+		out[b] = float64(c) / n
+	}
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
+
+// psiLocked is the largest PSI over the statistics, and which. A statistic with no
+// weight on either side (classes, when no frame had a detection) is left out.
 func (m *Monitor) psiLocked() (float64, string) {
 	const eps = 1e-4 // an empty bin on either side would make the PSI infinite
 	worst, which := 0.0, ""
-	for i, f := range features {
-		counts := make([]float64, len(f.edges)+1)
+	for f := range features {
+		counts := make([]float64, binsOf(f))
+		var total, baseTotal float64
 		for _, s := range m.recent {
-			counts[s[i]]++
+			for b, w := range s[f] {
+				counts[b] += w
+				total += w
+			}
+		}
+		for _, w := range m.base[f] {
+			baseTotal += w
+		}
+		if total == 0 || baseTotal == 0 {
+			m.psi[f] = 0
+			continue
 		}
 		psi := 0.0
 		for b := range counts {
-			e := max(m.base[i][b]/float64(m.baseN), eps)
-			a := max(counts[b]/float64(len(m.recent)), eps)
+			e := max(m.base[f][b]/baseTotal, eps)
+			a := max(counts[b]/total, eps)
 			psi += (a - e) * math.Log(a/e)
 		}
+		m.psi[f] = psi
 		if psi > worst {
-			worst, which = psi, f.name
+			worst, which = psi, features[f].name
 		}
 	}
 	return worst, which

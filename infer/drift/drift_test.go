@@ -9,6 +9,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/infer"
 )
 
 var clip = filepath.Join("..", "..", "assets", "footage", "people.mp4")
@@ -38,6 +39,13 @@ func same(in gocv.Mat) gocv.Mat { return in }
 func darker(in gocv.Mat) gocv.Mat {
 	out := gocv.NewMat()
 	in.ConvertToWithParams(&out, gocv.MatTypeCV8UC3, 0.35, 0)
+	return out
+}
+
+// recoloured swaps the red and blue channels: as bright, as sharp, other colours.
+func recoloured(in gocv.Mat) gocv.Mat {
+	out := gocv.NewMat()
+	gocv.CvtColor(in, &out, gocv.ColorBGRToRGB)
 	return out
 }
 
@@ -89,12 +97,14 @@ func TestDriftRises(t *testing.T) {
 	}{
 		{"darkened", darker, "brightness"},
 		{"blurred", blurred, "sharpness"},
+		{"recoloured", recoloured, "colour"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, src := newMonitor(t)
 			ev := feed(t, m, src, 600, tc.f)
 			st := m.Status()
-			if len(ev) != 1 || ev[0] != 1 || !st.Drifting || st.Score <= 0.25 || st.Feature != tc.feature {
+			t.Logf("%s: %+v", tc.name, st)
+			if len(ev) != 1 || ev[0] != 1 || !st.Drifting || st.Score <= 0.25 || st.Features[tc.feature] <= 0.25 {
 				t.Fatalf("events %v, status %+v", ev, st)
 			}
 			// Back to the normal scene: it clears once, with hysteresis.
@@ -111,6 +121,50 @@ func TestDriftRises(t *testing.T) {
 			t.Fatalf("events %v, status %+v", ev, m.Status())
 		}
 	})
+}
+
+// The class mix: the same number of objects with the same scores, but a label the
+// baseline never saw (or in other shares) is drift; frames without detections are no
+// evidence either way.
+func TestDriftClassMix(t *testing.T) {
+	frame := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(90, 120, 150, 0), 54, 96, gocv.MatTypeCV8UC3)
+	defer frame.Close()
+	m := New(Options{Every: 1, Baseline: 100, Window: 100, Threshold: 0.25, Clear: 0.1})
+	defer m.Close()
+	det := func(label string) []infer.Detection {
+		return []infer.Detection{{Label: label, Score: 0.8, Box: [4]float32{0, 0, 10, 10}}}
+	}
+	for i := range 100 {
+		label := "person"
+		if i%4 == 0 {
+			label = "car"
+		}
+		m.Observe(frame, det(label))
+	}
+	var events []int
+	observe := func(n int, dets []infer.Detection) {
+		for range n {
+			if e := m.Observe(frame, dets); e != 0 {
+				events = append(events, e)
+			}
+		}
+	}
+	// The same mix, and then empty frames mixed in: no drift.
+	for i := range 100 {
+		label := "person"
+		if i%4 == 0 {
+			label = "car"
+		}
+		observe(1, det(label))
+	}
+	if st := m.Status(); st.Drifting || st.Score > 0.1 || len(events) != 0 {
+		t.Fatalf("the baseline's own mix: %+v %v", st, events)
+	}
+	// A new class takes over.
+	observe(100, det("forklift"))
+	if st := m.Status(); !st.Drifting || st.Feature != "classes" || len(events) != 1 {
+		t.Fatalf("a new class: %+v %v", st, events)
+	}
 }
 
 // BenchmarkObserve is the cost of one sampled frame (one in drift.every is sampled);
