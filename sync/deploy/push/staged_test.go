@@ -52,7 +52,7 @@ func watchManifests(t *testing.T, b *brokertest.Broker) *manifestWatch {
 			t.Fatalf("subscribe: %v", tok.Error())
 		}
 	}
-	if tok := w.client.Subscribe("test/watch-barrier", 1, func(paho.Client, paho.Message) { w.back <- struct{}{} }); !tok.WaitTimeout(10*time.Second) {
+	if tok := w.client.Subscribe("test/watch-barrier", 1, func(paho.Client, paho.Message) { w.back <- struct{}{} }); !tok.WaitTimeout(10 * time.Second) {
 		t.Fatal("subscribe barrier")
 	}
 	return w
