@@ -415,7 +415,7 @@ func (o *Options) defaults() error {
 	if o.Deployment == "" {
 		o.Deployment = o.Now().UTC().Format("20060102T150405Z") + "-" + randomHex(3)
 	}
-	if err := o.checkStaged(); err != nil {
+	if err := o.CheckStaged(); err != nil {
 		return err
 	}
 	if !deploy.ValidDeploymentID(o.Deployment) {

@@ -125,8 +125,9 @@ func DryRun(ctx context.Context, bundleDir string, opts Options) (*Plan, error) 
 // staged reports whether the options ask for a staged rollout.
 func (o *Options) staged() bool { return o.Canary != "" || len(o.CanaryDevices) > 0 }
 
-// checkStaged checks the staged-rollout options (defaults calls it).
-func (o *Options) checkStaged() error {
+// CheckStaged checks the staged-rollout options (Push and DryRun do too), so a
+// command can tell a usage error from a failed push.
+func (o *Options) CheckStaged() error {
 	if !o.staged() {
 		if o.Wave != "" || o.MaxFailures != 0 {
 			return errors.New("push: --wave and --max-failures go with --canary or --canary-devices")
