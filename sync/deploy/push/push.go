@@ -1,8 +1,9 @@
 // Package push is the operator's side of remote model push (`vigil model push`): it
 // publishes a signed bundle's chunks and its deployment manifest, retained at QoS 1,
 // to one device or a group, waits for each device's final phase on its retained
-// models/state, and clears the retained messages again. See package deploy for the
-// protocol. Only cmd/vigil imports it.
+// models/state, and clears the retained messages again; or, staged (staged.go), to a
+// group in waves after a canary, stopping when too many fail. See package deploy for
+// the protocol. Only cmd/vigil imports it.
 package push
 
 import (

@@ -428,10 +428,10 @@ func pushStaged(ctx context.Context, bundleDir string, opts Options) (*Result, e
 				Done: true, Failed: failed, Failures: failures})
 		}
 		switch {
+		case ctx.Err() != nil: // its devices count as failures too, but that is not why
+			stop = "push interrupted"
 		case failures > opts.MaxFailures:
 			stop = fmt.Sprintf("%d failed by wave %d, over --max-failures %d", failures, n, opts.MaxFailures)
-		case ctx.Err() != nil:
-			stop = "push interrupted"
 		}
 	}
 	slices.SortStableFunc(res.Devices, func(a, b DeviceResult) int {
