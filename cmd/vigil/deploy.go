@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -154,6 +155,8 @@ func packModel(args []string, stdout, stderr io.Writer) int {
 const pushUsage = `Usage: vigil model push BUNDLE_DIR --broker URL (--device ID | --group NAME) [flags]
        vigil model push BUNDLE_DIR --shadow --broker URL (--device ID | --group NAME) [flags]
        vigil model push (--promote | --discard-shadow | --rollback) --broker URL (--device ID | --group NAME) [flags]
+       vigil model push BUNDLE_DIR --broker URL --group NAME --canary N|P% [--wave N|P%]
+                        [--max-failures K] [--dry-run] [flags]
 
 Publishes a signed bundle (see 'vigil model sign') to a device or to every device of a
 group (those whose retained <prefix>/<device>/status says "group": NAME), retained at
@@ -168,9 +171,21 @@ how the two agree (status page, /api/status models[].shadow, telemetry); it ends
 "shadowing". --promote then swaps that candidate in (warm-up and watch window as for
 a push), --discard-shadow drops it.
 
+Staged rollout (--canary or --canary-devices, with --group): the canary devices (the
+first N, or P% rounded up, of the group's online devices in device id order) get the
+deployment first; once each reached its final phase, the rest follow in waves of
+--wave devices (default: all of them in one wave). After each wave the failures so far
+(rejected, rolled_back, no answer) are counted; more than --max-failures stops the
+rollout before the next wave, and the devices not attempted are listed as skipped.
+Devices offline when the rollout starts are skipped and not waited for. --timeout
+applies to each wave. Every wave but the last is published on each device's own
+topics (the chunks once per device); the last once on the group's. --dry-run prints
+the plan (wave, device, status, version) and publishes nothing.
+
 Exit status 0 when every device reached the phase asked for (active; rolled_back for
---rollback, shadowing for --shadow, discarded for --discard-shadow), 1 when any
-did not or did not answer in time, or the push could not be made; 2 on usage errors.
+--rollback, shadowing for --shadow, discarded for --discard-shadow) or, for a staged
+rollout, every wave ran with failures within --max-failures; 1 when not, when a device
+did not answer in time, or the push could not be made; 2 on usage errors.
 The password may also come from $VIGIL_MQTT_PASSWORD (and the user from
 $VIGIL_MQTT_USERNAME), so that it is not on the command line.
 
@@ -200,6 +215,11 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.Promote, "promote", false, "swap in the candidate a --shadow push left running (no BUNDLE_DIR)")
 	fs.BoolVar(&o.DiscardShadow, "discard-shadow", false, "stop and remove the candidate a --shadow push left running (no BUNDLE_DIR)")
 	fs.StringVar(&o.Deployment, "deployment", "", "deployment id (default: the time and a random suffix)")
+	fs.StringVar(&o.Canary, "canary", "", "staged rollout: N devices or P% of the group first")
+	canaryDevices := fs.String("canary-devices", "", "staged rollout: these devices (comma-separated) first, instead of --canary")
+	fs.StringVar(&o.Wave, "wave", "", "staged rollout: after the canary, waves of N devices or P% of the group (default: the rest at once)")
+	fs.IntVar(&o.MaxFailures, "max-failures", 0, "staged rollout: stop before the next wave when more devices than this failed")
+	dryRun := fs.Bool("dry-run", false, "print the plan (waves, devices) and publish nothing")
 	fs.Usage = func() { fmt.Fprint(stderr, pushUsage); fs.PrintDefaults() }
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -236,6 +256,14 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	case o.ChunkSize <= 0 || o.ChunkSize > deploy.MaxChunkSize:
 		return usageErr("--chunk-size %d is not between 1 and %d", o.ChunkSize, deploy.MaxChunkSize)
 	}
+	for _, d := range strings.Split(*canaryDevices, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			o.CanaryDevices = append(o.CanaryDevices, d)
+		}
+	}
+	if err := o.CheckStaged(); err != nil {
+		return usageErr("%s", strings.TrimPrefix(err.Error(), "push: "))
+	}
 	if *caFile != "" || *certFile != "" {
 		if o.TLS, err = push.TLSConfig(*caFile, *certFile, *keyFile); err != nil {
 			fmt.Fprintf(stderr, "vigil model push: %v\n", err)
@@ -247,7 +275,39 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 		bundle = pos[0]
 	}
 
-	o.Progress = push.ProgressPrinter(stderr, isTerminal(stderr))
+	// Ctrl-C stops waiting, but the retained messages are still cleared.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *dryRun {
+		plan, err := push.DryRun(ctx, bundle, o)
+		if err != nil {
+			fmt.Fprintf(stderr, "vigil model push: %v\n", err)
+			return exitFailed
+		}
+		plan.Write(stdout)
+		fmt.Fprintln(stderr, "dry run: nothing was published")
+		return exitOK
+	}
+
+	// One progress printer per wave: each wave sends its own chunks.
+	var progress func(sent, total int64)
+	newProgress := func() { progress = push.ProgressPrinter(stderr, isTerminal(stderr)) }
+	newProgress()
+	o.Progress = func(sent, total int64) { progress(sent, total) }
+	o.OnWave = func(e push.WaveEvent) {
+		if !e.Done {
+			newProgress()
+			how := "on each device's topics"
+			if !e.PerDevice {
+				how = "once on the group's topics"
+			}
+			fmt.Fprintf(stderr, "wave %d of %d%s: %d device(s), published %s: %s\n",
+				e.Wave, e.Waves, canaryNote(e.Wave), len(e.Devices), how, strings.Join(e.Devices, " "))
+			return
+		}
+		fmt.Fprintf(stderr, "wave %d of %d done: %d of %d failed; %d failed so far, --max-failures %d\n",
+			e.Wave, e.Waves, e.Failed, len(e.Devices), e.Failures, o.MaxFailures)
+	}
 	var mu sync.Mutex
 	last := map[string]deploy.Phase{}
 	o.OnState = func(device string, s deploy.State) {
@@ -263,9 +323,6 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, line)
 	}
-	// Ctrl-C stops waiting, but the retained messages are still cleared.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	target := "device " + o.Device
 	if o.Group != "" {
 		target = "group " + o.Group
@@ -275,6 +332,9 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if res != nil {
 		fmt.Fprintf(stdout, "deployment %s\n", res.Deployment)
 		res.WriteTable(stdout)
+		if res.Stopped != "" {
+			fmt.Fprintf(stderr, "vigil model push: rollout stopped: %s\n", res.Stopped)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil model push: %v\n", err)
@@ -284,6 +344,13 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
+}
+
+func canaryNote(wave int) string {
+	if wave == 1 {
+		return " (canary)"
+	}
+	return ""
 }
 
 // isTerminal reports whether w is a character device (a terminal), for the progress

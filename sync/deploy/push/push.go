@@ -1,8 +1,9 @@
 // Package push is the operator's side of remote model push (`vigil model push`): it
 // publishes a signed bundle's chunks and its deployment manifest, retained at QoS 1,
 // to one device or a group, waits for each device's final phase on its retained
-// models/state, and clears the retained messages again. See package deploy for the
-// protocol. Only cmd/vigil imports it.
+// models/state, and clears the retained messages again; or, staged (staged.go), to a
+// group in waves after a canary, stopping when too many fail. See package deploy for
+// the protocol. Only cmd/vigil imports it.
 package push
 
 import (
@@ -68,6 +69,22 @@ type Options struct {
 	OnState func(device string, s deploy.State)
 	// Now is the clock for "issued" (default time.Now).
 	Now func() time.Time
+
+	// Staged rollout of a group (pushStaged); set Canary or CanaryDevices to stage.
+
+	// Canary is the size of the first wave: "N" devices or "P%" of the group's online
+	// devices (rounded up, at least 1), the first in device id order.
+	Canary string
+	// CanaryDevices names the canary devices instead of Canary.
+	CanaryDevices []string
+	// Wave is the size of each wave after the canary, "N" or "P%" like Canary; ""
+	// means all the rest in one wave.
+	Wave string
+	// MaxFailures is how many devices may fail (rejected, rolled_back, no answer) in
+	// all the waves so far before the rollout stops.
+	MaxFailures int
+	// OnWave, when set, is called as each wave starts and ends.
+	OnWave func(WaveEvent)
 }
 
 // Result is the outcome of a push.
@@ -76,7 +93,14 @@ type Result struct {
 	// Success is the phase every device must reach: active, or rolled_back for a
 	// rollback.
 	Success deploy.Phase
-	Devices []DeviceResult // sorted by device
+	Devices []DeviceResult // sorted by device; by wave then device when Staged
+
+	// Staged is set for a staged rollout; the rest is for one.
+	Staged      bool
+	MaxFailures int
+	// Stopped says why waves were not started ("" when all ran): too many failures,
+	// or the push was interrupted.
+	Stopped string
 }
 
 // DeviceResult is one device's row in the table.
@@ -85,10 +109,23 @@ type DeviceResult struct {
 	Phase   deploy.Phase // "" when the device never answered
 	Version string
 	Reason  string
+
+	// Staged rollouts only:
+	// Wave is the device's wave, 1 being the canary; 0 for a device in none
+	// (offline when the rollout was planned).
+	Wave int
+	// Skipped is set for a device that was not attempted: offline, or its wave was
+	// not started (Reason says which).
+	Skipped bool
 }
 
-// OK reports whether every device reached the success phase.
+// OK reports whether every device reached the success phase. For a staged rollout:
+// whether every wave ran and the failures stayed within MaxFailures (devices skipped
+// as offline are not failures; the table lists them).
 func (r *Result) OK() bool {
+	if r.Staged {
+		return r.Stopped == "" && r.attempted() > 0 && r.Failures() <= r.MaxFailures
+	}
 	if len(r.Devices) == 0 {
 		return false
 	}
@@ -100,14 +137,45 @@ func (r *Result) OK() bool {
 	return true
 }
 
-// WriteTable prints the result as a table: device, phase, version, reason.
+// Failures counts the devices attempted that did not reach the success phase.
+func (r *Result) Failures() int {
+	n := 0
+	for _, d := range r.Devices {
+		if !d.Skipped && d.Phase != r.Success {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *Result) attempted() int {
+	n := 0
+	for _, d := range r.Devices {
+		if !d.Skipped {
+			n++
+		}
+	}
+	return n
+}
+
+// WriteTable prints the result as a table: device, phase, version, reason, and the
+// wave first for a staged rollout.
 func (r *Result) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if r.Staged {
+		fmt.Fprint(tw, "WAVE\t")
+	}
 	fmt.Fprintln(tw, "DEVICE\tPHASE\tVERSION\tREASON")
 	for _, d := range r.Devices {
 		phase := string(d.Phase)
-		if phase == "" {
+		switch {
+		case d.Skipped:
+			phase = "skipped"
+		case phase == "":
 			phase = "no answer"
+		}
+		if r.Staged {
+			fmt.Fprintf(tw, "%s\t", waveLabel(d.Wave))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Device, phase, orDash(d.Version), orDash(d.Reason))
 	}
@@ -173,43 +241,26 @@ const (
 // the group) and the Result is nil. Once the manifest is out, the Result is always
 // returned, with the devices' answers; an error alongside it says the retained
 // messages could not all be cleared.
+//
+// With Canary or CanaryDevices set the push is a staged rollout of the group (see
+// pushStaged): canary devices first, then the rest in waves, stopping when failures
+// pass MaxFailures.
 func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	target := deploy.Target{Device: opts.Device, Group: opts.Group}
-	m := &deploy.Manifest{Deployment: opts.Deployment, Model: opts.Model, Issued: opts.Now().UTC()}
-	res := &Result{Deployment: m.Deployment}
-	var archive *os.File
-	switch {
-	case opts.Rollback:
-		m.Action, res.Success = deploy.ActionRollback, deploy.PhaseRolledBack
-	case opts.Promote:
-		m.Action, res.Success = deploy.ActionPromote, deploy.PhaseActive
-	case opts.DiscardShadow:
-		m.Action, res.Success = deploy.ActionDiscard, deploy.PhaseDiscarded
-	default:
-		var err error
-		archive, err = prepare(ctx, bundleDir, m, opts)
-		if err != nil {
-			return nil, err
-		}
-		defer func() { archive.Close(); os.Remove(archive.Name()) }()
-		res.Success = deploy.PhaseActive
-		if opts.Shadow {
-			res.Success = deploy.PhaseShadowing
-		}
+	if opts.staged() {
+		return pushStaged(ctx, bundleDir, opts)
 	}
-	// What devices will parse must parse (their size limit aside).
-	if err := m.Validate(deploy.Limits{MaxBytes: 1 << 62}); err != nil {
-		return nil, fmt.Errorf("push: %w", err)
-	}
-	payload, err := m.Marshal()
+	b, err := build(ctx, bundleDir, opts)
 	if err != nil {
 		return nil, err
 	}
+	defer b.close()
+	target := deploy.Target{Device: opts.Device, Group: opts.Group}
+	res := &Result{Deployment: b.m.Deployment, Success: b.success}
 
-	s := newSession(opts, target, m.Deployment)
+	s := newSession(opts, target, b.m.Deployment)
 	if err := s.connect(); err != nil {
 		return nil, fmt.Errorf("push: %w", err)
 	}
@@ -219,50 +270,143 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 	}
 
 	// From here on retained messages may be on the broker: clear them whatever happens.
-	var published []string
-	cleanup := func() error {
-		cctx, cancel := context.WithTimeout(context.Background(), cleanupBudget)
-		defer cancel()
-		var errs []error
-		// The manifest first, so no device starts on a deployment whose chunks go away.
-		for _, topic := range published {
-			if err := s.publish(cctx, topic, nil); err != nil {
-				errs = append(errs, err)
+	d := &delivery{s: s, b: b, targets: []deploy.Target{target}}
+	if err := d.publish(ctx, opts.Progress); err != nil {
+		return nil, errors.Join(fmt.Errorf("push: %w", err), d.clear())
+	}
+	res.Devices = s.wait(ctx, func(ctx context.Context) error { return d.publish(ctx, nil) })
+	return res, d.clear()
+}
+
+// built is a deployment ready to publish: its manifest (and payload) and, for a
+// chunked deploy, the archive in a temporary file.
+type built struct {
+	m       *deploy.Manifest
+	payload []byte
+	archive *os.File // nil for a rollback
+	success deploy.Phase
+}
+
+// build checks the bundle (or makes the rollback manifest) and encodes the manifest.
+func build(ctx context.Context, bundleDir string, opts Options) (*built, error) {
+	m := &deploy.Manifest{Deployment: opts.Deployment, Model: opts.Model, Issued: opts.Now().UTC()}
+	b := &built{m: m}
+	switch {
+	case opts.Rollback:
+		m.Action, b.success = deploy.ActionRollback, deploy.PhaseRolledBack
+	case opts.Promote:
+		m.Action, b.success = deploy.ActionPromote, deploy.PhaseActive
+	case opts.DiscardShadow:
+		m.Action, b.success = deploy.ActionDiscard, deploy.PhaseDiscarded
+	default:
+		var err error
+		b.archive, err = prepare(ctx, bundleDir, m, opts)
+		if err != nil {
+			return nil, err
+		}
+		b.success = deploy.PhaseActive
+		if opts.Shadow {
+			b.success = deploy.PhaseShadowing
+		}
+	}
+	// What devices will parse must parse (their size limit aside).
+	if err := m.Validate(deploy.Limits{MaxBytes: 1 << 62}); err != nil {
+		b.close()
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	var err error
+	if b.payload, err = m.Marshal(); err != nil {
+		b.close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *built) close() {
+	if b.archive != nil {
+		b.archive.Close()
+		os.Remove(b.archive.Name())
+	}
+}
+
+// chunked reports whether the archive travels in chunks over MQTT.
+func (b *built) chunked() bool {
+	return b.archive != nil && b.m.Transfer.Via == deploy.ViaChunks
+}
+
+// delivery is one publication of a deployment to some targets (one device, a group,
+// or the devices of one wave): per target its chunks then its manifest, retained.
+type delivery struct {
+	s       *session
+	b       *built
+	targets []deploy.Target
+
+	// published are the retained topics that may be on the broker, manifests first.
+	published []string
+}
+
+// publish publishes, for each target, the chunks, then the manifest, so a device
+// never sees a manifest whose chunks are not all on the broker yet. progress counts
+// the chunk bytes of all the targets.
+func (d *delivery) publish(ctx context.Context, progress func(sent, total int64)) error {
+	if d.published == nil {
+		for _, t := range d.targets {
+			d.published = append(d.published, t.DeployTopic(d.s.opts.TopicPrefix))
+		}
+		for _, t := range d.targets {
+			d.published = append(d.published, d.chunkTopics(t)...)
+		}
+	}
+	var done int64
+	total := int64(len(d.targets))
+	if d.b.archive != nil {
+		total *= d.b.m.Size
+	}
+	for _, t := range d.targets {
+		if topics := d.chunkTopics(t); len(topics) > 0 {
+			var p func(sent, _ int64)
+			if progress != nil {
+				p = func(sent, _ int64) { progress(done+sent, total) }
 			}
-		}
-		if err := errors.Join(errs...); err != nil {
-			return fmt.Errorf("clear the retained deployment messages: %w", err)
-		}
-		return nil
-	}
-	deployTopic := target.DeployTopic(opts.TopicPrefix)
-	var chunkTopics []string
-	if archive != nil && m.Transfer.Via == deploy.ViaChunks {
-		chunkTopics = make([]string, m.Transfer.Chunks)
-		for i := range chunkTopics {
-			chunkTopics[i] = target.ChunkTopic(opts.TopicPrefix, m.Deployment, i)
-		}
-	}
-	published = append([]string{deployTopic}, chunkTopics...)
-	// publishAll publishes the chunks, then the manifest, so a device never sees a
-	// manifest whose chunks are not all on the broker yet.
-	publishAll := func(ctx context.Context, progress func(sent, total int64)) error {
-		if len(chunkTopics) > 0 {
-			if err := s.publishChunks(ctx, archive, m, chunkTopics, progress); err != nil {
+			if err := d.s.publishChunks(ctx, d.b.archive, d.b.m, topics, p); err != nil {
 				return err
 			}
+			done += d.b.m.Size
 		}
-		if err := s.publish(ctx, deployTopic, payload); err != nil {
+		if err := d.s.publish(ctx, t.DeployTopic(d.s.opts.TopicPrefix), d.b.payload); err != nil {
 			return fmt.Errorf("publish the manifest: %w", err)
 		}
+	}
+	return nil
+}
+
+func (d *delivery) chunkTopics(t deploy.Target) []string {
+	if !d.b.chunked() {
 		return nil
 	}
-	if err := publishAll(ctx, opts.Progress); err != nil {
-		return nil, errors.Join(fmt.Errorf("push: %w", err), cleanup())
+	topics := make([]string, d.b.m.Transfer.Chunks)
+	for i := range topics {
+		topics[i] = t.ChunkTopic(d.s.opts.TopicPrefix, d.b.m.Deployment, i)
 	}
+	return topics
+}
 
-	s.wait(ctx, res, func(ctx context.Context) error { return publishAll(ctx, nil) })
-	return res, cleanup()
+// clear publishes empty retained payloads on what was published: the manifests
+// first, so no device starts on a deployment whose chunks go away.
+func (d *delivery) clear() error {
+	cctx, cancel := context.WithTimeout(context.Background(), cleanupBudget)
+	defer cancel()
+	var errs []error
+	for _, topic := range d.published {
+		if err := d.s.publish(cctx, topic, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.published = nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clear the retained deployment messages: %w", err)
+	}
+	return nil
 }
 
 func (o *Options) defaults() error {
@@ -300,6 +444,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Deployment == "" {
 		o.Deployment = o.Now().UTC().Format("20060102T150405Z") + "-" + randomHex(3)
+	}
+	if err := o.CheckStaged(); err != nil {
+		return err
 	}
 	if !deploy.ValidDeploymentID(o.Deployment) {
 		return fmt.Errorf("push: %q is not a deployment id", o.Deployment)
@@ -406,10 +553,19 @@ type session struct {
 	client     paho.Client
 
 	// mu protects the fields below.
-	mu      sync.Mutex
-	devices map[string]string       // target device -> its last status ("online", "offline")
-	states  map[string]deploy.State // device -> its state for this deployment
-	changed chan struct{}           // a token when devices or states changed (capacity 1)
+	mu       sync.Mutex
+	devices  map[string]string       // target device -> its last status ("online", "offline")
+	versions map[string]string       // target device -> the version of opts.Model its status gives
+	states   map[string]deploy.State // device -> its state for this deployment
+	changed  chan struct{}           // a token when devices or states changed (capacity 1)
+	// wave, in a staged rollout, is what wait waits for: the devices of the current
+	// wave. nil means every target device.
+	wave map[string]bool
+	// late, in a staged rollout's last wave (published on the group topics), lets a
+	// device that was not planned in it join the wave when it reports this deployment
+	// (back from offline, or new to the group), unless it is in done.
+	late bool
+	done map[string]bool // devices that reached a final phase in an earlier wave
 
 	// lost receives a token when the connection broke, reconnected when it was made
 	// again (capacity 1 each).
@@ -419,7 +575,7 @@ type session struct {
 func newSession(opts Options, target deploy.Target, deployment string) *session {
 	s := &session{
 		opts: opts, target: target, deployment: deployment,
-		devices: map[string]string{}, states: map[string]deploy.State{}, changed: make(chan struct{}, 1),
+		devices: map[string]string{}, versions: map[string]string{}, states: map[string]deploy.State{}, changed: make(chan struct{}, 1),
 		lost: make(chan struct{}, 1), reconnected: make(chan struct{}, 1),
 	}
 	if target.Device != "" {
@@ -579,8 +735,12 @@ func (s *session) discover(ctx context.Context) error {
 // target device is offline.
 func (s *session) onStatus(_ paho.Client, msg paho.Message) {
 	var st struct {
-		State string `json:"state"`
-		Group string `json:"group"`
+		State  string `json:"state"`
+		Group  string `json:"group"`
+		Models []struct {
+			Name    string `json:"name"`
+			Version string `json:"version"`
+		} `json:"models"`
 	}
 	device := levelAfterPrefix(s.opts.TopicPrefix, msg.Topic())
 	if device == "" || len(msg.Payload()) == 0 || json.Unmarshal(msg.Payload(), &st) != nil {
@@ -592,6 +752,11 @@ func (s *session) onStatus(_ paho.Client, msg paho.Message) {
 	// The offline will carries no group: a device stays known once it was.
 	if known || (s.target.Group != "" && st.Group == s.target.Group) {
 		s.devices[device] = st.State
+		for _, m := range st.Models {
+			if m.Name == s.opts.Model {
+				s.versions[device] = m.Version
+			}
+		}
 		s.notify()
 	}
 }
@@ -605,6 +770,11 @@ func (s *session) onState(_ paho.Client, msg paho.Message) {
 	}
 	s.mu.Lock()
 	_, target := s.devices[device]
+	if s.late && !s.wave[device] && !s.done[device] {
+		// The deployment id is this push's: whoever reports it took part.
+		s.wave[device] = true
+		target = true
+	}
 	s.mu.Unlock()
 	// Called before the state is recorded, so Push cannot return while a call for
 	// the final phase is still running.
@@ -702,11 +872,26 @@ func (s *session) publishChunks(ctx context.Context, archive *os.File, m *deploy
 	return nil
 }
 
-// wait waits until every target device reported a final phase for this deployment,
-// the timeout passed or ctx ended, and fills in res.Devices. After a reconnect it
-// calls republish: a broker that restarted may have lost the retained messages that
-// devices still need to resume their transfers.
-func (s *session) wait(ctx context.Context, res *Result, republish func(context.Context) error) {
+// waiting are the devices wait waits for (the caller holds s.mu).
+func (s *session) waiting() []string {
+	var out []string
+	if s.wave != nil {
+		for device := range s.wave {
+			out = append(out, device)
+		}
+		return out
+	}
+	for device := range s.devices {
+		out = append(out, device)
+	}
+	return out
+}
+
+// wait waits until every device waited for (waiting) reported a final phase for
+// this deployment, the timeout passed or ctx ended, and returns their rows, sorted by
+// device. After a reconnect it calls republish: a broker that restarted may have lost
+// the retained messages that devices still need to resume their transfers.
+func (s *session) wait(ctx context.Context, republish func(context.Context) error) []DeviceResult {
 	timeout := time.NewTimer(s.opts.Timeout)
 	defer timeout.Stop()
 	// Publishing again waits for the broker, but no longer than the wait itself.
@@ -743,7 +928,9 @@ func (s *session) wait(ctx context.Context, res *Result, republish func(context.
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for device, status := range s.devices {
+	var rows []DeviceResult
+	for _, device := range s.waiting() {
+		status := s.devices[device]
 		st, ok := s.states[device]
 		r := DeviceResult{Device: device, Phase: st.Phase, Version: st.Version, Reason: st.Error}
 		switch {
@@ -759,18 +946,20 @@ func (s *session) wait(ctx context.Context, res *Result, republish func(context.
 			}
 			r.Reason += ")"
 		}
-		res.Devices = append(res.Devices, r)
+		rows = append(rows, r)
 	}
-	slices.SortFunc(res.Devices, func(a, b DeviceResult) int { return strings.Compare(a.Device, b.Device) })
+	slices.SortFunc(rows, func(a, b DeviceResult) int { return strings.Compare(a.Device, b.Device) })
+	return rows
 }
 
 func (s *session) allFinal() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.devices) == 0 {
+	devices := s.waiting()
+	if len(devices) == 0 {
 		return false
 	}
-	for device := range s.devices {
+	for _, device := range devices {
 		if !s.states[device].Phase.Final() {
 			return false
 		}
