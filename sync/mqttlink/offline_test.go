@@ -84,8 +84,10 @@ func TestOfflineStatusKeepsIdentity(t *testing.T) {
 	l, err := mqttlink.New(ob, mqttlink.Options{
 		Brokers: []string{"tcp://" + p.ln.Addr().String()}, Device: device, KeepAlive: time.Second,
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
-		Online:  func() map[string]any { return map[string]any{"version": "1.2.3", "group": "line-a"} },
-		Offline: func() map[string]any { return map[string]any{"version": "1.2.3", "group": "line-a", "state": "not this"} },
+		Online: func() map[string]any { return map[string]any{"version": "1.2.3", "group": "line-a"} },
+		Offline: func() map[string]any {
+			return map[string]any{"version": "1.2.3", "group": "line-a", "state": "not this"}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
