@@ -15,15 +15,19 @@ import (
 
 // telemetryLoop puts a summary of the agent's state into the outbox every
 // mqtt.telemetry_interval, whether or not MQTT is enabled: it waits there for the link.
+// It also refreshes the retained status when what it shows changed.
 func (a *Agent) telemetryLoop(ctx context.Context) error {
 	t := time.NewTicker(a.parts().cfg.MQTT.TelemetryInterval)
 	defer t.Stop()
 	cpu := newCPUMeter()
+	var status statusRefresher
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			// Before the telemetry is queued, so the backlog shown is not just it.
+			status.refresh(a)
 			if _, err := a.outbox.Enqueue(ctx, "telemetry", outbox.ClassTelemetry, a.telemetry(cpu)); err != nil && ctx.Err() == nil {
 				a.logger.Error("telemetry not queued", "err", err)
 			}

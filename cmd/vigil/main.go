@@ -50,6 +50,7 @@ Commands:
   model push     push a signed bundle to a device or group over MQTT and wait for it
   model pack     write a signed bundle's archive, to serve for 'model push --via url'
   keygen         make an Ed25519 key pair for signing model bundles
+  fleet status   every device's status, models, deployment and backlog from the broker
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -74,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return modelCmd(rest, stdout, stderr)
 	case "keygen":
 		return keygen(rest, stdout, stderr)
+	case "fleet":
+		return fleetCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK

@@ -63,7 +63,12 @@ type Options struct {
 	// Online returns the fields of the retained online status besides "state"
 	// (version, models, ...). It is called on every connect.
 	Online func() map[string]any
-	Logger *slog.Logger
+	// Offline returns the fields of the retained offline status besides "state",
+	// "device", "reason" and "since" (the identity a fleet view keeps showing: group,
+	// version, ...). It is called on every connect, for the last will, and at a clean
+	// stop.
+	Offline func() map[string]any
+	Logger  *slog.Logger
 }
 
 // State is what the status page shows of the link.
@@ -258,18 +263,38 @@ func (l *Link) Run(ctx context.Context) error {
 	}
 }
 
+// statusJSON is a retained status payload: fields, then state and device (which
+// fields cannot override), then extra.
+func (l *Link) statusJSON(state string, fields func() map[string]any, extra map[string]any) ([]byte, error) {
+	m := map[string]any{}
+	if fields != nil {
+		if f := fields(); f != nil {
+			m = f
+		}
+	}
+	m["state"], m["device"] = state, l.opts.Device
+	for k, v := range extra {
+		m[k] = v
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s status: %w", state, err)
+	}
+	return b, nil
+}
+
 // session is one connection: connect, announce, drain until it breaks or ctx ends.
 func (l *Link) session(ctx context.Context, failures *int) error {
 	lost := make(chan error, 1)
-	online := map[string]any{}
-	if l.opts.Online != nil {
-		online = l.opts.Online()
-	}
-	online["state"] = "online"
-	online["device"] = l.opts.Device
-	onlineJSON, err := json.Marshal(online)
+	onlineJSON, err := l.statusJSON("online", l.opts.Online, nil)
 	if err != nil {
-		return fmt.Errorf("encode online status: %w", err)
+		return err
+	}
+	// The broker publishes the will when the connection goes without a DISCONNECT, so
+	// "lost"; when is unknown now (a watcher sees it arrive).
+	willJSON, err := l.statusJSON("offline", l.opts.Offline, map[string]any{"reason": "lost"})
+	if err != nil {
+		return err
 	}
 
 	o := paho.NewClientOptions()
@@ -284,7 +309,7 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 		// A publish on a dead connection blocks for up to the write timeout before the
 		// drain can notice; keep it short.
 		SetConnectTimeout(l.opts.ConnectTimeout).SetWriteTimeout(5*time.Second).
-		SetBinaryWill(l.Topic("status"), []byte(`{"state":"offline"}`), 1, true).
+		SetBinaryWill(l.Topic("status"), willJSON, 1, true).
 		SetConnectionAttemptHandler(func(broker *url.URL, cfg *tls.Config) *tls.Config {
 			l.mu.Lock()
 			l.attempted = redact(broker)
@@ -326,6 +351,9 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 	l.mu.Lock()
 	l.client = client
 	for topic, payload := range l.retained {
+		if topic == l.Topic("status") {
+			continue // a status kept by Retain is older than the online status just published
+		}
 		l.await("publish "+topic, client.Publish(topic, 1, true, payload))
 	}
 	for filter, h := range l.subs {
@@ -339,9 +367,21 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 	}()
 	err = l.drain(ctx, client, lost, failures)
 	if ctx.Err() != nil {
-		// A clean stop says so itself; the last will is for unclean ones.
-		offline := client.Publish(l.Topic("status"), 1, true, []byte(`{"state":"offline"}`))
-		offline.WaitTimeout(2 * time.Second)
+		// A clean stop says so itself; the last will is for unclean ones. No Retain may
+		// publish after it (an online status would outlive the stop): the client goes
+		// first, under retainMu, so a Retain under way publishes before the offline.
+		l.retainMu.Lock()
+		l.mu.Lock()
+		l.client = nil
+		l.mu.Unlock()
+		offlineJSON, err := l.statusJSON("offline", l.opts.Offline,
+			map[string]any{"reason": "stopped", "since": time.Now().UTC().Format(time.RFC3339)})
+		if err != nil {
+			l.logger.Warn("mqtt: offline status without its fields", "err", err)
+			offlineJSON = willJSON
+		}
+		client.Publish(l.Topic("status"), 1, true, offlineJSON).WaitTimeout(2 * time.Second)
+		l.retainMu.Unlock()
 		client.Disconnect(250)
 		return ctx.Err()
 	}
