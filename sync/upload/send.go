@@ -90,6 +90,9 @@ func (h *HTTP) Send(ctx context.Context, file string, data []byte) error {
 	return nil
 }
 
+// CloseIdleConnections closes the connections kept for the next PUT.
+func (h *HTTP) CloseIdleConnections() { h.client.CloseIdleConnections() }
+
 // redactErr keeps a password in the endpoint's URL out of error messages.
 func redactErr(err error, u *url.URL) error {
 	if _, has := u.User.Password(); !has {

@@ -105,8 +105,21 @@ var errGone = errors.New("sample removed before it was sent")
 func (u *Uploader) Run(ctx context.Context) error {
 	u.load()
 	failures := 0
+	var last Sender
+	defer func() {
+		// No connection of an HTTP sender outlives the uploader.
+		if c, ok := last.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}()
 	for {
 		t := u.opts.Target()
+		if t.Sender != last {
+			if c, ok := last.(interface{ CloseIdleConnections() }); ok {
+				c.CloseIdleConnections()
+			}
+			last = t.Sender
+		}
 		wait, wake := u.opts.Recheck, u.opts.Notify
 		if t.Sender == nil {
 			u.account(u.opts.List(), false)
