@@ -67,6 +67,7 @@ type Agent struct {
 	bundled    string // where the embedded files were extracted
 	snapshots  *snapshotStore
 	samples    *snapshotStore // frames kept for retraining (samples.go)
+	uploader   *sampleUploader
 	events     *eventLog
 	metrics    *metrics
 	listener   net.Listener
@@ -273,6 +274,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	a.snapshots = newSnapshotStore(filepath.Join(state, "snapshots"), int64(cfg.Snapshots.MaxBytes), logger)
 	a.samples = newSnapshotStore(filepath.Join(state, "samples"), int64(cfg.Samples.MaxBytes), logger)
 	a.samples.clean = true
+	a.uploader = a.newUploader()
 	for _, cc := range cfg.Cameras {
 		cam, err := a.newCamera(cc, p.models[cc.Model])
 		if err != nil {
@@ -609,6 +611,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	g.Go(a.guard("telemetry", func() error { return a.telemetryLoop(ctx) }))
 	g.Go(a.guard("config watch", func() error { return a.watchConfig(ctx) }))
 	g.Go(a.guard("stall watch", func() error { return a.watchStalls(ctx) }))
+	g.Go(a.guard("samples upload", func() error { return a.uploader.Run(ctx) }))
 	err = g.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil

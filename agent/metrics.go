@@ -98,6 +98,10 @@ var (
 	descMQTTPub       = prometheus.NewDesc("vigil_mqtt_published_total", "Messages published (republished after a reconnect included).", nil, nil)
 	descMQTTAcked     = prometheus.NewDesc("vigil_mqtt_acked_total", "Messages the broker acknowledged and the outbox deleted.", nil, nil)
 	descMQTTInflight  = prometheus.NewDesc("vigil_mqtt_inflight", "Messages published and not yet acknowledged.", nil, nil)
+	descSamplesSent   = prometheus.NewDesc("vigil_samples_uploaded_total", "Samples for retraining uploaded (samples.upload).", nil, nil)
+	descSamplesErrs   = prometheus.NewDesc("vigil_samples_upload_errors_total", "Failed attempts to upload a sample (each retried).", nil, nil)
+	descSamplesSkip   = prometheus.NewDesc("vigil_samples_upload_skipped_total", "Samples removed by samples.max_bytes before they could be uploaded.", nil, nil)
+	descSamplesPend   = prometheus.NewDesc("vigil_samples_pending", "Samples waiting to be uploaded.", nil, nil)
 	mqttStates        = []string{"disabled", "connecting", "connected", "backoff", "stopped"}
 	cameraStates      = []string{"connecting", "streaming", "stalled", "backoff", "stopped"}
 )
@@ -108,7 +112,8 @@ type stateCollector struct{ a *Agent }
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descUp, descCamFrames, descCamDropped, descCamReconnects, descCamFPS, descCamAge,
 		descDrift, descCamState, descActState, descActTrans, descModelUp, descOutDepth, descOutBytes, descOutPending, descOutDropped, descOutSeq, descOutError,
-		descOutEvicted, descOutDisk, descMQTTUp, descMQTTState, descMQTTConnects, descMQTTPub, descMQTTAcked, descMQTTInflight} {
+		descOutEvicted, descOutDisk, descMQTTUp, descMQTTState, descMQTTConnects, descMQTTPub, descMQTTAcked, descMQTTInflight,
+		descSamplesSent, descSamplesErrs, descSamplesSkip, descSamplesPend} {
 		ch <- d
 	}
 }
@@ -159,6 +164,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descMQTTPub, float64(st.MQTT.Published))
 	counter(descMQTTAcked, float64(st.MQTT.Acked))
 	gauge(descMQTTInflight, float64(st.MQTT.InFlight))
+	counter(descSamplesSent, float64(st.Samples.Uploaded))
+	counter(descSamplesErrs, float64(st.Samples.Failed))
+	counter(descSamplesSkip, float64(st.Samples.Skipped))
+	gauge(descSamplesPend, float64(st.Samples.Pending))
 }
 
 func b2f(b bool) float64 {

@@ -44,6 +44,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	poll("the camera", `document.querySelector(".cam .name")?.textContent === "door" && document.querySelector(".cam .state")?.textContent === "streaming"`)
 	poll("the snapshot", `document.querySelector(".cam img")?.naturalWidth > 0`)
+	poll("the samples kept and their upload", `/Samples\s*kept \d+ .*upload off/.test(document.querySelector("#outbox")?.textContent)`)
 	// The detection boxes are drawn on the frame by the agent, in (255, 200, 0): count
 	// such pixels in the image the page shows.
 	poll("a detection box on the snapshot", `(() => {

@@ -2,11 +2,19 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
 	"time"
 
+	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/sync/upload"
 )
 
 // Samples for retraining: the frames the next model would learn most from are kept as
@@ -15,7 +23,7 @@ import (
 // frames where the model is unsure (a score just over its threshold), frames while the
 // camera drifts, and frames an operator flags. A camera with store_frames: false never
 // has a frame kept. Each sample is a `sample` event naming its file
-// (GET /api/samples/<file>).
+// (GET /api/samples/<file>), and samples.upload sends them off the device (below).
 
 type sampleSidecar struct {
 	Camera     string            `json:"camera"`
@@ -69,4 +77,110 @@ func (a *Agent) maybeSample(cam *camera, f capture.Frame, run *loaded, dets []in
 		return
 	}
 	a.recordEvent(context.Background(), "sample", map[string]string{"camera": cam.cfg.Name, "file": name, "reason": reason})
+}
+
+// Uploading samples (samples.upload; sync/upload says how they travel): one goroutine
+// sends what the store keeps, oldest first, and never holds up the pipeline, which only
+// drops a token on the store's saved channel. The target is read from the current
+// config before every pass, so a reload applies; an HTTP sender is built again only
+// when its settings change.
+
+// sampleUploader is the agent's samples uploader; Run's group runs it.
+type sampleUploader struct {
+	*upload.Uploader
+
+	mu     sync.Mutex // guards the HTTP sender, kept while its settings stay the same
+	http   *upload.HTTP
+	key    config.SamplesUpload // its settings (backoff aside)
+	device string
+}
+
+func (a *Agent) newUploader() *sampleUploader {
+	u := &sampleUploader{}
+	u.Uploader = upload.New(upload.Options{
+		Dir: a.samples.dir, List: a.samples.list, Notify: a.samples.saved, Target: func() upload.Target { return a.uploadTarget(u) },
+		Logger: a.logBase,
+	})
+	return u
+}
+
+// uploadTarget is where samples go under the current config.
+func (a *Agent) uploadTarget(u *sampleUploader) upload.Target {
+	cfg := a.parts().cfg
+	c := cfg.Samples.Upload
+	t := upload.Target{BackoffMin: c.Backoff.Min, BackoffMax: c.Backoff.Max}
+	switch c.Via {
+	case "mqtt":
+		s, err := upload.NewMQTT(linkPublisher{a}, int(c.ChunkSize))
+		if err != nil {
+			a.logger.Error("samples.upload: no MQTT sender", "err", err)
+			return upload.Target{}
+		}
+		t.Sender = s
+	case "http":
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		key := c
+		key.Backoff = config.Backoff{}
+		if u.http == nil || u.key != key || u.device != cfg.Device.ID {
+			s, err := newHTTPSender(c, cfg.Device.ID)
+			if err != nil {
+				a.logger.Error("samples are not uploaded", "err", err)
+				return upload.Target{}
+			}
+			u.http, u.key, u.device = s, key, cfg.Device.ID
+		}
+		t.Sender = u.http
+	}
+	return t
+}
+
+func newHTTPSender(c config.SamplesUpload, device string) (*upload.HTTP, error) {
+	var tlsConfig *tls.Config
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("samples.upload.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("samples.upload.ca_file %s: no PEM certificate in it", c.CAFile)
+		}
+		tlsConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	s, err := upload.NewHTTP(upload.HTTPOptions{URL: c.URL, Device: device, Token: c.Token, TLS: tlsConfig})
+	if err != nil {
+		return nil, fmt.Errorf("samples.upload.url: %w", err)
+	}
+	return s, nil
+}
+
+// linkPublisher publishes on the MQTT link of the moment (a reload may replace it).
+type linkPublisher struct{ a *Agent }
+
+func (p linkPublisher) Publish(ctx context.Context, suffix string, payload []byte, qos byte) error {
+	link := p.a.parts().link
+	if link == nil {
+		return errors.New("the MQTT link is off (mqtt.enabled: false)")
+	}
+	return link.Publish(ctx, suffix, payload, qos)
+}
+
+// SamplesStatus is what /api/status shows of the samples kept for retraining.
+type SamplesStatus struct {
+	Stored int    `json:"stored"` // samples on disk
+	Bytes  int64  `json:"bytes"`  // their bytes, sidecars included
+	Upload string `json:"upload"` // samples.upload.via: off | http | mqtt
+	upload.Stats
+}
+
+func (a *Agent) samplesStatus() SamplesStatus {
+	st := SamplesStatus{Upload: a.parts().cfg.Samples.Upload.Via}
+	if a.samples != nil {
+		st.Stored, st.Bytes = a.samples.usage()
+	}
+	if a.uploader != nil {
+		st.Stats = a.uploader.Stats()
+	}
+	return st
 }

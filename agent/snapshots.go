@@ -25,6 +25,9 @@ type snapshotStore struct {
 	// clean keeps frames as captured, without boxes (training samples).
 	clean  bool
 	logger *slog.Logger
+	// saved receives a token when a file is saved (the samples' uploader waits on it);
+	// a token already waiting is enough, so saving never blocks on it.
+	saved chan struct{}
 
 	mu    sync.Mutex // guards the fields below
 	files []snapFile // oldest first
@@ -38,7 +41,29 @@ type snapFile struct {
 }
 
 func newSnapshotStore(dir string, maxBytes int64, logger *slog.Logger) *snapshotStore {
-	return &snapshotStore{dir: dir, maxBytes: maxBytes, logger: logger.With("component", "snapshots")}
+	return &snapshotStore{dir: dir, maxBytes: maxBytes, logger: logger.With("component", "snapshots"), saved: make(chan struct{}, 1)}
+}
+
+// list returns the stored files (NAME.jpg), oldest first, including what an earlier
+// run left.
+func (s *snapshotStore) list() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.maxBytes == 0 || s.loadLocked() != nil {
+		return nil
+	}
+	names := make([]string, len(s.files))
+	for i, f := range s.files {
+		names[i] = f.name
+	}
+	return names
+}
+
+// usage is how many files are stored and their bytes (sidecars included).
+func (s *snapshotStore) usage() (files int, bytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.files), s.bytes
 }
 
 // save writes the frame with the matches drawn and returns the file's name, or the
@@ -104,6 +129,10 @@ func (s *snapshotStore) saveWith(camera string, f capture.Frame, matches []infer
 		os.Remove(filepath.Join(s.dir, strings.TrimSuffix(old.name, ".jpg")+".json"))
 		s.files = s.files[1:]
 		s.bytes -= old.size
+	}
+	select {
+	case s.saved <- struct{}{}:
+	default:
 	}
 	return name, ""
 }

@@ -33,6 +33,7 @@ type Status struct {
 	// Deployment is the last model deployment's state (nil until one arrives).
 	Deployment *deploy.State     `json:"deployment,omitempty"`
 	Outbox     OutboxStatus      `json:"outbox"`
+	Samples    SamplesStatus     `json:"samples"`
 	MQTT       mqttlink.State    `json:"mqtt"`
 	Events     []outbox.Envelope `json:"events"`
 }
@@ -101,7 +102,7 @@ func (a *Agent) Status(withHistory bool) Status {
 	st := Status{
 		Device: a.parts().cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
 		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{}, Inputs: []hal.InputState{},
-		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20),
+		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20), Samples: a.samplesStatus(),
 	}
 	if a.parts().link != nil {
 		st.MQTT = a.parts().link.State()

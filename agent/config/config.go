@@ -223,6 +223,21 @@ type Samples struct {
 	MaxBytes ByteSize      `mapstructure:"max_bytes" json:"max_bytes"` // 0: none are kept
 	Near     float64       `mapstructure:"near" json:"near"`           // "unsure": a score under the threshold + near
 	Interval time.Duration `mapstructure:"interval" json:"interval"`   // at most one sample per camera this often
+	Upload   SamplesUpload `mapstructure:"upload" json:"upload"`
+}
+
+// SamplesUpload sends the samples off the device, oldest first, each once.
+type SamplesUpload struct {
+	Via string `mapstructure:"via" json:"via"` // off | http | mqtt
+	// http: each file is PUT to URL/<device>/<file>, with Token as a bearer token if
+	// set; CAFile is the CA to trust for https (default: the system's roots).
+	URL    string `mapstructure:"url" json:"url"`
+	Token  string `mapstructure:"token" json:"-"`
+	CAFile string `mapstructure:"ca_file" json:"ca_file"`
+	// mqtt: each file goes over the MQTT link in chunks of at most ChunkSize.
+	ChunkSize ByteSize `mapstructure:"chunk_size" json:"chunk_size"`
+	// Backoff is the delay before retrying while the endpoint or broker is down.
+	Backoff Backoff `mapstructure:"backoff" json:"backoff"`
 }
 
 // Snapshots are the frames saved with rule events.

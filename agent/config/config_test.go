@@ -45,6 +45,10 @@ func TestGoodConfig(t *testing.T) {
 	if cfg.Outbox.MaxBytes != 64<<20 || cfg.Outbox.Fsync != "always" {
 		t.Errorf("outbox: %+v", cfg.Outbox)
 	}
+	if u := cfg.Samples.Upload; u.Via != "http" || u.URL != "https://samples.example.com/in" || u.Token != "t0k" ||
+		u.ChunkSize != 64<<10 || u.Backoff != (Backoff{time.Second, 5 * time.Minute}) {
+		t.Errorf("samples.upload: %+v", u)
+	}
 }
 
 func TestEmbeddedDefaults(t *testing.T) {
@@ -142,6 +146,19 @@ var badConfigs = map[string][]string{
 		`inputs[0].line: "GPIO27 " has surrounding spaces`,
 		"inputs[1].line: the gpio driver needs a line name or offset, e.g. GPIO17 or 17",
 		"inputs[2].line: gpiochip0 line GPIO17 is already used by actuators[0]",
+	},
+	"bad-samples-upload-http": {
+		"samples.upload.backoff.min: 0s must be greater than 0",
+		"samples.upload.ca_file: stat no/such/ca.pem: no such file or directory",
+		`samples.upload.url: "ftp://user:xxxxx@host/samples" is not a URL like https://host/samples`,
+	},
+	"bad-samples-upload-mqtt": {
+		"samples.upload.backoff.max: 1s is less than backoff.min 2s",
+		"samples.upload.chunk_size: 100B is outside 1KiB..16MiB",
+		"samples.upload.via: mqtt needs mqtt.enabled: true",
+	},
+	"bad-samples-upload-via": {
+		`samples.upload.via: "s3" is not one of off, http, mqtt`,
 	},
 	"bad-scalars": {
 		`cameras[0].name: "my door": use letters, digits, '.', '_' and '-' (up to 63)`,

@@ -153,6 +153,15 @@ func scalarDefaults() map[string]any {
 		"drift.clear":             0.1,
 		"runtimes.tflite":         "",
 		"runtimes.openvino":       "",
+
+		// Uploading samples (samples.upload) is off until a destination is chosen.
+		"samples.upload.via":         "off",
+		"samples.upload.url":         "",
+		"samples.upload.token":       "",
+		"samples.upload.ca_file":     "",
+		"samples.upload.chunk_size":  "64KiB",
+		"samples.upload.backoff.min": "1s",
+		"samples.upload.backoff.max": "5m",
 	}
 }
 

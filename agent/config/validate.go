@@ -464,6 +464,31 @@ func (c *Config) validate() Errors {
 			bad("drift.clear", "%v must be above 0 and at most drift.threshold (%v)", d.Clear, d.Threshold)
 		}
 	}
+	if u := c.Samples.Upload; u.Via != "off" {
+		oneOf("samples.upload.via", u.Via, "off", "http", "mqtt")
+		switch u.Via {
+		case "http":
+			if pu, err := url.Parse(u.URL); u.URL == "" {
+				bad("samples.upload.url", "missing: the HTTP(S) endpoint samples are PUT to")
+			} else if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.RawQuery != "" || pu.Fragment != "" {
+				bad("samples.upload.url", "%q is not a URL like https://host/samples", Redact(u.URL))
+			}
+			fileExists("samples.upload.ca_file", u.CAFile)
+		case "mqtt":
+			if !c.MQTT.Enabled {
+				bad("samples.upload.via", "mqtt needs mqtt.enabled: true")
+			}
+			if u.ChunkSize < 1<<10 || u.ChunkSize > 16<<20 {
+				bad("samples.upload.chunk_size", "%v is outside 1KiB..16MiB", u.ChunkSize)
+			}
+		}
+		if u.Backoff.Min <= 0 {
+			bad("samples.upload.backoff.min", "%v must be greater than 0", u.Backoff.Min)
+		}
+		if u.Backoff.Max < u.Backoff.Min {
+			bad("samples.upload.backoff.max", "%v is less than backoff.min %v", u.Backoff.Max, u.Backoff.Min)
+		}
+	}
 	if c.Deploy.StallTimeout <= 0 {
 		bad("deploy.stall_timeout", "%v must be greater than 0", c.Deploy.StallTimeout)
 	}

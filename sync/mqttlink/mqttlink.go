@@ -509,3 +509,28 @@ func redact(u *url.URL) string {
 	c.User = nil
 	return c.String()
 }
+
+// ErrNotConnected is Publish's error while the link is between sessions.
+var ErrNotConnected = errors.New("mqtt: not connected")
+
+// publishTimeout bounds Publish's wait for the broker's acknowledgement.
+const publishTimeout = 30 * time.Second
+
+// Publish sends payload to prefix/device/suffix, not retained and outside the outbox's
+// sequence, and waits until the broker acknowledges it (QoS 1 or 2; QoS 0 only until
+// it is written), ctx ends, or publishTimeout passes. It does not queue: between
+// sessions it returns ErrNotConnected at once, and the caller retries (the samples'
+// uploader sends its chunks this way, each acknowledged before the next).
+func (l *Link) Publish(ctx context.Context, suffix string, payload []byte, qos byte) error {
+	l.mu.Lock()
+	client := l.client
+	l.mu.Unlock()
+	if client == nil {
+		return ErrNotConnected
+	}
+	topic := l.Topic(suffix)
+	if err := wait(ctx, client.Publish(topic, qos, false, payload), publishTimeout); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	return nil
+}

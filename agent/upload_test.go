@@ -1,0 +1,256 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
+	"github.com/vigil-edge/vigil/sync/upload"
+)
+
+// sampleEndpoint is a real HTTP server that keeps what is PUT to it, refusing with 503
+// while down (the first `fail` requests, or all while fail < 0).
+type sampleEndpoint struct {
+	*httptest.Server
+	mu      sync.Mutex
+	fail    int
+	refused int
+	got     map[string][]byte // by path
+	times   map[string]int    // 2xx answers by path
+}
+
+func newSampleEndpoint(t *testing.T, fail int) *sampleEndpoint {
+	e := &sampleEndpoint{fail: fail, got: map[string][]byte{}, times: map[string]int{}}
+	e.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		switch {
+		case r.Method != http.MethodPut || err != nil || r.Header.Get("Authorization") != "Bearer t0k":
+			http.Error(w, "PUT with the token only", http.StatusForbidden)
+		case e.fail != 0:
+			e.fail--
+			e.refused++
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		default:
+			e.got[r.URL.Path] = body
+			e.times[r.URL.Path]++
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	t.Cleanup(e.Close)
+	return e
+}
+
+func (e *sampleEndpoint) setFail(n int) {
+	e.mu.Lock()
+	e.fail = n
+	e.mu.Unlock()
+}
+
+// check asserts that every sample the state file records arrived exactly once, byte for
+// byte (JPEG and sidecar), that nothing else arrived, and returns how many did.
+func (e *sampleEndpoint) check(t *testing.T, state string) int {
+	t.Helper()
+	dir := filepath.Join(state, "samples")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	uploaded := uploadedNames(t, dir)
+	for _, name := range uploaded {
+		for _, f := range []string{name, strings.TrimSuffix(name, ".jpg") + ".json"} {
+			p := "/in/test-01/" + f
+			disk, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				t.Fatalf("uploaded sample not on disk (the budget is large): %v", err)
+			}
+			if !bytes.Equal(e.got[p], disk) || e.times[p] != 1 {
+				t.Errorf("%s: received %d times, %d bytes; %d on disk", p, e.times[p], len(e.got[p]), len(disk))
+			}
+		}
+	}
+	if len(e.got) != 2*len(uploaded) {
+		t.Errorf("%d files received for %d samples recorded as uploaded", len(e.got), len(uploaded))
+	}
+	return len(uploaded)
+}
+
+func uploadedNames(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, upload.StateFile))
+	if err != nil {
+		t.Fatalf("upload state: %v", err)
+	}
+	return strings.Fields(string(b))
+}
+
+func uploadConfig(via, more string) string {
+	return fmt.Sprintf("samples:\n  near: 1\n  interval: 200ms\n  upload: {via: %s, backoff: {min: 20ms, max: 100ms}%s}\n", via, more)
+}
+
+// Samples reach an HTTP endpoint that is down at first: retried, each file exactly once,
+// the bytes those on disk; status and metrics count them.
+func TestSamplesUploadOverHTTP(t *testing.T) {
+	state := t.TempDir()
+	e := newSampleEndpoint(t, 3)
+	r := start(t, testConfig(t, state, uploadConfig("http", fmt.Sprintf(", url: %q, token: t0k", e.URL+"/in"))))
+	waitFor(t, 60*time.Second, "three samples uploaded", func() bool { return r.status(t).Samples.Uploaded >= 3 })
+	st := r.status(t).Samples
+	if st.Upload != "http" || st.Stored < 3 || st.Bytes <= 0 || st.Failed < 1 {
+		t.Errorf("status samples %+v: want upload http, >= 3 stored, the failures counted", st)
+	}
+	_, metrics := r.get(t, "/metrics")
+	if metricValue(t, metrics, "vigil_samples_uploaded_total") < 3 || metricValue(t, metrics, "vigil_samples_upload_errors_total") < 1 {
+		t.Errorf("metrics: uploaded %v, errors %v", metricValue(t, metrics, "vigil_samples_uploaded_total"),
+			metricValue(t, metrics, "vigil_samples_upload_errors_total"))
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.check(t, state); n < 3 {
+		t.Errorf("%d samples recorded as uploaded", n)
+	}
+	if e.refused != 3 {
+		t.Errorf("%d requests refused, want 3", e.refused)
+	}
+}
+
+// Samples kept while the endpoint is down are uploaded by the next run of the agent,
+// each once; with store_frames: false that run keeps (and uploads) nothing new.
+func TestSamplesUploadAfterRestart(t *testing.T) {
+	state := t.TempDir()
+	e := newSampleEndpoint(t, -1) // down
+	more := fmt.Sprintf(", url: %q, token: t0k", e.URL+"/in")
+	r := start(t, testConfig(t, state, uploadConfig("http", more)))
+	waitFor(t, 60*time.Second, "samples waiting for the endpoint", func() bool {
+		st := r.status(t).Samples
+		return st.Pending >= 3 && st.Failed > 0 && strings.Contains(st.LastError, "503")
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	jpgs, _, _ := sampleFiles(t, state)
+
+	e.setFail(0) // up again
+	cfg := testConfig(t, state, uploadConfig("http", more))
+	cfg.Cameras[0].StoreFrames = false
+	r = start(t, cfg)
+	waitFor(t, 30*time.Second, "every kept sample uploaded", func() bool { return r.status(t).Samples.Uploaded == uint64(jpgs) })
+	waitFor(t, 30*time.Second, "a few more detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
+	if st := r.status(t).Samples; st.Pending != 0 || st.Stored != jpgs || st.Uploaded != uint64(jpgs) {
+		t.Errorf("status samples %+v, want %d stored and uploaded", st, jpgs)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.check(t, state); n != jpgs {
+		t.Errorf("%d of %d samples uploaded", n, jpgs)
+	}
+}
+
+// A camera with store_frames: false keeps nothing, so nothing is uploaded.
+func TestSamplesUploadNothingWithStoreFramesOff(t *testing.T) {
+	state := t.TempDir()
+	e := newSampleEndpoint(t, 0)
+	cfg := testConfig(t, state, uploadConfig("http", fmt.Sprintf(", url: %q, token: t0k", e.URL+"/in")))
+	cfg.Cameras[0].StoreFrames = false
+	r := start(t, cfg)
+	waitFor(t, 30*time.Second, "a few detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
+	st := r.status(t).Samples
+	r.stop()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.got) != 0 || st.Stored != 0 || st.Uploaded != 0 || st.Pending != 0 {
+		t.Errorf("store_frames: false: %d files received, status %+v", len(e.got), st)
+	}
+}
+
+// Over MQTT (a real mosquitto): each file of a sample arrives as chunks and a manifest;
+// put together, they are the bytes on disk and match the manifest's SHA-256.
+func TestSamplesUploadOverMQTT(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	sub := b.Subscribe(t, "cloud", "vigil/test-01/samples/#")
+	state := t.TempDir()
+	cfg := testConfig(t, state, fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  backoff: {min: 50ms, max: 500ms}\n", b.URL)+
+		uploadConfig("mqtt", ", chunk_size: 16KiB"))
+	r := start(t, cfg)
+	waitFor(t, 60*time.Second, "two samples uploaded", func() bool { return r.status(t).Samples.Uploaded >= 2 })
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(state, "samples")
+	names := uploadedNames(t, dir)
+	if len(names) < 2 {
+		t.Fatalf("%d samples recorded as uploaded", len(names))
+	}
+	for _, name := range names {
+		for _, f := range []string{name, strings.TrimSuffix(name, ".jpg") + ".json"} {
+			var data []byte
+			var chunks int
+			waitFor(t, 10*time.Second, "the manifest of "+f, func() bool {
+				var ok bool
+				data, chunks, ok = reassembleSample(t, sub.Messages(), "vigil/test-01/samples/"+f)
+				return ok
+			})
+			disk, _ := os.ReadFile(filepath.Join(dir, f))
+			if !bytes.Equal(data, disk) {
+				t.Errorf("%s reassembled from %d chunks: %d bytes, %d on disk", f, chunks, len(data), len(disk))
+			}
+			if strings.HasSuffix(f, ".jpg") && chunks < 2 {
+				t.Errorf("%s (%d bytes) in %d chunks of 16KiB", f, len(disk), chunks)
+			}
+		}
+	}
+}
+
+// reassembleSample puts a file together from its chunks once its manifest arrived,
+// checking its size and SHA-256 as a receiver would.
+func reassembleSample(t *testing.T, msgs []brokertest.Message, topic string) ([]byte, int, bool) {
+	t.Helper()
+	var man upload.Manifest
+	chunks := map[int][]byte{}
+	found := false
+	for _, m := range msgs {
+		switch {
+		case m.Topic == topic:
+			if err := json.Unmarshal(m.Payload, &man); err != nil {
+				t.Fatalf("manifest %s: %v", m.Payload, err)
+			}
+			found = true
+		case strings.HasPrefix(m.Topic, topic+"/"):
+			i, err := strconv.Atoi(strings.TrimPrefix(m.Topic, topic+"/"))
+			if err != nil {
+				t.Fatalf("chunk topic %s", m.Topic)
+			}
+			chunks[i] = m.Payload
+		}
+	}
+	if !found {
+		return nil, 0, false
+	}
+	var data []byte
+	for i := range man.Chunks {
+		c, ok := chunks[i]
+		if !ok {
+			t.Fatalf("%s: chunk %d of %d missing", topic, i, man.Chunks)
+		}
+		data = append(data, c...)
+	}
+	sum := sha256.Sum256(data)
+	if man.File != filepath.Base(topic) || int64(len(data)) != man.Size || hex.EncodeToString(sum[:]) != man.SHA256 {
+		t.Fatalf("%s: %d bytes, sha256 %x; manifest %+v", topic, len(data), sum, man)
+	}
+	return data, man.Chunks, true
+}

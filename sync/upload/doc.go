@@ -1,0 +1,27 @@
+// Package upload sends the samples kept for retraining off the device: each sample is
+// a JPEG (NAME.jpg) and its JSON sidecar (NAME.json) in one directory, sent oldest
+// first, each once, retried with backoff while the destination is down. Only agent/
+// imports it; it knows the MQTT link only through the Publisher interface.
+//
+// Over HTTP(S), each file is PUT to <url>/<device>/<file> (Content-Type image/jpeg or
+// application/json, "Authorization: Bearer <token>" when a token is set): the JPEG
+// first, then its sidecar, so a receiver that has the .json has the whole sample. Any
+// 2xx status is success; anything else is retried.
+//
+// Over MQTT, each file is cut into chunks of at most chunk_size bytes, published raw at
+// QoS 1 to <prefix>/<device>/samples/<file>/<index> (index from 0), each acknowledged by
+// the broker before the next, then a manifest on <prefix>/<device>/samples/<file>:
+//
+//	{"file": "door-20250101T120000.000Z-42.jpg", "size": 81234, "sha256": "<hex>", "chunks": 2}
+//
+// The JPEG goes first, then the sidecar the same way: its manifest is the last message
+// of a sample. Delivery is at-least-once: after a broker outage a file is sent again
+// from its first chunk, so a receiver keys chunks by file and index and checks the
+// assembled bytes against the manifest's size and SHA-256.
+//
+// What was uploaded is remembered in the directory's .uploaded file (a name per line,
+// appended and synced after each sample), so a restart uploads nothing twice; only a
+// crash between the destination's answer and that write sends one sample again. A
+// sample removed by the directory's budget before it could be sent is skipped and
+// counted.
+package upload
