@@ -196,19 +196,13 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("model push", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o push.Options
-	fs.StringVar(&o.Broker, "broker", "", "broker URL: tcp://host:1883, ssl://host:8883, ws://, wss:// (required)")
+	bf := addBrokerFlags(fs)
 	fs.StringVar(&o.Device, "device", "", "target device id")
 	fs.StringVar(&o.Group, "group", "", "target group (device.group in the devices' configs)")
 	fs.StringVar(&o.Model, "model", "default", "name of the model on the devices (models[].name) the bundle replaces")
 	fs.StringVar(&o.Via, "via", deploy.ViaChunks, "how the bundle travels: chunks (over MQTT) or url")
 	fs.StringVar(&o.URL, "url", "", "with --via url: http(s) URL serving the archive from 'vigil model pack'")
 	fs.IntVar(&o.ChunkSize, "chunk-size", deploy.DefaultChunkSize, "bytes per chunk")
-	fs.StringVar(&o.TopicPrefix, "topic-prefix", "vigil", "MQTT topic prefix (mqtt.topic_prefix on the devices)")
-	fs.StringVar(&o.Username, "username", "", "broker user name (default $VIGIL_MQTT_USERNAME)")
-	fs.StringVar(&o.Password, "password", "", "broker password (better: $VIGIL_MQTT_PASSWORD, kept out of the process list)")
-	caFile := fs.String("ca-file", "", "CA certificate (PEM) for ssl:// and wss:// brokers; default: the system's roots")
-	certFile := fs.String("cert-file", "", "client certificate (PEM), with --key-file")
-	keyFile := fs.String("key-file", "", "client key (PEM), with --cert-file")
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long to wait for the devices' final phases")
 	fs.BoolVar(&o.Rollback, "rollback", false, "ask the devices to return to their previous bundle")
 	fs.BoolVar(&o.Shadow, "shadow", false, "run the bundle in shadow beside the model and report agreement, instead of swapping it in")
@@ -225,13 +219,7 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return parseExit(err)
 	}
-	// Not flag defaults: PrintDefaults would show the password.
-	if o.Username == "" {
-		o.Username = os.Getenv("VIGIL_MQTT_USERNAME")
-	}
-	if o.Password == "" {
-		o.Password = os.Getenv("VIGIL_MQTT_PASSWORD")
-	}
+	o.Broker, o.TopicPrefix = bf.broker, bf.topicPrefix
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "vigil model push: "+format+"\n\n", a...)
 		fs.Usage()
@@ -264,12 +252,11 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if err := o.CheckStaged(); err != nil {
 		return usageErr("%s", strings.TrimPrefix(err.Error(), "push: "))
 	}
-	if *caFile != "" || *certFile != "" {
-		if o.TLS, err = push.TLSConfig(*caFile, *certFile, *keyFile); err != nil {
-			fmt.Fprintf(stderr, "vigil model push: %v\n", err)
-			return exitUsage
-		}
+	if o.TLS, err = bf.resolve(); err != nil {
+		fmt.Fprintf(stderr, "vigil model push: %v\n", err)
+		return exitUsage
 	}
+	o.Username, o.Password = bf.username, bf.password
 	bundle := ""
 	if len(pos) == 1 {
 		bundle = pos[0]

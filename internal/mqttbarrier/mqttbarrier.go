@@ -2,7 +2,7 @@
 // subscriptions have all arrived, without sleeping: a broker answers one client's
 // packets in order, so a message the client publishes to a topic it subscribed to
 // after the others comes back after their retained messages. `vigil fleet status`
-// uses it; sync/deploy/push does the same in its discover.
+// and `vigil model push` use it.
 package mqttbarrier
 
 import (

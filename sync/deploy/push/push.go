@@ -29,6 +29,7 @@ import (
 
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/internal/backoff"
+	"github.com/vigil-edge/vigil/internal/mqttbarrier"
 	"github.com/vigil-edge/vigil/sync/deploy"
 )
 
@@ -691,34 +692,10 @@ func redact(broker string) string {
 // discover waits until the subscriptions made on connect have delivered their
 // retained messages, so a group's devices are known before anything is published.
 func (s *session) discover(ctx context.Context) error {
-	// A barrier: subscribed after the others, a message to our own topic comes back
-	// after the retained messages of the earlier subscriptions (a broker answers one
-	// client's packets in order).
 	barrier := s.opts.TopicPrefix + "/push/" + s.opts.ClientID + "/barrier"
-	back := make(chan struct{}, 1)
-	tok := s.client.Subscribe(barrier, 1, func(paho.Client, paho.Message) {
-		select {
-		case back <- struct{}{}:
-		default:
-		}
-	})
-	if err := waitToken(ctx, tok); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
+	if err := mqttbarrier.Wait(ctx, s.client, barrier, barrierWait); err != nil {
+		return err
 	}
-	if err := waitToken(ctx, s.client.Publish(barrier, 1, false, []byte("sync"))); err != nil {
-		return fmt.Errorf("publish to %s: %w", barrier, err)
-	}
-	// A broker whose ACLs keep us from that topic never echoes it; by then the
-	// retained messages have long arrived, so go on without the barrier.
-	t := time.NewTimer(barrierWait)
-	defer t.Stop()
-	select {
-	case <-back:
-	case <-t.C:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	s.client.Unsubscribe(barrier)
 	if s.target.Group != "" {
 		s.mu.Lock()
 		n := len(s.devices)
