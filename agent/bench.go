@@ -38,6 +38,26 @@ type BenchOptions struct {
 	// Progress, if set, is told when each stage starts (for people waiting on a
 	// terminal).
 	Progress func(stage string, d time.Duration)
+	// Monitoring adds what drift monitoring, samples and a shadow model cost: the
+	// pipeline is measured three more times, without them, with them, without them
+	// (so slow drifts of the machine's speed fall on both sides), and the two
+	// configurations compared.
+	Monitoring bool
+}
+
+// BenchMonitoring compares the pipeline with the monitoring the config asks for
+// (drift, samples, a shadow model) and without any.
+type BenchMonitoring struct {
+	// OnFPS and OffFPS are the means of the runs with and without monitoring.
+	OnFPS  float64   `json:"on_fps"`
+	OffFPS float64   `json:"off_fps"`
+	On     []float64 `json:"on_runs"`
+	Off    []float64 `json:"off_runs"`
+	// Cost is 1 - on/off: the share of throughput monitoring takes (negative: less
+	// than the runs' spread).
+	Cost float64 `json:"cost"`
+	// What the config monitors: drift, samples, shadow.
+	Monitors []string `json:"monitors"`
 }
 
 // BenchReport is what `vigil bench --json` prints. Its field names are a contract
@@ -64,6 +84,8 @@ type BenchReport struct {
 	PipelineRatio float64 `json:"pipeline_ratio"`
 	// PeakRSSBytes is the process's peak resident set size (VmHWM) at the end.
 	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// Monitoring is set with BenchOptions.Monitoring.
+	Monitoring *BenchMonitoring `json:"monitoring,omitempty"`
 }
 
 // BenchDecode is the source read as fast as it decodes, with nothing else running.
@@ -205,8 +227,72 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 	if rep.LimitFPS > 0 {
 		rep.PipelineRatio = round(rep.Pipeline.FPS/rep.LimitFPS, 3)
 	}
+	if opts.Monitoring {
+		if rep.Monitoring, err = benchMonitoring(ctx, bc, opts, rep.Pipeline.FPS, progress); err != nil {
+			return rep, err
+		}
+	}
 	rep.PeakRSSBytes, err = peakRSS()
 	return rep, err
+}
+
+// benchMonitoring runs the pipeline of bc without monitoring, with it, and without it
+// again, each on a new private agent; the first run with it is the pipeline stage's
+// (onFPS).
+func benchMonitoring(ctx context.Context, bc *config.Config, opts BenchOptions, onFPS float64, progress func(string, time.Duration)) (*BenchMonitoring, error) {
+	r := &BenchMonitoring{On: []float64{onFPS}}
+	if bc.Drift.Enabled {
+		r.Monitors = append(r.Monitors, "drift")
+	}
+	if bc.Samples.MaxBytes > 0 {
+		r.Monitors = append(r.Monitors, "samples")
+	}
+	if len(bc.Models) > 0 && bc.Models[0].Shadow.Bundle != "" {
+		r.Monitors = append(r.Monitors, "shadow")
+	}
+	off := *bc
+	off.Drift.Enabled = false
+	off.Samples.MaxBytes = 0
+	off.Models = slices.Clone(bc.Models)
+	for i := range off.Models {
+		off.Models[i].Shadow = config.Shadow{}
+	}
+	for i, monitored := range []bool{false, true, false} {
+		cfg, stage := &off, "pipeline without monitoring"
+		if monitored {
+			cfg, stage = bc, "pipeline with monitoring"
+		}
+		progress(fmt.Sprintf("%s (%d of 3)", stage, i+1), opts.Duration)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("bench: listen on loopback: %w", err)
+		}
+		a, err := New(cfg, Options{Version: "bench", Logger: opts.Logger, Listener: ln})
+		if err != nil {
+			return nil, err
+		}
+		var p BenchPipeline
+		if err := benchPipeline(ctx, a, opts.Duration, &p); err != nil {
+			return nil, err
+		}
+		if monitored {
+			r.On = append(r.On, p.FPS)
+		} else {
+			r.Off = append(r.Off, p.FPS)
+		}
+	}
+	mean := func(v []float64) float64 {
+		var sum float64
+		for _, x := range v {
+			sum += x
+		}
+		return sum / float64(len(v))
+	}
+	r.OnFPS, r.OffFPS = round(mean(r.On), 2), round(mean(r.Off), 2)
+	if r.OffFPS > 0 {
+		r.Cost = round(1-r.OnFPS/r.OffFPS, 4)
+	}
+	return r, nil
 }
 
 // benchConfig is the private agent's config: cfg's settings with only camera cc and

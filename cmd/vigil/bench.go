@@ -20,15 +20,18 @@ import (
 const benchGoal = 0.9
 
 func bench(args []string, stdout, stderr io.Writer) int {
-	fs, path := newFlags("bench [--config FILE] [--camera NAME] [--seconds N] [--json]",
+	fs, path := newFlags("bench [--config FILE] [--camera NAME] [--seconds N] [--monitoring] [--json]",
 		"Measures one camera of the config with its model, each stage for --seconds: the source\n"+
 			"decoded alone, the detector alone (one frame in a loop), then the agent's pipeline with\n"+
 			"no detect_fps limit; prints the rates, latencies, pipeline / min(decode, inference) and\n"+
 			"the peak RSS. A file camera is read in a loop as fast as it decodes. It runs a private\n"+
 			"agent (temporary state directory, no actuators, rules or MQTT), so a running daemon is\n"+
-			"not disturbed, though it competes for the CPU.", stderr)
+			"not disturbed, though it competes for the CPU. --monitoring then runs the pipeline three\n"+
+			"more times, without drift monitoring, samples and shadow model, with them, without them,\n"+
+			"and prints what they cost.", stderr)
 	camera := fs.String("camera", "", "camera to measure (default the config's first)")
 	seconds := fs.Float64("seconds", 10, "how long each stage is measured")
+	monitoring := fs.Bool("monitoring", false, "also measure the pipeline without drift monitoring, samples and shadow model, and compare")
 	asJSON := fs.Bool("json", false, "print JSON (field names in the README, Benchmarks) instead of a table")
 	if err := fs.Parse(args); err != nil {
 		return parseExit(err)
@@ -54,9 +57,10 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := agent.Bench(ctx, cfg, agent.BenchOptions{
-		Camera:   *camera,
-		Duration: time.Duration(*seconds * float64(time.Second)),
-		Logger:   newLogger(cfg.Log, stderr),
+		Camera:     *camera,
+		Duration:   time.Duration(*seconds * float64(time.Second)),
+		Logger:     newLogger(cfg.Log, stderr),
+		Monitoring: *monitoring,
 		Progress: func(stage string, d time.Duration) {
 			fmt.Fprintf(stderr, "vigil bench: measuring %s for %v\n", stage, d)
 		},
@@ -109,6 +113,10 @@ func printBench(w io.Writer, r agent.BenchReport) {
 	}
 	fmt.Fprintf(w, "\npipeline / min(decode-only, inference-only) = %.1f / %.1f = %.3f (goal >= %.1f: %s)\n",
 		p.FPS, r.LimitFPS, r.PipelineRatio, benchGoal, verdict)
+	if m := r.Monitoring; m != nil {
+		fmt.Fprintf(w, "monitoring (%s): pipeline %.1f fps with it %v, %.1f fps without %v: costs %.1f %% of throughput (goal <= 3 %%)\n",
+			strings.Join(m.Monitors, ", "), m.OnFPS, m.On, m.OffFPS, m.Off, 100*m.Cost)
+	}
 	fmt.Fprintf(w, "peak RSS %.1f MiB\n", float64(r.PeakRSSBytes)/(1<<20))
 }
 

@@ -131,10 +131,11 @@ func TestBenchTable(t *testing.T) {
 	useEmbeddedDefaults(t)
 	t.Chdir(t.TempDir())
 	var out, errb bytes.Buffer
-	if code := run([]string{"bench", "--seconds", "0.3"}, &out, &errb); code != exitOK {
+	if code := run([]string{"bench", "--seconds", "0.3", "--monitoring"}, &out, &errb); code != exitOK {
 		t.Fatalf("exit %d\n%s", code, errb.String())
 	}
-	for _, want := range []string{"decode-only", "inference-only", "engine only", "pipeline", "pipeline / min(decode-only, inference-only) =", "goal >= 0.9", "peak RSS"} {
+	for _, want := range []string{"decode-only", "inference-only", "engine only", "pipeline", "pipeline / min(decode-only, inference-only) =", "goal >= 0.9", "peak RSS",
+		"monitoring (drift, samples): pipeline", "of throughput (goal <= 3 %)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
