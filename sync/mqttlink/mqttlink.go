@@ -68,7 +68,11 @@ type Options struct {
 	// version, ...). It is called on every connect, for the last will, and at a clean
 	// stop.
 	Offline func() map[string]any
-	Logger  *slog.Logger
+	// AckTimeout bounds the wait for the broker's answer to a subscription or a
+	// retained publish (default 30s); one that fails or times out on a connection still
+	// up is sent again (see renewFailed).
+	AckTimeout time.Duration
+	Logger     *slog.Logger
 }
 
 // State is what the status page shows of the link.
@@ -81,6 +85,10 @@ type State struct {
 	Published uint64 `json:"published"`
 	Acked     uint64 `json:"acked"`
 	InFlight  int    `json:"in_flight"`
+	// Renewals counts subscriptions and retained publishes sent again on the same
+	// connection after the first attempt failed (a write timeout under load, no
+	// answer within AckTimeout).
+	Renewals uint64 `json:"renewals"`
 }
 
 // Handler receives a message on a subscribed topic. It runs on the link's receiving
@@ -101,6 +109,11 @@ type Link struct {
 	client    paho.Client        // the connected client; nil between sessions
 	subs      map[string]Handler // by topic filter; renewed on every connect
 	retained  map[string][]byte  // by topic; published on every connect and on change
+	// failedSubs and failedPubs are the filters and retained topics whose last attempt
+	// on the current connection failed; renewFailed sends them again.
+	failedSubs map[string]bool
+	failedPubs map[string]bool
+	renew      chan struct{} // a failure was marked
 }
 
 // New returns a link; Run connects it.
@@ -137,9 +150,13 @@ func New(q Queue, opts Options) (*Link, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.AckTimeout <= 0 {
+		opts.AckTimeout = 30 * time.Second
+	}
 	return &Link{
 		q: q, opts: opts, logger: opts.Logger.With("component", "mqtt"), state: State{State: StateConnecting},
 		subs: map[string]Handler{}, retained: map[string][]byte{},
+		failedSubs: map[string]bool{}, failedPubs: map[string]bool{}, renew: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -160,8 +177,9 @@ func (l *Link) Unsubscribe(filter string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.subs, filter)
+	delete(l.failedSubs, filter)
 	if l.client != nil {
-		l.await("unsubscribe "+filter, l.client.Unsubscribe(filter))
+		l.await("unsubscribe "+filter, l.client, l.client.Unsubscribe(filter), nil)
 	}
 }
 
@@ -179,24 +197,99 @@ func (l *Link) Retain(suffix string, payload []byte) {
 	client := l.client
 	l.mu.Unlock()
 	if client != nil {
-		l.await("publish "+topic, client.Publish(topic, 1, true, payload))
+		l.publishRetained(client, topic, payload)
 	}
 }
 
-func (l *Link) subscribeLocked(client paho.Client, filter string, h Handler) {
-	l.await("subscribe "+filter, client.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
-		h(m.Topic(), m.Payload())
-	}))
+func (l *Link) publishRetained(client paho.Client, topic string, payload []byte) {
+	l.await("publish "+topic, client, client.Publish(topic, 1, true, payload), l.failedPubs)
 }
 
-// await logs a token's failure without waiting for it here: a handler may call
-// Subscribe, and paho completes a token only after the running handler returns.
-func (l *Link) await(what string, tok paho.Token) {
+func (l *Link) subscribeLocked(client paho.Client, filter string, h Handler) {
+	l.await("subscribe "+filter, client, client.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		h(m.Topic(), m.Payload())
+	}), l.failedSubs)
+}
+
+// await waits for a token off the caller's goroutine (a handler may call Subscribe, and
+// paho completes a token only after the running handler returns). A failure, or no
+// answer within AckTimeout, while client is still the connection, marks the key (the
+// part of what after its verb) in failed for renewFailed: paho gives up on a write
+// after its write timeout without dropping the connection, so "renewed on the next
+// connect" could be never (a deployment waiting for its chunks, a device whose
+// retained state says "warming" for good).
+func (l *Link) await(what string, client paho.Client, tok paho.Token, failed map[string]bool) {
 	go func() {
-		if tok.WaitTimeout(30*time.Second) && tok.Error() != nil {
-			l.logger.Warn("mqtt: "+what+" failed; renewed on the next connect", "err", tok.Error())
+		var err error
+		if !tok.WaitTimeout(l.opts.AckTimeout) {
+			err = fmt.Errorf("no answer from the broker within %v", l.opts.AckTimeout)
+		} else if err = tok.Error(); err == nil {
+			return
+		}
+		l.mu.Lock()
+		current := l.client == client && failed != nil
+		if current {
+			_, key, _ := strings.Cut(what, " ")
+			failed[key] = true
+		}
+		l.mu.Unlock()
+		if !current {
+			l.logger.Warn("mqtt: "+what+" failed; renewed on the next connect", "err", err)
+			return
+		}
+		l.logger.Warn("mqtt: "+what+" failed; sending it again", "err", err)
+		select {
+		case l.renew <- struct{}{}:
+		default:
 		}
 	}()
+}
+
+// renewDelay is the pause before failed subscriptions and retained publishes are sent
+// again: long enough for a congested connection to drain a little.
+const renewDelay = time.Second
+
+// renewFailed sends again, on client, the subscriptions and retained publishes whose
+// last attempt failed, until ctx ends (the session is over: the next connect renews
+// everything anyway).
+func (l *Link) renewFailed(ctx context.Context, client paho.Client) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.renew:
+		}
+		t := time.NewTimer(renewDelay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		l.retainMu.Lock() // in order with Retain: the newest snapshot is what goes again
+		l.mu.Lock()
+		if l.client != client {
+			l.mu.Unlock()
+			l.retainMu.Unlock()
+			return
+		}
+		subs, pubs := l.failedSubs, l.failedPubs
+		l.failedSubs, l.failedPubs = map[string]bool{}, map[string]bool{}
+		for filter := range subs {
+			if h, ok := l.subs[filter]; ok {
+				l.subscribeLocked(client, filter, h)
+				l.state.Renewals++
+			}
+		}
+		for topic := range pubs {
+			if payload, ok := l.retained[topic]; ok {
+				l.publishRetained(client, topic, payload)
+				l.state.Renewals++
+			}
+		}
+		l.mu.Unlock()
+		l.retainMu.Unlock()
+	}
 }
 
 // Topic is prefix/device/suffix.
@@ -350,17 +443,24 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 	}
 	l.mu.Lock()
 	l.client = client
+	clear(l.failedSubs)
+	clear(l.failedPubs)
 	for topic, payload := range l.retained {
 		if topic == l.Topic("status") {
 			continue // a status kept by Retain is older than the online status just published
 		}
-		l.await("publish "+topic, client.Publish(topic, 1, true, payload))
+		l.publishRetained(client, topic, payload)
 	}
 	for filter, h := range l.subs {
 		l.subscribeLocked(client, filter, h)
 	}
 	l.mu.Unlock()
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewDone := make(chan struct{})
+	go func() { defer close(renewDone); l.renewFailed(renewCtx, client) }()
 	defer func() {
+		stopRenew()
+		<-renewDone
 		l.mu.Lock()
 		l.client = nil
 		l.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,11 +27,15 @@ func lastStatus(sub *brokertest.Subscriber) map[string]any {
 }
 
 // proxy forwards one TCP connection at a time to target until cut is called, which
-// drops every connection at once, as a network failure would.
+// drops every connection at once, as a network failure would. While swallowing, what
+// the client sends is read and thrown away (the connection stays up): a packet lost as
+// paho loses one when its write times out on a congested connection.
 type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
+	ln         net.Listener
+	mu         sync.Mutex
+	conns      []net.Conn
+	swallowing atomic.Bool
+	swallowed  atomic.Int64 // bytes thrown away
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -55,12 +60,30 @@ func startProxy(t *testing.T, target string) *proxy {
 			p.conns = append(p.conns, c, up)
 			p.mu.Unlock()
 			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(up, c); up.Close() }()
+			go func() { defer wg.Done(); p.forward(up, c); up.Close() }()
 			go func() { defer wg.Done(); io.Copy(c, up); c.Close() }()
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); p.cut(); wg.Wait() })
 	return p
+}
+
+// forward copies what the client sends upstream, unless swallowing.
+func (p *proxy) forward(up, client net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			if p.swallowing.Load() {
+				p.swallowed.Add(int64(n))
+			} else if _, werr := up.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (p *proxy) cut() {
@@ -171,5 +194,34 @@ func TestRetainedStatusRefresh(t *testing.T) {
 	waitFor(t, 10*time.Second, "the status", func() bool { return lastStatus(again) != nil })
 	if g := lastStatus(again)["gen"]; g != 3.0 {
 		t.Errorf("retained status after a reconnect has gen %v, want the fresh 3 (not the kept 2)", g)
+	}
+}
+
+// A subscription or a retained publish lost on a connection that stays up (paho gives up
+// on a write after its write timeout, under load) is sent again on that connection: it
+// does not wait for a reconnect that may never come.
+func TestLostSubscribeAndRetainAreRenewed(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	p := startProxy(t, strings.TrimPrefix(b.URL, "tcp://"))
+	l := startLink(t, newOutbox(t), mqttlink.Options{Brokers: []string{"tcp://" + p.ln.Addr().String()},
+		AckTimeout: 300 * time.Millisecond, KeepAlive: time.Minute})
+	waitFor(t, 10*time.Second, "the link to connect", func() bool { return l.State().State == mqttlink.StateConnected })
+
+	var got atomic.Int32
+	p.swallowing.Store(true)
+	l.Subscribe("vigil/"+device+"/models/deploy", func(string, []byte) { got.Add(1) })
+	l.Retain("models/state", []byte(`{"phase":"active"}`))
+	// Lost, they time out and are sent again (and lost again, while this lasts).
+	waitFor(t, 15*time.Second, "the subscription and the publish to be sent again", func() bool { return l.State().Renewals >= 2 })
+	p.swallowing.Store(false)
+	state := b.Subscribe(t, "cloud", "vigil/"+device+"/models/state")
+	waitFor(t, 10*time.Second, "the retained model state", func() bool {
+		m := state.Messages()
+		return len(m) == 1 && string(m[0].Payload) == `{"phase":"active"}`
+	})
+	publishRetained(t, b.URL, "vigil/"+device+"/models/deploy", "m1")
+	waitFor(t, 10*time.Second, "a message on the renewed subscription", func() bool { return got.Load() == 1 })
+	if st := l.State(); st.Connects != 1 {
+		t.Errorf("the link reconnected (%d connects): the renewal should not need it", st.Connects)
 	}
 }
