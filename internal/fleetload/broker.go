@@ -36,7 +36,7 @@ func WatchSys(broker string) (*SysMonitor, error) {
 		return nil, fmt.Errorf("$SYS monitor: connect to %s: %v", broker, tok.Error())
 	}
 	tok := m.client.Subscribe("$SYS/broker/#", 0, func(_ paho.Client, msg paho.Message) {
-		v, err := strconv.ParseFloat(strings.Fields(string(msg.Payload())+" x")[0], 64)
+		v, err := strconv.ParseFloat(strings.Fields(string(msg.Payload()) + " x")[0], 64)
 		if err != nil {
 			return // the version string, uptime "N seconds" parses; others are skipped
 		}

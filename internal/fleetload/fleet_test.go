@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -224,7 +225,7 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 	var activeAfter []time.Duration
 	pushStart := time.Now()
 	res, err := push.Push(context.Background(), next, push.Options{
-		Broker: b.URL, Group: group, ChunkSize: o.chunk, Timeout: 5*time.Minute + time.Duration(n)*100*time.Millisecond,
+		Broker: b.URL, Group: group, ChunkSize: o.chunk, Timeout: 3*time.Minute + time.Duration(n)*30*time.Millisecond,
 		OnState: func(_ string, st deploy.State) {
 			if st.Phase == deploy.PhaseActive {
 				mu.Lock()
@@ -260,6 +261,28 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 	mu.Lock()
 	rep.Push.ActiveP50S, rep.Push.ActiveP90S, rep.Push.ActiveMaxS = Quantile(activeAfter, 0.5), Quantile(activeAfter, 0.9), Quantile(activeAfter, 1)
 	mu.Unlock()
+	rep.Push.Phases = map[string][2]float64{}
+	for _, ph := range []string{"received", "downloading", "verifying", "staging", "warming", "active"} {
+		var ds []time.Duration
+		for _, d := range devices {
+			if at := tracker.PhaseAt(d.id, ph); !at.IsZero() {
+				ds = append(ds, at.Sub(pushStart))
+			}
+		}
+		rep.Push.Phases[ph] = [2]float64{Quantile(ds, 0.5), Quantile(ds, 1)}
+		if ph == "active" {
+			rep.Push.DeviceActiveP50S, rep.Push.DeviceActiveP90S, rep.Push.DeviceActiveMaxS = Quantile(ds, 0.5), Quantile(ds, 0.9), Quantile(ds, 1)
+		}
+	}
+	if rep.Push.Active < n {
+		// Where the devices that did not finish are stuck, for the report.
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("fleetload-%d-goroutines.txt", n))
+		if f, err := os.Create(path); err == nil {
+			pprof.Lookup("goroutine").WriteTo(f, 1)
+			f.Close()
+			t.Logf("%d devices not active; goroutines (grouped by stack) written to %s", n-rep.Push.Active, path)
+		}
+	}
 	for _, d := range devices {
 		if _, rejected := rep.Push.Rejected[d.id]; rejected {
 			continue
@@ -281,6 +304,8 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 		t.Errorf("agent stopped with an error: %v", err)
 	}
 	rep.Seq = account(t, devices, tracker)
+	lat := tracker.Latencies()
+	rep.Seq.LatencyP50S, rep.Seq.LatencyP99S, rep.Seq.LatencyMaxS = Quantile(lat, 0.5), Quantile(lat, 0.99), Quantile(lat, 1)
 	return rep
 }
 

@@ -47,6 +47,14 @@ type Push struct {
 	ActiveP50S float64 `json:"active_p50_s"`
 	ActiveP90S float64 `json:"active_p90_s"`
 	ActiveMaxS float64 `json:"active_max_s"`
+	// The same by the devices' own deployment events (when each recorded the phase),
+	// which does not depend on how fast the push tool reads the states.
+	DeviceActiveP50S float64 `json:"device_active_p50_s"`
+	DeviceActiveP90S float64 `json:"device_active_p90_s"`
+	DeviceActiveMaxS float64 `json:"device_active_max_s"`
+	// Phases: p50 and max seconds from the push's start until devices recorded each
+	// phase (received, downloading, verifying, staging, warming, active).
+	Phases map[string][2]float64 `json:"phases_p50_max_s"`
 }
 
 // Traffic is the broker's and the process's load over a window.
@@ -89,6 +97,10 @@ type Seq struct {
 	Malformed  int            `json:"malformed"`
 	Kinds      map[string]int `json:"kinds"`
 	LostOn     []Account      `json:"lost_on,omitempty"` // the first devices with gaps
+	// Delivery latency (enqueued on the device until it reached the subscriber).
+	LatencyP50S float64 `json:"latency_p50_s"`
+	LatencyP99S float64 `json:"latency_p99_s"`
+	LatencyMaxS float64 `json:"latency_max_s"`
 }
 
 // Quantile is the q-quantile (0..1) of ds, in seconds; 0 for none.
@@ -108,6 +120,12 @@ func (r *Report) WriteText(w io.Writer) {
 	p("  start:   %.1fs to create and start every agent, %.1fs until every device was online", r.StartS, r.OnlineS)
 	p("  push:    %d-byte bundle in %d chunks of %d bytes to group of %d: %d active in %.1fs (per device p50 %.1fs, p90 %.1fs, max %.1fs)",
 		r.Bundle.Bytes, r.Bundle.Chunks, r.Bundle.ChunkSize, r.Devices, r.Push.Active, r.Push.TookS, r.Push.ActiveP50S, r.Push.ActiveP90S, r.Push.ActiveMaxS)
+	p("           by the devices' events: active p50 %.1fs, p90 %.1fs, max %.1fs", r.Push.DeviceActiveP50S, r.Push.DeviceActiveP90S, r.Push.DeviceActiveMaxS)
+	for _, ph := range []string{"received", "downloading", "verifying", "staging", "warming", "active"} {
+		if v, ok := r.Push.Phases[ph]; ok {
+			p("           %-12s p50 %6.1fs  max %6.1fs", ph, v[0], v[1])
+		}
+	}
 	devs := make([]string, 0, len(r.Push.Rejected))
 	for d := range r.Push.Rejected {
 		devs = append(devs, d)
@@ -138,6 +156,7 @@ func (r *Report) WriteText(w io.Writer) {
 	s := r.Seq
 	p("  seq:     %d enqueued, %d delivered, %d still queued on disk, %d lost; %d duplicates, %d malformed; by kind %v",
 		s.Enqueued, s.Delivered, s.Queued, s.Lost, s.Duplicates, s.Malformed, s.Kinds)
+	p("           delivery latency p50 %.2fs, p99 %.2fs, max %.2fs", s.LatencyP50S, s.LatencyP99S, s.LatencyMaxS)
 	for _, a := range s.LostOn {
 		p("           %s: missing %v (last %d)", a.Device, a.Missing[:min(len(a.Missing), 10)], a.Last)
 	}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Tracker is the cloud side's bookkeeping of what devices sent: it reads the envelopes
@@ -16,9 +17,12 @@ type Tracker struct {
 
 	mu        sync.Mutex
 	devices   map[string]*received
-	dups      int            // envelopes whose id arrived before
-	malformed int            // not an envelope, or its device is not the topic's
-	kinds     map[string]int // distinct envelopes by kind
+	dups      int             // envelopes whose id arrived before
+	malformed int             // not an envelope, or its device is not the topic's
+	kinds     map[string]int  // distinct envelopes by kind
+	latency   []time.Duration // arrival - envelope ts, per distinct envelope
+	// phases: per device, when (envelope ts) each deployment phase was recorded
+	phases map[string]map[string]time.Time
 }
 
 type received struct {
@@ -28,18 +32,23 @@ type received struct {
 
 // NewTracker tracks the devices under prefix (e.g. "vigil").
 func NewTracker(prefix string) *Tracker {
-	return &Tracker{prefix: prefix, devices: map[string]*received{}, kinds: map[string]int{}}
+	return &Tracker{prefix: prefix, devices: map[string]*received{}, kinds: map[string]int{}, phases: map[string]map[string]time.Time{}}
 }
 
 // Observe takes one message from <prefix>/<device>/telemetry or /events.
 func (t *Tracker) Observe(topic string, payload []byte) {
 	var env struct {
-		ID     string `json:"id"`
-		Seq    uint64 `json:"seq"`
-		Device string `json:"device"`
-		Kind   string `json:"kind"`
+		ID     string    `json:"id"`
+		Seq    uint64    `json:"seq"`
+		Device string    `json:"device"`
+		Kind   string    `json:"kind"`
+		TS     time.Time `json:"ts"`
+		Body   struct {
+			Phase string `json:"phase"`
+		} `json:"body"`
 	}
 	device := deviceOf(t.prefix, topic)
+	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if json.Unmarshal(payload, &env) != nil || env.ID == "" || env.Seq == 0 || env.Device != device {
@@ -65,6 +74,29 @@ func (t *Tracker) Observe(topic string, payload []byte) {
 	r.ids[env.ID] = env.Seq
 	r.seqs[env.Seq] = true
 	t.kinds[env.Kind]++
+	t.latency = append(t.latency, now.Sub(env.TS))
+	if env.Kind == "deployment" && env.Body.Phase != "" {
+		if t.phases[device] == nil {
+			t.phases[device] = map[string]time.Time{}
+		}
+		t.phases[device][env.Body.Phase] = env.TS
+	}
+}
+
+// Latencies are the delays from each distinct envelope's ts (when the device enqueued
+// it) to its arrival here.
+func (t *Tracker) Latencies() []time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.latency)
+}
+
+// PhaseAt is when device recorded a deployment phase, by its deployment events (the
+// device's clock; zero if none arrived).
+func (t *Tracker) PhaseAt(device, phase string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.phases[device][phase]
 }
 
 // deviceOf is the <device> of <prefix>/<device>/...
