@@ -49,6 +49,11 @@ type Options struct {
 	// Listener, if set, serves HTTP instead of listening on cfg.HTTP.Listen (tests
 	// pass 127.0.0.1:0).
 	Listener net.Listener
+	// Bundled, if set, is a directory where assets.Extract already put the embedded
+	// files (the bundled model and clip); empty: they are extracted under
+	// device.state_dir/bundled. Many agents in one process (the fleet load test) share
+	// one copy instead of writing 4 MB each.
+	Bundled string
 	// HangAfter is how long a frame may be in the pipeline before the systemd watchdog
 	// stops being pinged; 0 means DefaultHangAfter.
 	HangAfter time.Duration
@@ -208,11 +213,12 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	if err := os.MkdirAll(state, 0o750); err != nil {
 		return a, fmt.Errorf("create state directory (device.state_dir) %s: %w", state, err)
 	}
-	bundled, err := assets.Extract(filepath.Join(state, "bundled"))
-	if err != nil {
-		return a, err
+	a.bundled = opts.Bundled
+	if a.bundled == "" {
+		if a.bundled, err = assets.Extract(filepath.Join(state, "bundled")); err != nil {
+			return a, err
+		}
 	}
-	a.bundled = bundled
 
 	// Actuators first: every output is at its safe level before anything else runs. An
 	// output whose line cannot be driven (a GPIO chip missing) stays in the fault state,

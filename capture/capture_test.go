@@ -280,3 +280,24 @@ func TestV4L2OpenErrors(t *testing.T) {
 		})
 	}
 }
+
+// A pattern Spec's size applies (the fleet load test runs a thousand tiny ones); a
+// size too small to draw is an error.
+func TestPatternSpecSize(t *testing.T) {
+	src, err := Open(context.Background(), Spec{Kind: "pattern", Width: 64, Height: 48, FPS: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	m, err := src.Read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.Cols() != 64 || m.Rows() != 48 {
+		t.Errorf("pattern 64x48 gave %dx%d", m.Cols(), m.Rows())
+	}
+	if _, err := Open(context.Background(), Spec{Kind: "pattern", Width: 8, Height: 8}); err == nil {
+		t.Error("an 8x8 pattern was accepted")
+	}
+}

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"image"
@@ -32,7 +33,8 @@ type Spec struct {
 	// connection; the default) or "udp".
 	Transport string
 	// Width, Height, FPS and PixelFormat (a FOURCC such as MJPG or YUYV) are what a
-	// v4l2 camera is asked for; zero leaves the driver's choice.
+	// v4l2 camera is asked for; zero leaves the driver's choice. A pattern takes
+	// Width, Height and FPS (zero: 640x480 at 10 fps).
 	Width, Height int
 	FPS           float64
 	PixelFormat   string
@@ -48,7 +50,12 @@ func Open(ctx context.Context, s Spec) (Source, error) {
 	case "file":
 		return OpenFile(s.Target, s.Loop, !s.Fast)
 	case "pattern":
-		return NewPattern(640, 480, 10), nil
+		// Width, Height and FPS default to 640x480 at 10 fps.
+		w, h, fps := cmp.Or(s.Width, 640), cmp.Or(s.Height, 480), cmp.Or(s.FPS, 10)
+		if w < 16 || h < 16 {
+			return nil, fmt.Errorf("pattern %dx%d: width and height must be at least 16 pixels", w, h)
+		}
+		return NewPattern(w, h, fps), nil
 	case "rtsp":
 		return openRTSP(ctx, s)
 	case "v4l2":

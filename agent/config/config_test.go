@@ -270,6 +270,7 @@ func TestParseCameraURL(t *testing.T) {
 		"v4l2:///dev/video0":                      {Kind: "v4l2", Target: "/dev/video0", Loop: true, Realtime: true},
 		"rtsp://u:p@10.0.0.5:554/s":               {Kind: "rtsp", Target: "rtsp://u:p@10.0.0.5:554/s"},
 		"pattern://":                              {Kind: "pattern"},
+		"pattern://?width=64&height=48&fps=2":     {Kind: "pattern", Width: 64, Height: 48, FPS: 2},
 		"v4l2:///dev/video2?width=1280&height=720&fps=15&format=MJPG": {
 			Kind: "v4l2", Target: "/dev/video2", Loop: true, Realtime: true, Width: 1280, Height: 720, FPS: 15, PixelFormat: "MJPG",
 		},
@@ -280,7 +281,8 @@ func TestParseCameraURL(t *testing.T) {
 		}
 	}
 	for _, raw := range []string{"file:///a.mp4?speed=2", "file:///a.mp4?loop=maybe", "rtsp:///nohost", "clip.mp4", "http://x/y",
-		"v4l2:///dev/video0?width=-1", "v4l2:///dev/video0?format=MJPEG", "v4l2:///dev/video0?loop=false", "file:///a.mp4?width=3"} {
+		"v4l2:///dev/video0?width=-1", "v4l2:///dev/video0?format=MJPEG", "v4l2:///dev/video0?loop=false", "file:///a.mp4?width=3",
+		"pattern://?fps=0", "pattern://?width=x", "pattern://?loop=false"} {
 		if _, err := ParseCameraURL(raw); err == nil {
 			t.Errorf("ParseCameraURL(%q) accepted", raw)
 		}

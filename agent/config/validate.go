@@ -71,7 +71,13 @@ func ParseCameraURL(raw string) (CameraURL, error) {
 		}
 		return c, nil
 	case "pattern":
-		return CameraURL{Kind: "pattern", Target: u.Host + u.Path}, nil
+		c := CameraURL{Kind: "pattern", Target: u.Host + u.Path}
+		for key, vals := range u.Query() {
+			if err := c.setOption(key, vals[0]); err != nil {
+				return CameraURL{}, fmt.Errorf("%s: %w", raw, err)
+			}
+		}
+		return c, nil
 	case "":
 		return CameraURL{}, fmt.Errorf("%q has no scheme; use rtsp://, rtsps://, file://, v4l2:// or pattern://", raw)
 	}
@@ -79,7 +85,8 @@ func ParseCameraURL(raw string) (CameraURL, error) {
 }
 
 // setOption applies one URL query option: loop and realtime for files; width,
-// height, fps and format for v4l2 devices.
+// height, fps and format for v4l2 devices; width, height and fps for the pattern (a
+// small, slow pattern lets one machine simulate many cameras).
 func (c *CameraURL) setOption(key, val string) error {
 	switch {
 	case c.Kind == "file" && (key == "loop" || key == "realtime"):
@@ -92,7 +99,7 @@ func (c *CameraURL) setOption(key, val string) error {
 		} else {
 			c.Realtime = b
 		}
-	case c.Kind == "v4l2" && (key == "width" || key == "height"):
+	case (c.Kind == "v4l2" || c.Kind == "pattern") && (key == "width" || key == "height"):
 		n, err := strconv.Atoi(val)
 		if err != nil || n <= 0 {
 			return fmt.Errorf("%s=%q is not a positive number of pixels", key, val)
@@ -102,7 +109,7 @@ func (c *CameraURL) setOption(key, val string) error {
 		} else {
 			c.Height = n
 		}
-	case c.Kind == "v4l2" && key == "fps":
+	case (c.Kind == "v4l2" || c.Kind == "pattern") && key == "fps":
 		f, err := strconv.ParseFloat(val, 64)
 		if err != nil || f <= 0 {
 			return fmt.Errorf("fps=%q is not a positive rate", val)
@@ -114,7 +121,7 @@ func (c *CameraURL) setOption(key, val string) error {
 		}
 		c.PixelFormat = val
 	default:
-		return fmt.Errorf("unknown option %q (file URLs take loop and realtime; v4l2 URLs take width, height, fps and format)", key)
+		return fmt.Errorf("unknown option %q (file URLs take loop and realtime; v4l2 URLs take width, height, fps and format; pattern URLs take width, height and fps)", key)
 	}
 	return nil
 }

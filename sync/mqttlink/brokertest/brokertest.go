@@ -41,6 +41,14 @@ type Options struct {
 	// Persistent keeps sessions and their queued messages across a StopGraceful and
 	// Restart, so a subscriber with a persistent session misses nothing.
 	Persistent bool
+	// SysInterval, when set, is how often the broker publishes its $SYS/broker/...
+	// counters (messages received and sent, clients, retained messages); mosquitto's
+	// default is 10s.
+	SysInterval time.Duration
+	// Clients, when set, raises the open-file limit that mosquitto
+	// inherits (one descriptor per connection) to the hard limit, and fails the test
+	// if even that is too low for this many clients plus some spare.
+	Clients int
 }
 
 // Broker is one mosquitto process. Stop and Start restart it on the same port.
@@ -78,6 +86,9 @@ func Start(t testing.TB, opts Options) *Broker {
 	if err != nil {
 		t.Fatalf("mosquitto is needed for this test (run scripts/install-deps): %v", err)
 	}
+	if opts.Clients > 0 {
+		raiseFileLimit(t, uint64(opts.Clients)+fileLimitSpare)
+	}
 	b := &Broker{t: t, dir: t.TempDir()}
 	for attempt := 0; ; attempt++ {
 		b.Port = freePort(t)
@@ -90,6 +101,28 @@ func Start(t testing.TB, opts Options) *Broker {
 	}
 	t.Cleanup(b.Stop)
 	return b
+}
+
+// fileLimitSpare is room for mosquitto's own descriptors (listeners, logs) and the
+// test's clients besides the simulated ones.
+const fileLimitSpare = 256
+
+// raiseFileLimit raises this process's soft open-file limit to the hard one, which
+// children inherit. Go raises its own soft limit at start, but gives children the
+// original soft limit (often 1024) unless the program sets the limit itself, as here.
+func raiseFileLimit(t testing.TB, need uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("read the open-file limit: %v", err)
+	}
+	if lim.Max < need {
+		t.Fatalf("the hard open-file limit (ulimit -Hn) is %d; mosquitto needs %d for this many clients", lim.Max, need)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("raise the open-file limit to %d: %v", lim.Max, err)
+	}
 }
 
 func freePort(t testing.TB) int {
@@ -106,6 +139,12 @@ func (b *Broker) writeConfig(opts Options) {
 	fmt.Fprintf(&c, "listener %d 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n", b.Port)
 	// Room for a backlog queued for an offline subscriber (the default is 1000).
 	c.WriteString("max_queued_messages 1000000\nmax_inflight_messages 0\n")
+	if opts.SysInterval > 0 {
+		fmt.Fprintf(&c, "sys_interval %d\n", max(1, int(opts.SysInterval.Round(time.Second)/time.Second)))
+	}
+	if opts.Clients > 0 {
+		c.WriteString("max_connections -1\n")
+	}
 	if opts.MaxPacketSize > 0 {
 		fmt.Fprintf(&c, "max_packet_size %d\n", opts.MaxPacketSize)
 	}
@@ -179,6 +218,16 @@ func (b *Broker) start(bin string) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// PID is the running mosquitto's process id (for its memory and CPU), 0 when stopped.
+func (b *Broker) PID() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd == nil {
+		return 0
+	}
+	return b.cmd.Process.Pid
 }
 
 // Stop kills the broker (a broker outage, as the client sees it). Idempotent.
