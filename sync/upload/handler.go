@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -44,13 +45,16 @@ func NewHandler(opts HandlerOptions) http.Handler {
 			http.Error(w, "PUT <device>/<file> only", http.StatusMethodNotAllowed)
 			return
 		}
-		segs := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+		// Split before unescaping: an escaped '/' stays in its segment (and fails the
+		// name check) instead of making a segment of its own.
+		segs := strings.Split(strings.Trim(r.URL.EscapedPath(), "/"), "/")
 		if len(segs) < 2 {
 			http.Error(w, fmt.Sprintf("path %q is not .../<device>/<file>", r.URL.Path), http.StatusBadRequest)
 			return
 		}
-		device, name := segs[len(segs)-2], segs[len(segs)-1]
-		if err := errors.Join(CheckDevice(device), CheckFileName(name)); err != nil {
+		device, err1 := url.PathUnescape(segs[len(segs)-2])
+		name, err2 := url.PathUnescape(segs[len(segs)-1])
+		if err := errors.Join(err1, err2, CheckDevice(device), CheckFileName(name)); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}

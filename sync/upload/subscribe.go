@@ -60,12 +60,12 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 	var connected atomic.Bool
 	o := paho.NewClientOptions().AddBroker(opts.Broker).SetClientID(opts.ClientID).
 		SetUsername(opts.Username).SetPassword(opts.Password).
-		SetCleanSession(false).SetConnectTimeout(subscribeTimeout).SetKeepAlive(30*time.Second).
+		SetCleanSession(false).SetConnectTimeout(subscribeTimeout).SetKeepAlive(30 * time.Second).
 		SetOrderMatters(true). // a file's chunks in order, and acknowledged after got
 		// What the broker queued for the session comes as soon as it connects, before a
 		// subscription's handler is set: the same handler takes it.
 		SetDefaultPublishHandler(handle).
-		SetAutoReconnect(true).SetMaxReconnectInterval(10*time.Second).
+		SetAutoReconnect(true).SetMaxReconnectInterval(10 * time.Second).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			logger.Warn("broker connection lost; reconnecting", "broker", redactURL(opts.Broker), "err", err)
 		}).
