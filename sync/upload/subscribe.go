@@ -28,6 +28,9 @@ type SubscribeOptions struct {
 	TLS                *tls.Config // nil: the system's roots for ssl:// and wss://
 	Prefix             string      // mqtt.topic_prefix of the devices; "vigil" when empty
 	Logger             *slog.Logger
+	// Subscribed, when set, is called once the first subscription is acknowledged:
+	// from then on the broker keeps the samples for this client id.
+	Subscribed func(filter string)
 }
 
 // Subscribe receives every device's samples from the broker until ctx ends: it
@@ -94,6 +97,9 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 	defer c.Disconnect(250)
 	if err := subscribe(c, filter, handle); err != nil {
 		return fmt.Errorf("%s: %w", redactURL(opts.Broker), err)
+	}
+	if opts.Subscribed != nil {
+		opts.Subscribed(filter)
 	}
 	<-ctx.Done()
 	return nil
