@@ -2,16 +2,12 @@ package agent
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -197,60 +193,27 @@ func TestSamplesUploadOverMQTT(t *testing.T) {
 	}
 	for _, name := range names {
 		for _, f := range []string{name, strings.TrimSuffix(name, ".jpg") + ".json"} {
-			var data []byte
-			var chunks int
-			waitFor(t, 10*time.Second, "the manifest of "+f, func() bool {
-				var ok bool
-				data, chunks, ok = reassembleSample(t, sub.Messages(), "vigil/test-01/samples/"+f)
-				return ok
+			var got *upload.File
+			waitFor(t, 10*time.Second, "all of "+f, func() bool {
+				r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+				for _, m := range sub.Messages() {
+					file, err := r.Add(m.Topic, m.Payload)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if file != nil && file.Name == f {
+						got = file
+					}
+				}
+				return got != nil
 			})
 			disk, _ := os.ReadFile(filepath.Join(dir, f))
-			if !bytes.Equal(data, disk) {
-				t.Errorf("%s reassembled from %d chunks: %d bytes, %d on disk", f, chunks, len(data), len(disk))
+			if !bytes.Equal(got.Data, disk) {
+				t.Errorf("%s received in %d chunks: %d bytes, %d on disk", f, got.Chunks, len(got.Data), len(disk))
 			}
-			if strings.HasSuffix(f, ".jpg") && chunks < 2 {
-				t.Errorf("%s (%d bytes) in %d chunks of 16KiB", f, len(disk), chunks)
+			if strings.HasSuffix(f, ".jpg") && got.Chunks < 2 {
+				t.Errorf("%s (%d bytes) in %d chunks of 16KiB", f, len(disk), got.Chunks)
 			}
 		}
 	}
-}
-
-// reassembleSample puts a file together from its chunks once its manifest arrived,
-// checking its size and SHA-256 as a receiver would.
-func reassembleSample(t *testing.T, msgs []brokertest.Message, topic string) ([]byte, int, bool) {
-	t.Helper()
-	var man upload.Manifest
-	chunks := map[int][]byte{}
-	found := false
-	for _, m := range msgs {
-		switch {
-		case m.Topic == topic:
-			if err := json.Unmarshal(m.Payload, &man); err != nil {
-				t.Fatalf("manifest %s: %v", m.Payload, err)
-			}
-			found = true
-		case strings.HasPrefix(m.Topic, topic+"/"):
-			i, err := strconv.Atoi(strings.TrimPrefix(m.Topic, topic+"/"))
-			if err != nil {
-				t.Fatalf("chunk topic %s", m.Topic)
-			}
-			chunks[i] = m.Payload
-		}
-	}
-	if !found {
-		return nil, 0, false
-	}
-	var data []byte
-	for i := range man.Chunks {
-		c, ok := chunks[i]
-		if !ok {
-			t.Fatalf("%s: chunk %d of %d missing", topic, i, man.Chunks)
-		}
-		data = append(data, c...)
-	}
-	sum := sha256.Sum256(data)
-	if man.File != filepath.Base(topic) || int64(len(data)) != man.Size || hex.EncodeToString(sum[:]) != man.SHA256 {
-		t.Fatalf("%s: %d bytes, sha256 %x; manifest %+v", topic, len(data), sum, man)
-	}
-	return data, man.Chunks, true
 }

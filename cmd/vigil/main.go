@@ -51,6 +51,7 @@ Commands:
   model pack     write a signed bundle's archive, to serve for 'model push --via url'
   keygen         make an Ed25519 key pair for signing model bundles
   fleet status   every device's status, models, deployment and backlog from the broker
+  samples receive  receive the samples devices upload (MQTT or HTTP) into a directory
   version        print the version
 
 Run 'vigil <command> --help' for a command's flags.
@@ -77,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return keygen(rest, stdout, stderr)
 	case "fleet":
 		return fleetCmd(rest, stdout, stderr)
+	case "samples":
+		return samplesCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK

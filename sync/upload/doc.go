@@ -1,7 +1,9 @@
 // Package upload sends the samples kept for retraining off the device: each sample is
 // a JPEG (NAME.jpg) and its JSON sidecar (NAME.json) in one directory, sent oldest
-// first, each once, retried with backoff while the destination is down. Only agent/
-// imports it; it knows the MQTT link only through the Publisher interface.
+// first, each once, retried with backoff while the destination is down. Its sending
+// side is imported by agent/ and knows the MQTT link only through the Publisher
+// interface; its receiving side (Receiver, NewHandler, Subscribe) is for
+// `vigil samples receive` and other tools.
 //
 // Over HTTP(S), each file is PUT to <url>/<device>/<file> (Content-Type image/jpeg or
 // application/json, "Authorization: Bearer <token>" when a token is set): the JPEG
@@ -24,4 +26,11 @@
 // crash between the destination's answer and that write sends one sample again. A
 // sample removed by the directory's budget before it could be sent is skipped and
 // counted.
+//
+// On the receiving side, Receiver puts MQTT chunks together and checks each file
+// against its manifest (a chunk 0 received again starts the file over), holding
+// incomplete files within bounds of age and bytes; Subscribe feeds it from a broker
+// with a persistent session, since a device counts a file as sent once the broker has
+// it; NewHandler takes the HTTP PUTs. Both write Dir/<device>/<file> atomically, and
+// only names of a sample's alphabet (CheckFileName, CheckDevice).
 package upload

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -293,53 +290,35 @@ func TestMQTTChunksReassemble(t *testing.T) {
 	waitFor(t, 20*time.Second, "the sample uploaded", func() bool { return u.Stats().Uploaded == 1 })
 	stop()
 
+	var files map[string]*upload.File
+	waitFor(t, 10*time.Second, "both files received", func() bool {
+		files = receiveAll(t, sub.Messages())
+		return len(files) == 2
+	})
 	for _, f := range []string{"door-0.jpg", "door-0.json"} {
-		var data []byte
-		waitFor(t, 10*time.Second, "the manifest of "+f, func() bool {
-			var ok bool
-			data, ok = reassemble(t, sub.Messages(), "vigil/dev-1/samples/"+f)
-			return ok
-		})
-		if !bytes.Equal(data, s.file(t, f)) {
-			t.Errorf("%s reassembled: %d bytes differ from the %d on disk", f, len(data), len(s.file(t, f)))
+		got := files["dev-1/"+f]
+		if got == nil || !bytes.Equal(got.Data, s.file(t, f)) {
+			t.Errorf("%s received: %v, want the %d bytes on disk", f, got, len(s.file(t, f)))
+		} else if f == "door-0.jpg" && got.Chunks != 3 {
+			t.Errorf("%s came in %d chunks, want 3", f, got.Chunks)
 		}
 	}
 }
 
-// reassemble puts a file together from its chunks once its manifest arrived, checking
-// size and SHA-256 as a receiver would.
-func reassemble(t *testing.T, msgs []brokertest.Message, topic string) ([]byte, bool) {
-	var man upload.Manifest
-	chunks := map[int][]byte{}
-	found := false
+// receiveAll puts together, with a Receiver, the files in msgs, by <device>/<file>;
+// any error fails the test.
+func receiveAll(t *testing.T, msgs []brokertest.Message) map[string]*upload.File {
+	t.Helper()
+	r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+	files := map[string]*upload.File{}
 	for _, m := range msgs {
-		switch {
-		case m.Topic == topic:
-			if err := json.Unmarshal(m.Payload, &man); err != nil {
-				t.Fatalf("manifest %s: %v", m.Payload, err)
-			}
-			found = true
-		case strings.HasPrefix(m.Topic, topic+"/"):
-			i, err := strconv.Atoi(strings.TrimPrefix(m.Topic, topic+"/"))
-			if err != nil {
-				t.Fatalf("chunk topic %s", m.Topic)
-			}
-			chunks[i] = m.Payload
+		f, err := r.Add(m.Topic, m.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f != nil {
+			files[f.Device+"/"+f.Name] = f
 		}
 	}
-	if !found {
-		return nil, false
-	}
-	if man.File != filepath.Base(topic) || len(chunks) != man.Chunks {
-		t.Fatalf("manifest %+v with %d chunks received", man, len(chunks))
-	}
-	var data []byte
-	for i := range man.Chunks {
-		data = append(data, chunks[i]...)
-	}
-	sum := sha256.Sum256(data)
-	if int64(len(data)) != man.Size || hex.EncodeToString(sum[:]) != man.SHA256 {
-		t.Fatalf("%s: %d bytes, sha256 %x; manifest says %d, %s", topic, len(data), sum, man.Size, man.SHA256)
-	}
-	return data, true
+	return files
 }
