@@ -93,24 +93,21 @@ type Monitor struct {
 	// recent is a ring of Window samples: per sample, per feature, the sample's weight
 	// in each bin (one bin 1 for a scalar; shares for colour and classes; all 0 for
 	// classes without detections).
-	recent   [][][]float64
-	pos      int
-	filled   int
-	labels   map[string]int // class bins, assigned while the baseline records
-	scratch  [][]float64    // a baseline sample
-	status   Status
-	psi      []float64 // of each statistic, at the last sample
-	small    gocv.Mat
-	gray     gocv.Mat
-	hsv      gocv.Mat
-	lap      gocv.Mat
-	mean, sd gocv.Mat
+	recent  [][][]float64
+	pos     int
+	filled  int
+	labels  map[string]int // class bins, assigned while the baseline records
+	scratch [][]float64    // a baseline sample
+	status  Status
+	psi     []float64 // of each statistic, at the last sample
+	gray    []float64 // the frame on a gridW x gridH grid
+	hue     [hueBins + 1]int
+	small   gocv.Mat // for a frame whose pixels cannot be read in place
 }
 
 // New returns a monitor that starts recording its baseline.
 func New(opts Options) *Monitor {
-	m := &Monitor{opts: opts, small: gocv.NewMat(), gray: gocv.NewMat(), hsv: gocv.NewMat(), lap: gocv.NewMat(),
-		mean: gocv.NewMat(), sd: gocv.NewMat()}
+	m := &Monitor{opts: opts, gray: make([]float64, gridW*gridH), small: gocv.NewMat()}
 	m.resetLocked()
 	return m
 }
@@ -119,9 +116,7 @@ func New(opts Options) *Monitor {
 func (m *Monitor) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, mat := range []*gocv.Mat{&m.small, &m.gray, &m.hsv, &m.lap, &m.mean, &m.sd} {
-		mat.Close()
-	}
+	m.small.Close()
 }
 
 // Reset starts a new baseline (a new model went live, the camera was moved on purpose).
@@ -211,14 +206,11 @@ func (m *Monitor) measure(frame gocv.Mat, dets []infer.Detection, out [][]float6
 	for f := range out {
 		clear(out[f])
 	}
-	gocv.Resize(frame, &m.small, image.Pt(96, 54), 0, 0, gocv.InterpolationArea)
-	gocv.CvtColor(m.small, &m.gray, gocv.ColorBGRToGray)
-	gocv.MeanStdDev(m.gray, &m.mean, &m.sd)
-	brightness, contrast := m.mean.GetDoubleAt(0, 0), m.sd.GetDoubleAt(0, 0)
-	gocv.Laplacian(m.gray, &m.lap, gocv.MatTypeCV64F, 1, 1, 0, gocv.BorderDefault)
-	gocv.MeanStdDev(m.lap, &m.mean, &m.sd)
-	sharpness := m.sd.GetDoubleAt(0, 0) * m.sd.GetDoubleAt(0, 0)
-	m.colour(out[fColour])
+	brightness, contrast, sharpness := m.grid(frame)
+	n := float64(gridW * gridH)
+	for b, c := range m.hue {
+		out[fColour][b] = float64(c) / n
+	}
 
 	var score float64
 	for _, d := range dets {
@@ -249,26 +241,91 @@ func (m *Monitor) measure(frame gocv.Mat, dets []infer.Detection, out [][]float6
 	}
 }
 
-// colour puts the shares of the small frame's pixels per hue sector (grey last) in out.
-func (m *Monitor) colour(out []float64) {
-	gocv.CvtColor(m.small, &m.hsv, gocv.ColorBGRToHSV) // OpenCV's hue is 0..179
-	px, err := m.hsv.DataPtrUint8()
-	if err != nil || len(px) == 0 {
-		return
-	}
-	var counts [hueBins + 1]int
-	for i := 0; i+2 < len(px); i += 3 {
-		h, sat, val := px[i], px[i+1], px[i+2]
-		if sat < minSaturation || val < minValue {
-			counts[hueBins]++
-			continue
+// The frame is looked at on a grid of gridW x gridH points (for 16:9, about 8x8-pixel
+// cells at 768x432), each the mean of a 2x2 block of pixels.
+const gridW, gridH = 96, 54
+
+// grid samples the frame (BGR) on the grid into m.gray and m.hue and returns the grey
+// level's mean and standard deviation and the variance of its Laplacian. It reads the
+// pixels in place, in Go: OpenCV's resize and colour conversions hand even small jobs
+// to its worker threads, which then spin beside the inference runtime's and cost a
+// two-core device some 10 % of its frame rate (measured with vigil bench --monitoring).
+func (m *Monitor) grid(frame gocv.Mat) (brightness, contrast, sharpness float64) {
+	clear(m.hue[:])
+	src := frame
+	if !frame.IsContinuous() || frame.Type() != gocv.MatTypeCV8UC3 || frame.Cols() < 2*gridW || frame.Rows() < 2*gridH {
+		// Not expected from a camera; convert once rather than refuse it.
+		gocv.Resize(frame, &m.small, image.Pt(2*gridW, 2*gridH), 0, 0, gocv.InterpolationLinear)
+		if m.small.Channels() == 1 {
+			gocv.CvtColor(m.small, &m.small, gocv.ColorGrayToBGR)
 		}
-		counts[int(h)*hueBins/180]++
+		src = m.small
 	}
-	n := float64(len(px) / 3)
-	for b, c := range counts {
-		out[b] = float64(c) / n
+	px, err := src.DataPtrUint8()
+	if err != nil || src.Type() != gocv.MatTypeCV8UC3 {
+		return 0, 0, 0
 	}
+	w, h := src.Cols(), src.Rows()
+	stride := 3 * w
+	var sum, sumSq float64
+	for j := range gridH {
+		y := (2*j + 1) * h / (2 * gridH)
+		y = min(y, h-2)
+		for i := range gridW {
+			x := (2*i + 1) * w / (2 * gridW)
+			x = min(x, w-2)
+			o := y*stride + 3*x
+			b := int(px[o]) + int(px[o+3]) + int(px[o+stride]) + int(px[o+stride+3])
+			g := int(px[o+1]) + int(px[o+4]) + int(px[o+stride+1]) + int(px[o+stride+4])
+			r := int(px[o+2]) + int(px[o+5]) + int(px[o+stride+2]) + int(px[o+stride+5])
+			// Sums of four: the grey level and the hue come out of them directly.
+			grey := (0.114*float64(b) + 0.587*float64(g) + 0.299*float64(r)) / 4
+			m.gray[j*gridW+i] = grey
+			sum += grey
+			sumSq += grey * grey
+			m.hue[hueBin(b, g, r)]++
+		}
+	}
+	n := float64(gridW * gridH)
+	brightness = sum / n
+	contrast = math.Sqrt(max(0, sumSq/n-brightness*brightness))
+	// The Laplacian (4-neighbour) on the grid's interior.
+	var lsum, lsq float64
+	for j := 1; j < gridH-1; j++ {
+		for i := 1; i < gridW-1; i++ {
+			k := j*gridW + i
+			l := m.gray[k-1] + m.gray[k+1] + m.gray[k-gridW] + m.gray[k+gridW] - 4*m.gray[k]
+			lsum += l
+			lsq += l * l
+		}
+	}
+	ln := float64((gridW - 2) * (gridH - 2))
+	lmean := lsum / ln
+	sharpness = max(0, lsq/ln-lmean*lmean)
+	return brightness, contrast, sharpness
+}
+
+// hueBin is the hue sector of a colour (channel sums of four pixels), or the grey bin
+// when it is too pale or dark to have one (saturation or value under 40 of 255).
+func hueBin(b, g, r int) int {
+	hi, lo := max(b, g, r), min(b, g, r)
+	if hi < 4*minValue || (hi-lo)*255 < minSaturation*hi {
+		return hueBins
+	}
+	var h float64 // degrees
+	d := float64(hi - lo)
+	switch hi {
+	case r:
+		h = 60 * float64(g-b) / d
+	case g:
+		h = 120 + 60*float64(b-r)/d
+	default:
+		h = 240 + 60*float64(r-g)/d
+	}
+	if h < 0 {
+		h += 360
+	}
+	return min(int(h)*hueBins/360, hueBins-1)
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
