@@ -26,9 +26,9 @@ func bench(args []string, stdout, stderr io.Writer) int {
 			"no detect_fps limit; prints the rates, latencies, pipeline / min(decode, inference) and\n"+
 			"the peak RSS. A file camera is read in a loop as fast as it decodes. It runs a private\n"+
 			"agent (temporary state directory, no actuators, rules or MQTT), so a running daemon is\n"+
-			"not disturbed, though it competes for the CPU. --monitoring then runs the pipeline three\n"+
-			"more times, without drift monitoring, samples and shadow model, with them, without them,\n"+
-			"and prints what they cost.", stderr)
+			"not disturbed, though it competes for the CPU. --monitoring then runs the pipeline four\n"+
+			"more times, without drift monitoring, samples and shadow model, with them twice, without\n"+
+			"them, and prints what they cost.", stderr)
 	camera := fs.String("camera", "", "camera to measure (default the config's first)")
 	seconds := fs.Float64("seconds", 10, "how long each stage is measured")
 	monitoring := fs.Bool("monitoring", false, "also measure the pipeline without drift monitoring, samples and shadow model, and compare")
