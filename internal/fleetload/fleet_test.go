@@ -25,6 +25,7 @@ import (
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
+	"github.com/vigil-edge/vigil/sync/fleet"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -36,6 +37,8 @@ var (
 	flagChunk     = flag.Int("fleet.chunk", 1024, "chunk size of the push, bytes")
 	flagJSON      = flag.String("fleet.json", "", "also write the report as JSON to this file")
 	flagDir       = flag.String("fleet.dir", "", "parent of the devices' state directories (default: a temporary directory)")
+	flagCanary    = flag.String("fleet.canary", "", "push as a staged rollout: canary N or P% first (vigil model push --canary)")
+	flagWave      = flag.String("fleet.wave", "", "with -fleet.canary: waves of N or P% after it (--wave)")
 )
 
 // The small fleet of the ordinary test run: every device goes active and no seq is
@@ -53,7 +56,8 @@ func TestFleetLoad(t *testing.T) {
 	if *flagDevices == 0 {
 		t.Skip("the fleet load test needs -fleet.devices=N (e.g. go test ./internal/fleetload -run FleetLoad -fleet.devices=1000 -timeout 30m -v, or scripts/fleet-load 1000); TestFleetSmall runs a small fleet")
 	}
-	rep := runFleet(t, fleetOptions{devices: *flagDevices, telemetry: *flagTelemetry, window: *flagWindow, chunk: *flagChunk, dir: *flagDir})
+	rep := runFleet(t, fleetOptions{devices: *flagDevices, telemetry: *flagTelemetry, window: *flagWindow, chunk: *flagChunk, dir: *flagDir,
+		canary: *flagCanary, wave: *flagWave})
 	var text strings.Builder
 	rep.WriteText(&text)
 	fmt.Print("\n" + text.String())
@@ -86,6 +90,8 @@ type fleetOptions struct {
 	window    time.Duration
 	chunk     int
 	dir       string
+	// canary and wave make the push a staged rollout (push.Options.Canary, Wave).
+	canary, wave string
 }
 
 // device is one simulated device.
@@ -226,6 +232,7 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 	pushStart := time.Now()
 	res, err := push.Push(context.Background(), next, push.Options{
 		Broker: b.URL, Group: group, ChunkSize: o.chunk, Timeout: 3*time.Minute + time.Duration(n)*30*time.Millisecond,
+		Canary: o.canary, Wave: o.wave,
 		OnState: func(_ string, st deploy.State) {
 			if st.Phase == deploy.PhaseActive {
 				mu.Lock()
@@ -243,6 +250,10 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 	}
 	rep.During = w.end(t, sys)
 	rep.Push.Deployment = res.Deployment
+	rep.Push.Canary, rep.Push.Wave = o.canary, o.wave
+	for _, d := range res.Devices {
+		rep.Push.Waves = max(rep.Push.Waves, d.Wave)
+	}
 	rep.Push.Rejected = map[string]string{}
 	for _, d := range res.Devices {
 		if d.Phase == deploy.PhaseActive {
@@ -290,6 +301,27 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 		if m := d.agent.Status(false).Models; len(m) != 1 || m[0].Version != "1.1.0" {
 			t.Errorf("%s reported active but runs %+v", d.id, m)
 		}
+	}
+
+	// The operator's view: what `vigil fleet status --group` shows, from the retained
+	// messages alone.
+	fleetStart := time.Now()
+	view, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: b.URL, Group: group})
+	rep.FleetStatus.Seconds = time.Since(fleetStart).Seconds()
+	if err != nil {
+		t.Errorf("fleet status: %v", err)
+	}
+	rep.FleetStatus.Devices = len(view)
+	for _, d := range view {
+		if d.State == "online" {
+			rep.FleetStatus.Online++
+		}
+		if d.Deployment != nil && d.Deployment.ID == res.Deployment && d.Deployment.Phase == deploy.PhaseActive {
+			rep.FleetStatus.Active++
+		}
+	}
+	if f := rep.FleetStatus; f.Devices != n || f.Online != n || f.Active != rep.Push.Active {
+		t.Errorf("fleet status lists %d devices, %d online, %d showing the push active; want %d, %d, %d", f.Devices, f.Online, f.Active, n, n, rep.Push.Active)
 	}
 
 	// The broker's view at its fullest, before the devices go.

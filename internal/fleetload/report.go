@@ -1,6 +1,7 @@
 package fleetload
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -20,6 +21,9 @@ type Report struct {
 	OnlineS float64 `json:"online_s"`
 
 	Push Push `json:"push"`
+	// FleetStatus is `vigil fleet status --group` (sync/fleet.Snapshot) right after the
+	// push: how long one look at the whole group takes, and what it shows.
+	FleetStatus FleetStatus `json:"fleet_status"`
 
 	// Steady is a window without a push: telemetry and rule events only.
 	Steady Traffic `json:"steady"`
@@ -39,10 +43,15 @@ type Bundle struct {
 
 // Push is the group push's outcome.
 type Push struct {
-	Deployment string            `json:"deployment"`
-	TookS      float64           `json:"took_s"` // push.Push called until it returned
-	Active     int               `json:"active"`
-	Rejected   map[string]string `json:"rejected,omitempty"` // device -> reason (also rolled back, no answer)
+	Deployment string `json:"deployment"`
+	// Canary and Wave are the staged rollout's options ("": one group push); Waves how
+	// many waves it made.
+	Canary   string            `json:"canary,omitempty"`
+	Wave     string            `json:"wave,omitempty"`
+	Waves    int               `json:"waves,omitempty"`
+	TookS    float64           `json:"took_s"` // push.Push called until it returned
+	Active   int               `json:"active"`
+	Rejected map[string]string `json:"rejected,omitempty"` // device -> reason (also rolled back, no answer)
 	// Time from the push's start until a device reported active: quantiles.
 	ActiveP50S float64 `json:"active_p50_s"`
 	ActiveP90S float64 `json:"active_p90_s"`
@@ -55,6 +64,14 @@ type Push struct {
 	// Phases: p50 and max seconds from the push's start until devices recorded each
 	// phase (received, downloading, verifying, staging, warming, active).
 	Phases map[string][2]float64 `json:"phases_p50_max_s"`
+}
+
+// FleetStatus is one snapshot of the group's retained statuses.
+type FleetStatus struct {
+	Seconds float64 `json:"seconds"`
+	Devices int     `json:"devices"` // listed
+	Online  int     `json:"online"`
+	Active  int     `json:"active"` // showing the push's deployment active
 }
 
 // Traffic is the broker's and the process's load over a window.
@@ -120,6 +137,9 @@ func (r *Report) WriteText(w io.Writer) {
 	p("  start:   %.1fs to create and start every agent, %.1fs until every device was online", r.StartS, r.OnlineS)
 	p("  push:    %d-byte bundle in %d chunks of %d bytes to group of %d: %d active in %.1fs (per device p50 %.1fs, p90 %.1fs, max %.1fs)",
 		r.Bundle.Bytes, r.Bundle.Chunks, r.Bundle.ChunkSize, r.Devices, r.Push.Active, r.Push.TookS, r.Push.ActiveP50S, r.Push.ActiveP90S, r.Push.ActiveMaxS)
+	if r.Push.Canary != "" {
+		p("           staged: --canary %s --wave %s, %d waves", r.Push.Canary, cmp.Or(r.Push.Wave, "(the rest)"), r.Push.Waves)
+	}
 	p("           by the devices' events: active p50 %.1fs, p90 %.1fs, max %.1fs", r.Push.DeviceActiveP50S, r.Push.DeviceActiveP90S, r.Push.DeviceActiveMaxS)
 	for _, ph := range []string{"received", "downloading", "verifying", "staging", "warming", "active"} {
 		if v, ok := r.Push.Phases[ph]; ok {
@@ -138,6 +158,8 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		p("           %s: %s", d, r.Push.Rejected[d])
 	}
+	f := r.FleetStatus
+	p("  fleet status: %d devices listed in %.2fs, %d online, %d showing the push active", f.Devices, f.Seconds, f.Online, f.Active)
 	for _, t := range []struct {
 		name string
 		tr   Traffic
