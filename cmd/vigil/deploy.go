@@ -162,7 +162,8 @@ Publishes a signed bundle (see 'vigil model sign') to a device or to every devic
 group (those whose retained <prefix>/<device>/status says "group": NAME), retained at
 QoS 1: the archive in chunks, then the deployment manifest. Then waits for each
 device's final phase (active, rejected, rolled_back) on its retained models/state,
-prints a table (device, phase, version, reason) and clears the retained messages.
+prints a table (device, phase, version, reason) and clears the retained messages. A
+group's devices offline when the push starts are listed as skipped, not waited for.
 --rollback instead asks the devices to return to their previous bundle.
 
 --shadow delivers the bundle the same way, but the devices run it in shadow beside

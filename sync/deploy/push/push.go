@@ -127,15 +127,17 @@ func (r *Result) OK() bool {
 	if r.Staged {
 		return r.Stopped == "" && r.attempted() > 0 && r.Failures() <= r.MaxFailures
 	}
-	if len(r.Devices) == 0 {
-		return false
-	}
+	reached := 0
 	for _, d := range r.Devices {
-		if d.Phase != r.Success {
+		switch {
+		case d.Skipped: // offline when the push started: listed, not a failure
+		case d.Phase != r.Success:
 			return false
+		default:
+			reached++
 		}
 	}
-	return true
+	return reached > 0
 }
 
 // Failures counts the devices attempted that did not reach the success phase.
@@ -269,6 +271,23 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 	if err := s.discover(ctx); err != nil {
 		return nil, fmt.Errorf("push: %w", err)
 	}
+	var skipped []PlannedDevice
+	if target.Group != "" {
+		// A group's devices offline now are not waited for (one powered-off device must
+		// not hold the push for its whole timeout); one that comes back while the
+		// others are at it takes the retained manifest and joins.
+		plan, err := s.plan(b)
+		if err != nil {
+			return nil, err
+		}
+		skipped = plan.Skipped
+		s.mu.Lock()
+		s.wave, s.late = map[string]bool{}, true
+		for _, dev := range plan.Waves[0].Devices {
+			s.wave[dev.Device] = true
+		}
+		s.mu.Unlock()
+	}
 
 	// From here on retained messages may be on the broker: clear them whatever happens.
 	d := &delivery{s: s, b: b, targets: []deploy.Target{target}}
@@ -276,6 +295,12 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 		return nil, errors.Join(fmt.Errorf("push: %w", err), d.clear())
 	}
 	res.Devices = s.wait(ctx, func(ctx context.Context) error { return d.publish(ctx, nil) })
+	for _, dev := range skipped {
+		if !slices.ContainsFunc(res.Devices, func(r DeviceResult) bool { return r.Device == dev.Device }) {
+			res.Devices = append(res.Devices, DeviceResult{Device: dev.Device, Skipped: true, Reason: "offline when the push started"})
+		}
+	}
+	slices.SortFunc(res.Devices, func(a, b DeviceResult) int { return strings.Compare(a.Device, b.Device) })
 	return res, d.clear()
 }
 
@@ -726,7 +751,7 @@ func (s *session) onStatus(_ paho.Client, msg paho.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, known := s.devices[device]
-	// The offline will carries no group: a device stays known once it was.
+	// A device stays known once it was, whatever its group says later.
 	if known || (s.target.Group != "" && st.Group == s.target.Group) {
 		s.devices[device] = st.State
 		for _, m := range st.Models {

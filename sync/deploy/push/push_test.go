@@ -263,6 +263,36 @@ func TestPushToGroup(t *testing.T) {
 	}
 }
 
+// A group's device whose retained status is offline (its last will, or a clean stop)
+// is listed as skipped and not waited for: one powered-off device does not hold the
+// push for its timeout, and does not make it fail. A group with none online is refused.
+func TestPushToGroupSkipsOfflineDevices(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	bundle, key := signedBundle(t)
+	startDevice(t, b, "cam-a", "line-3", []string{key})
+	announce(t, b, "cam-z", `{"state":"offline","group":"line-3","version":"1.0.0"}`)
+	o := opts(b)
+	o.Group, o.Timeout = "line-3", 5*time.Minute
+	res, err := push.Push(context.Background(), bundle, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Devices) != 2 || res.Devices[0].Phase != deploy.PhaseActive || !res.OK() {
+		t.Fatalf("rows %+v, OK %v", res.Devices, res.OK())
+	}
+	if z := res.Devices[1]; z.Device != "cam-z" || !z.Skipped || !strings.Contains(z.Reason, "offline when the push started") {
+		t.Errorf("offline device row %+v", z)
+	}
+
+	b2 := brokertest.Start(t, brokertest.Options{})
+	announce(t, b2, "cam-y", `{"state":"offline","group":"line-9"}`)
+	o = opts(b2)
+	o.Group = "line-9"
+	if res, err := push.Push(context.Background(), bundle, o); err == nil || !strings.Contains(err.Error(), "no device of group line-9 is online") {
+		t.Errorf("push to a group all offline: %+v, %v", res, err)
+	}
+}
+
 func TestPushToEmptyGroup(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Options{})
 	bundle, key := signedBundle(t)

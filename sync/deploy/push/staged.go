@@ -34,8 +34,9 @@ package push
 //
 // A device whose retained status says offline when the rollout is planned is listed
 // as skipped and not waited for; so is one that went offline by the time its wave
-// starts. (The agent's offline will carries no group, so a device whose last status
-// is that will is not found as a member of the group at all.) A device that comes
+// starts (an agent's offline status, last will or clean stop, names its group; that of
+// agents before fleet status did not, and such a device is not found at all). An
+// unstaged group push does the same with its one wave. A device that comes
 // online, or joins the group, while the last wave is out takes that wave's group
 // manifest like any member of the group: it joins the wave when it reports the
 // deployment, and its row shows what it did.
@@ -206,8 +207,8 @@ func (s *session) plan(b *built) (*Plan, error) {
 	}
 	s.mu.Unlock()
 	slices.SortFunc(all, func(a, b PlannedDevice) int { return strings.Compare(a.Device, b.Device) })
-	if !p.Staged {
-		// One wave on the target's topics, waiting for every device found.
+	if s.target.Device != "" {
+		// One device, named: waited for even while offline (it may come back).
 		p.Waves = []Wave{{Devices: all}}
 		return p, nil
 	}
@@ -221,6 +222,11 @@ func (s *session) plan(b *built) (*Plan, error) {
 	}
 	if len(online) == 0 {
 		return nil, fmt.Errorf("push: no device of group %s is online (%d offline)", s.opts.Group, len(p.Skipped))
+	}
+	if !p.Staged {
+		// One wave on the group's topics, waiting for the devices online.
+		p.Waves = []Wave{{Devices: online}}
+		return p, nil
 	}
 	var canary, rest []PlannedDevice
 	if len(s.opts.CanaryDevices) > 0 {
