@@ -85,7 +85,11 @@ type Agent struct {
 
 	// Run's group, for the parts a reload starts; runMu serialises reloads with Run's
 	// start and guards these.
-	runMu      sync.Mutex
+	runMu sync.Mutex
+	// modelsMu is held by Reload while it replaces models and by a deployment while it
+	// changes one (deployer.commit), so that a deployment never lands on a model a
+	// reload has just retired.
+	modelsMu   sync.Mutex
 	group      *errgroup.Group
 	groupCtx   context.Context
 	logBase    *slog.Logger                 // the logger Options gave
@@ -573,11 +577,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, name := range p.inOrder {
 		a.startInput(p.inputs[name])
 	}
-	if p.link != nil {
-		a.startLink(p.link, p.deployer)
-	}
+	// Shadows before the deployer, which may replace one.
 	for _, name := range p.modOrder {
 		a.startShadow(p.models[name])
+	}
+	if p.link != nil {
+		a.startLink(p.link, p.deployer)
 	}
 	a.runMu.Unlock()
 	close(a.running)

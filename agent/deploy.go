@@ -438,36 +438,55 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 	switch m.Action {
 	case deploy.ActionRollback:
 		// A rollback ends in rolled_back when it worked, rejected when it could not.
-		dir, err := d.store.Rollback(m.Model)
+		st, err := d.store.State(m.Model)
+		if err == nil && st.Active == "" && st.Previous == "" {
+			err = fmt.Errorf("model %s has no previous bundle to roll back to", m.Model)
+		}
 		if err != nil {
 			d.finish(f, deploy.PhaseRejected, fmt.Errorf("rollback: %w", err), "")
 			return
 		}
-		if dir == "" {
-			dir = mod.configured
+		dir := mod.configured
+		if st.Previous != "" {
+			dir = filepath.Join(d.store.Root(), m.Model, st.Previous)
 		}
 		next, err := d.warm(ctx, f, mod, dir)
 		if err != nil {
-			d.store.Rollback(m.Model) // back to what runs
 			d.finish(f, deploy.PhaseRejected, fmt.Errorf("rollback: %w", err), "")
 			return
 		}
-		retire(d.swap(mod, next)) // rollbacks are not watched: nothing to return to
+		err = d.commit(m.Model, mod, func() error {
+			if _, err := d.store.Rollback(m.Model); err != nil {
+				return err
+			}
+			retire(d.swap(mod, next)) // rollbacks are not watched: nothing to return to
+			return nil
+		})
+		if err != nil {
+			next.detector.Close()
+			d.finish(f, deploy.PhaseRejected, fmt.Errorf("rollback: %w", err), "")
+			return
+		}
 		d.finish(f, deploy.PhaseRolledBack, nil, next.detector.Manifest().Version)
 		return
 	case deploy.ActionPromote:
 		d.promote(ctx, f, mod)
 		return
 	case deploy.ActionDiscard:
-		if _, _, ok := d.store.Shadow(m.Model); !ok {
-			d.finish(f, deploy.PhaseRejected, fmt.Errorf("model %s has no pushed shadow candidate to discard", m.Model), "")
-			return
-		}
-		if err := d.store.ClearShadow(m.Model); err != nil {
+		err := d.commit(m.Model, mod, func() error {
+			if _, _, ok := d.store.Shadow(m.Model); !ok {
+				return fmt.Errorf("model %s has no pushed shadow candidate to discard", m.Model)
+			}
+			if err := d.store.ClearShadow(m.Model); err != nil {
+				return err
+			}
+			d.a.setShadow(mod, d.a.configShadow(mod.cfg))
+			return nil
+		})
+		if err != nil {
 			d.finish(f, deploy.PhaseRejected, err, "")
 			return
 		}
-		d.a.setShadow(mod, d.a.configShadow(mod.cfg))
 		d.finish(f, deploy.PhaseDiscarded, nil, "")
 		return
 	}
@@ -495,27 +514,58 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 		return
 	}
 	if m.Action == deploy.ActionShadow {
-		if err := d.store.SetShadow(m.Model, dir, m.Deployment); err != nil {
+		err := d.commit(m.Model, mod, func() error {
+			if err := d.store.SetShadow(m.Model, dir, m.Deployment); err != nil {
+				return err
+			}
+			sh := newShadow(next.detector, dir, mod.cfg.Shadow.Every)
+			sh.deployment = m.Deployment
+			d.a.setShadow(mod, sh)
+			return nil
+		})
+		if err != nil {
 			next.detector.Close()
 			d.store.Discard(m.Model, dir)
 			d.finish(f, deploy.PhaseRejected, err, "")
 			return
 		}
-		sh := newShadow(next.detector, dir, mod.cfg.Shadow.Every)
-		sh.deployment = m.Deployment
-		d.a.setShadow(mod, sh)
 		d.finish(f, deploy.PhaseShadowing, nil, m.Bundle.Version)
 		return
 	}
 	next.deployment = m.Deployment
-	if err := d.store.Activate(m.Model, dir); err != nil {
+	var prev *loaded
+	err = d.commit(m.Model, mod, func() error {
+		if err := d.store.Activate(m.Model, dir); err != nil {
+			return fmt.Errorf("activate: %w", err)
+		}
+		prev = d.swap(mod, next)
+		return nil
+	})
+	if err != nil {
 		next.detector.Close()
-		d.finish(f, deploy.PhaseRolledBack, fmt.Errorf("activate: %w", err), "")
+		d.store.Discard(m.Model, dir)
+		d.finish(f, deploy.PhaseRejected, err, "")
 		return
 	}
-	prev := d.swap(mod, next)
 	d.finish(f, deploy.PhaseActive, nil, m.Bundle.Version)
 	d.watch(ctx, f, mod, prev, next)
+}
+
+// errReloaded is why a deployment that finished its warm-up after a reload replaced
+// its model changes nothing: what it loaded follows the old model's settings.
+var errReloaded = errors.New("the model's config was reloaded during the deployment; nothing changed, push again")
+
+// commit runs change, the part of a deployment that changes the model and the store,
+// unless a reload replaced the model since mod was looked up: then nothing changes and
+// the error says so. Reload holds modelsMu while it replaces models, so a deployment
+// cannot land on a model that no camera uses any more.
+func (d *deployer) commit(name string, mod *model, change func() error) error {
+	d.a.modelsMu.Lock()
+	defer d.a.modelsMu.Unlock()
+	if d.a.parts().models[name] != mod {
+		return errReloaded
+	}
+	return change()
 }
 
 // promote swaps in the model's pushed shadow candidate, as a deployment of it would be:
@@ -534,16 +584,23 @@ func (d *deployer) promote(ctx context.Context, f *inflight, mod *model) {
 		return
 	}
 	next.deployment = shadowed
-	if err := d.store.Activate(name, dir); err != nil {
+	var prev *loaded
+	err = d.commit(name, mod, func() error {
+		if err := d.store.Activate(name, dir); err != nil {
+			return fmt.Errorf("activate: %w", err)
+		}
+		if err := d.store.ClearShadow(name); err != nil {
+			d.logger.Error("promoted, but the store still names the shadow", "model", name, "err", err)
+		}
+		d.a.setShadow(mod, d.a.configShadow(mod.cfg))
+		prev = d.swap(mod, next)
+		return nil
+	})
+	if err != nil {
 		next.detector.Close()
-		d.finish(f, deploy.PhaseRejected, fmt.Errorf("promote: activate: %w", err), "")
+		d.finish(f, deploy.PhaseRejected, fmt.Errorf("promote: %w", err), "")
 		return
 	}
-	if err := d.store.ClearShadow(name); err != nil {
-		d.logger.Error("promoted, but the store still names the shadow", "model", name, "err", err)
-	}
-	d.a.setShadow(mod, d.a.configShadow(mod.cfg))
-	prev := d.swap(mod, next)
 	d.finish(f, deploy.PhaseActive, nil, next.detector.Manifest().Version)
 	d.watch(ctx, f, mod, prev, next)
 }
@@ -747,9 +804,15 @@ func (d *deployer) watch(ctx context.Context, f *inflight, mod *model, prev, nex
 		if problem == nil {
 			continue
 		}
-		mod.running.Store(prev)
-		if _, err := d.store.Revert(mod.name); err != nil {
-			d.logger.Error("rollback: the store still names the new bundle", "err", err)
+		err := d.commit(mod.name, mod, func() error {
+			mod.running.Store(prev)
+			if _, err := d.store.Revert(mod.name); err != nil {
+				d.logger.Error("rollback: the store still names the new bundle", "err", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return // a reload replaced the model: its new one runs what the store says
 		}
 		d.store.Record(mod.name, f.m, deploy.PhaseRolledBack, problem.Error())
 		st := d.stateOf(f, deploy.PhaseRolledBack, problem)

@@ -211,7 +211,15 @@ func (a *Agent) Reload(next *config.Config) (ReloadResult, error) {
 		}
 	}
 
-	// Models: an unchanged one keeps running (and what a deployment put in it).
+	// Models: an unchanged one keeps running (and what a deployment put in it). A
+	// deployment finishing meanwhile waits (deployer.commit) and then sees the new ones.
+	a.modelsMu.Lock()
+	modelsLocked := true
+	defer func() {
+		if modelsLocked {
+			a.modelsMu.Unlock()
+		}
+	}()
 	for _, mc := range merged.Models {
 		if cur, ok := old.models[mc.Name]; ok && reflect.DeepEqual(cur.cfg, mc) {
 			np.models[mc.Name] = cur
@@ -273,6 +281,8 @@ func (a *Agent) Reload(next *config.Config) (ReloadResult, error) {
 
 	// Swap: from here the pipelines, the API and the status page see the new parts.
 	a.cur.Store(np)
+	a.modelsMu.Unlock()
+	modelsLocked = false
 	for _, cam := range np.cameras {
 		if cam.stop == nil {
 			a.startCamera(cam)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,5 +152,59 @@ func TestShadowDeployment(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("the discarded bundle %s is still on disk: %v", dir, err)
+	}
+}
+
+// A reload that replaces a model while a deployment of it warms up: what the deployment
+// loaded follows the old model's settings, so it must change nothing (rejected, with
+// why) rather than land on the retired model, where no camera would use it and nothing
+// would ever close it. For a push and for a shadow push.
+func TestDeploymentDuringReloadChangesNothing(t *testing.T) {
+	for _, shadowPush := range []bool{false, true} {
+		name := "push"
+		if shadowPush {
+			name = "shadow push"
+		}
+		t.Run(name, func(t *testing.T) {
+			b := brokertest.Start(t, brokertest.Options{})
+			pub, priv, _ := deploy.GenerateKey()
+			cfg := deployConfig(t, t.TempDir(), b.URL, pub)
+			cfg.Deploy.WarmupRuns, cfg.Deploy.WarmupBudget = 150, 10*time.Second // warm-up outlasts the reload
+			r := start(t, cfg)
+			waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
+			retired := r.agent.parts().models["default"]
+
+			next := *cfg
+			next.Models = slices.Clone(cfg.Models)
+			next.Models[0].Threads++
+			reloaded := make(chan error, 1)
+			var once sync.Once
+			res, err := push.Push(context.Background(), testBundle(t, "0.3.0", priv, nil), push.Options{
+				Broker: b.URL, Device: "test-01", Timeout: time.Minute, Shadow: shadowPush,
+				OnState: func(_ string, st deploy.State) {
+					if st.Phase == deploy.PhaseWarming {
+						once.Do(func() { go func() { _, err := r.agent.Reload(&next); reloaded <- err }() })
+					}
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-reloaded; err != nil {
+				t.Fatal(err)
+			}
+			if d := res.Devices[0]; d.Phase != deploy.PhaseRejected || !strings.Contains(d.Reason, "reloaded during the deployment") {
+				t.Errorf("deployment during a reload: %+v", d)
+			}
+			if retired.shadow.Load() != nil || retired == r.agent.parts().models["default"] {
+				t.Error("the candidate went to the retired model")
+			}
+			if _, _, ok := r.agent.store.Shadow("default"); ok || r.agent.parts().models["default"].shadow.Load() != nil {
+				t.Error("a rejected shadow push left a shadow")
+			}
+			if _, ok := r.agent.store.Active("default"); ok || runningVersion(r) != "0.1.1" {
+				t.Errorf("a rejected push changed the model: running %s", runningVersion(r))
+			}
+		})
 	}
 }

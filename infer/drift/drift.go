@@ -256,8 +256,11 @@ func (m *Monitor) grid(frame gocv.Mat) (brightness, contrast, sharpness float64)
 	if !frame.IsContinuous() || frame.Type() != gocv.MatTypeCV8UC3 || frame.Cols() < 2*gridW || frame.Rows() < 2*gridH {
 		// Not expected from a camera; convert once rather than refuse it.
 		gocv.Resize(frame, &m.small, image.Pt(2*gridW, 2*gridH), 0, 0, gocv.InterpolationLinear)
-		if m.small.Channels() == 1 {
+		switch m.small.Channels() {
+		case 1:
 			gocv.CvtColor(m.small, &m.small, gocv.ColorGrayToBGR)
+		case 4:
+			gocv.CvtColor(m.small, &m.small, gocv.ColorBGRAToBGR)
 		}
 		src = m.small
 	}

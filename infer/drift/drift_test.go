@@ -3,6 +3,7 @@ package drift
 import (
 	"context"
 	"image"
+	"math"
 	"path/filepath"
 	"testing"
 
@@ -184,5 +185,32 @@ func BenchmarkObserve(b *testing.B) {
 	defer frame.Close()
 	for b.Loop() {
 		m.Observe(frame, nil)
+	}
+}
+
+// Frames of any size and layout are read: odd sizes, grey, BGRA, too small for the
+// grid, a view into a larger frame (not continuous). A uniform grey frame of level 100
+// has brightness 100, no contrast, no sharpness and no hue.
+func TestGridReadsAnyFrame(t *testing.T) {
+	m := New(Options{Every: 1, Baseline: 10, Window: 10, Threshold: 0.25, Clear: 0.1})
+	defer m.Close()
+	big := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(100, 100, 100, 0), 480, 640, gocv.MatTypeCV8UC3)
+	defer big.Close()
+	view := big.Region(image.Rect(3, 5, 503, 405))
+	defer view.Close()
+	for name, frame := range map[string]gocv.Mat{
+		"odd size":  gocv.NewMatWithSizeFromScalar(gocv.NewScalar(100, 100, 100, 0), 1081, 1921, gocv.MatTypeCV8UC3),
+		"grey":      gocv.NewMatWithSizeFromScalar(gocv.NewScalar(100, 0, 0, 0), 240, 320, gocv.MatTypeCV8UC1),
+		"bgra":      gocv.NewMatWithSizeFromScalar(gocv.NewScalar(100, 100, 100, 255), 240, 320, gocv.MatTypeCV8UC4),
+		"too small": gocv.NewMatWithSizeFromScalar(gocv.NewScalar(100, 100, 100, 0), 40, 60, gocv.MatTypeCV8UC3),
+		"view":      view,
+	} {
+		b, c, s := m.grid(frame)
+		if math.Abs(b-100) > 0.5 || c > 0.5 || s > 0.5 || m.hue[hueBins] != gridW*gridH {
+			t.Errorf("%s: brightness %.2f, contrast %.2f, sharpness %.2f, grey cells %d of %d", name, b, c, s, m.hue[hueBins], gridW*gridH)
+		}
+		if name != "view" {
+			frame.Close()
+		}
 	}
 }

@@ -428,20 +428,18 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 		}
 		return fmt.Errorf("connect to %s: %w", redactAll(l.opts.Brokers)[0], err)
 	}
-	l.mu.Lock()
-	// LastError stays until the broker acknowledges a message: a broker that accepts
-	// the connection and then drops it on every publish is not healthy.
-	l.state.State, l.state.Broker = StateConnected, l.attempted
-	l.state.Connects++
-	broker := l.attempted
-	l.mu.Unlock()
-	l.logger.Info("mqtt connected", "broker", broker)
-
 	if err := wait(ctx, client.Publish(l.Topic("status"), 1, true, onlineJSON), l.opts.ConnectTimeout); err != nil {
 		client.Disconnect(0)
 		return fmt.Errorf("publish online status: %w", err)
 	}
 	l.mu.Lock()
+	// Connected only now that Retain publishes on this client: a status refresh that
+	// sees the new connection must not be kept back until the next one.
+	// LastError stays until the broker acknowledges a message: a broker that accepts
+	// the connection and then drops it on every publish is not healthy.
+	l.state.State, l.state.Broker = StateConnected, l.attempted
+	l.state.Connects++
+	l.logger.Info("mqtt connected", "broker", l.attempted)
 	l.client = client
 	clear(l.failedSubs)
 	clear(l.failedPubs)
