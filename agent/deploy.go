@@ -513,8 +513,11 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 		d.finish(f, phase, err, "")
 		return
 	}
-	if m.Action == deploy.ActionShadow {
-		err := d.commit(m.Model, mod, func() error {
+	next.deployment = m.Deployment
+	var prev *loaded
+	err = d.commit(m.Model, mod, func() error {
+		if m.Action == deploy.ActionShadow {
+			// Beside the model, not instead of it.
 			if err := d.store.SetShadow(m.Model, dir, m.Deployment); err != nil {
 				return err
 			}
@@ -522,19 +525,7 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 			sh.deployment = m.Deployment
 			d.a.setShadow(mod, sh)
 			return nil
-		})
-		if err != nil {
-			next.detector.Close()
-			d.store.Discard(m.Model, dir)
-			d.finish(f, deploy.PhaseRejected, err, "")
-			return
 		}
-		d.finish(f, deploy.PhaseShadowing, nil, m.Bundle.Version)
-		return
-	}
-	next.deployment = m.Deployment
-	var prev *loaded
-	err = d.commit(m.Model, mod, func() error {
 		if err := d.store.Activate(m.Model, dir); err != nil {
 			return fmt.Errorf("activate: %w", err)
 		}
@@ -545,6 +536,10 @@ func (d *deployer) process(ctx context.Context, f *inflight) {
 		next.detector.Close()
 		d.store.Discard(m.Model, dir)
 		d.finish(f, deploy.PhaseRejected, err, "")
+		return
+	}
+	if m.Action == deploy.ActionShadow {
+		d.finish(f, deploy.PhaseShadowing, nil, m.Bundle.Version)
 		return
 	}
 	d.finish(f, deploy.PhaseActive, nil, m.Bundle.Version)
