@@ -3,14 +3,13 @@ package agent
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/internal/tlsconf"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 )
 
@@ -34,25 +33,11 @@ func clientTLS(caFile, certFile, keyFile, serverName string) (*tls.Config, error
 	if caFile == "" && certFile == "" && serverName == "" {
 		return nil, nil
 	}
-	c := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mqtt.ca_file %s: no PEM certificate in it", caFile)
-		}
-		c.RootCAs = pool
+	c, err := tlsconf.Client(caFile, certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.ca_file, cert_file, key_file: %w", err)
 	}
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.cert_file/key_file: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
+	c.ServerName = serverName
 	return c, nil
 }
 

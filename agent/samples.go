@@ -3,17 +3,16 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/tlsconf"
 	"github.com/vigil-edge/vigil/sync/upload"
 )
 
@@ -138,15 +137,10 @@ func (a *Agent) uploadTarget(u *sampleUploader) upload.Target {
 func newHTTPSender(c config.SamplesUpload, device string) (*upload.HTTP, error) {
 	var tlsConfig *tls.Config
 	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
+		var err error
+		if tlsConfig, err = tlsconf.Client(c.CAFile, "", ""); err != nil {
 			return nil, fmt.Errorf("samples.upload.ca_file: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("samples.upload.ca_file %s: no PEM certificate in it", c.CAFile)
-		}
-		tlsConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	s, err := upload.NewHTTP(upload.HTTPOptions{URL: c.URL, Device: device, Token: c.Token, TLS: tlsConfig})
 	if err != nil {

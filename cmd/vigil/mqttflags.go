@@ -3,9 +3,10 @@ package main
 import (
 	"crypto/tls"
 	"flag"
+	"fmt"
 	"os"
 
-	"github.com/vigil-edge/vigil/sync/deploy/push"
+	"github.com/vigil-edge/vigil/internal/tlsconf"
 )
 
 // brokerFlags are the flags of an operator command that talks to the devices' broker:
@@ -40,5 +41,9 @@ func (b *brokerFlags) resolve() (*tls.Config, error) {
 	if b.caFile == "" && b.certFile == "" && b.keyFile == "" {
 		return nil, nil
 	}
-	return push.TLSConfig(b.caFile, b.certFile, b.keyFile)
+	c, err := tlsconf.Client(b.caFile, b.certFile, b.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-file, --cert-file, --key-file: %w", err)
+	}
+	return c, nil
 }
