@@ -12,45 +12,28 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/onnxbuild"
 )
 
 // Small ONNX models written field by field (field numbers from onnx/onnx.proto).
 
-type pb []byte
+type pb = onnxbuild.Message
 
-func (m pb) varint(num protowire.Number, v uint64) pb {
-	return protowire.AppendVarint(protowire.AppendTag(m, num, protowire.VarintType), v)
-}
-
-func (m pb) bytes(num protowire.Number, b []byte) pb {
-	return protowire.AppendBytes(protowire.AppendTag(m, num, protowire.BytesType), b)
-}
-
-func (m pb) str(num protowire.Number, s string) pb { return m.bytes(num, []byte(s)) }
-
-// floatValue is a ValueInfoProto: a float32 tensor of the given shape.
-func floatValue(name string, dims ...uint64) pb {
-	var shape pb
-	for _, d := range dims {
-		shape = shape.bytes(1, pb(nil).varint(1, d))
-	}
-	tensor := pb(nil).varint(1, 1).bytes(2, shape)
-	return pb(nil).str(1, name).bytes(2, pb(nil).bytes(1, tensor))
-}
+var floatValue = onnxbuild.FloatTensor
 
 // onnxFile is a model with one input x [1 4] and the given nodes and outputs.
 func onnxFile(t *testing.T, nodes []pb, outputs ...pb) string {
 	graph := pb(nil)
 	for _, n := range nodes {
-		graph = graph.bytes(1, n)
+		graph = graph.Bytes(1, n)
 	}
-	graph = graph.str(2, "test").bytes(11, floatValue("x", 1, 4))
+	graph = graph.String(2, "test").Bytes(11, floatValue("x", 1, 4))
 	for _, o := range outputs {
-		graph = graph.bytes(12, o)
+		graph = graph.Bytes(12, o)
 	}
-	model := pb(nil).varint(1, 7).str(2, "vigil-test").
-		bytes(7, graph).
-		bytes(8, pb(nil).str(1, "").varint(2, 12))
+	model := pb(nil).Varint(1, 7).String(2, "vigil-test").
+		Bytes(7, graph).
+		Bytes(8, pb(nil).String(1, "").Varint(2, 12))
 	path := filepath.Join(t.TempDir(), "model.onnx")
 	if err := os.WriteFile(path, model, 0o644); err != nil {
 		t.Fatal(err)
@@ -59,7 +42,7 @@ func onnxFile(t *testing.T, nodes []pb, outputs ...pb) string {
 }
 
 func node(op, in, out string) pb {
-	return pb(nil).str(1, in).str(2, out).str(3, out).str(4, op)
+	return pb(nil).String(1, in).String(2, out).String(3, out).String(4, op)
 }
 
 // A real model with an operator OpenCV 4.6 lacks is an error naming the operator,
@@ -77,11 +60,11 @@ func TestLoadRejectsUnknownOperator(t *testing.T) {
 func badReshape(t *testing.T) string {
 	packed := protowire.AppendVarint(protowire.AppendVarint(nil, 3), 3)
 	// TensorProto: dims [2], data_type INT64, int64_data [3 3], name.
-	shape := pb(nil).varint(1, 2).varint(2, 7).bytes(7, packed).str(8, "shape")
-	reshape := pb(nil).str(1, "x").str(1, "shape").str(2, "y").str(3, "y").str(4, "Reshape")
-	graph := pb(nil).bytes(1, reshape).str(2, "g").bytes(5, shape).
-		bytes(11, floatValue("x", 1, 4)).bytes(12, floatValue("y", 3, 3))
-	model := pb(nil).varint(1, 7).bytes(7, graph).bytes(8, pb(nil).str(1, "").varint(2, 12))
+	shape := pb(nil).Varint(1, 2).Varint(2, 7).Bytes(7, packed).String(8, "shape")
+	reshape := pb(nil).String(1, "x").String(1, "shape").String(2, "y").String(3, "y").String(4, "Reshape")
+	graph := pb(nil).Bytes(1, reshape).String(2, "g").Bytes(5, shape).
+		Bytes(11, floatValue("x", 1, 4)).Bytes(12, floatValue("y", 3, 3))
+	model := pb(nil).Varint(1, 7).Bytes(7, graph).Bytes(8, pb(nil).String(1, "").Varint(2, 12))
 	path := filepath.Join(t.TempDir(), "reshape.onnx")
 	if err := os.WriteFile(path, model, 0o644); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/vigil-edge/vigil/internal/onnxbuild"
 )
 
 // The bundle a simulated device runs: a classifier whose "scores" are the mean of each
@@ -22,42 +22,19 @@ const (
 // Labels are the model's classes, one per input channel (RGB order).
 var Labels = []string{"red", "green", "blue"}
 
-// pb builds protobuf messages field by field (field numbers from onnx/onnx.proto).
-type pb []byte
-
-func (m pb) varint(num protowire.Number, v uint64) pb {
-	return protowire.AppendVarint(protowire.AppendTag(m, num, protowire.VarintType), v)
-}
-
-func (m pb) bytes(num protowire.Number, b []byte) pb {
-	return protowire.AppendBytes(protowire.AppendTag(m, num, protowire.BytesType), b)
-}
-
-func (m pb) str(num protowire.Number, s string) pb { return m.bytes(num, []byte(s)) }
-
-// floatTensor is a ValueInfoProto: a float32 tensor of the given shape.
-func floatTensor(name string, dims ...uint64) pb {
-	var shape pb
-	for _, d := range dims {
-		shape = shape.bytes(1, pb(nil).varint(1, d)) // TensorShapeProto.dim.dim_value
-	}
-	tensor := pb(nil).varint(1, 1).bytes(2, shape) // elem_type FLOAT, shape
-	return pb(nil).str(1, name).bytes(2, pb(nil).bytes(1, tensor))
-}
-
 // MeanColourONNX is the model file: x [1 3 S S] -> ReduceMean(axes [2 3], keepdims 0)
 // -> scores [1 3], opset 13.
 func MeanColourONNX() []byte {
 	const attrINT, attrINTS = 2, 7
-	axes := pb(nil).str(1, "axes").varint(8, 2).varint(8, 3).varint(20, attrINTS)
-	keep := pb(nil).str(1, "keepdims").varint(3, 0).varint(20, attrINT)
-	node := pb(nil).str(1, "x").str(2, "scores").str(3, "mean").str(4, "ReduceMean").bytes(5, axes).bytes(5, keep)
-	graph := pb(nil).bytes(1, node).str(2, "mean-colour").
-		bytes(11, floatTensor("x", 1, 3, ModelSize, ModelSize)).
-		bytes(12, floatTensor("scores", 1, uint64(len(Labels))))
+	axes := onnxbuild.Message(nil).String(1, "axes").Varint(8, 2).Varint(8, 3).Varint(20, attrINTS)
+	keep := onnxbuild.Message(nil).String(1, "keepdims").Varint(3, 0).Varint(20, attrINT)
+	node := onnxbuild.Message(nil).String(1, "x").String(2, "scores").String(3, "mean").String(4, "ReduceMean").Bytes(5, axes).Bytes(5, keep)
+	graph := onnxbuild.Message(nil).Bytes(1, node).String(2, "mean-colour").
+		Bytes(11, onnxbuild.FloatTensor("x", 1, 3, ModelSize, ModelSize)).
+		Bytes(12, onnxbuild.FloatTensor("scores", 1, uint64(len(Labels))))
 	// ir_version 7, producer, the graph, opset_import ai.onnx 13.
-	opset := pb(nil).str(1, "").varint(2, 13)
-	return pb(nil).varint(1, 7).str(2, "vigil-fleetload").bytes(7, graph).bytes(8, opset)
+	opset := onnxbuild.Message(nil).String(1, "").Varint(2, 13)
+	return onnxbuild.Message(nil).Varint(1, 7).String(2, "vigil-fleetload").Bytes(7, graph).Bytes(8, opset)
 }
 
 // manifestYAML is the bundle's model.yaml for version.
