@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -149,7 +150,18 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		}()
 	}
 	if bf.broker != "" {
-		r := upload.NewReceiver(bf.topicPrefix, upload.ReceiverOptions{})
+		// Chunks are on disk before they are acknowledged, so a receiver stopped or
+		// killed in the middle of a file picks them up at its next start. A device
+		// id never starts with '.', so the spool is no device's directory.
+		spool := filepath.Join(*out, ".partial")
+		r, err := upload.NewReceiver(bf.topicPrefix, upload.ReceiverOptions{Spool: spool})
+		if err != nil {
+			fmt.Fprintf(stderr, "vigil samples receive: %v\n", err)
+			return exitFailed
+		}
+		if st := r.Stats(); st.Pending > 0 {
+			say(stdout, "%d chunks of %d files taken from %s\n", st.Recovered, st.Pending, spool)
+		}
 		opts := upload.SubscribeOptions{
 			Broker: bf.broker, ClientID: *clientID, Username: bf.username, Password: bf.password, TLS: tlsConfig,
 			Prefix: bf.topicPrefix, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
@@ -160,17 +172,20 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := upload.Subscribe(ctx, opts, r, func(f *upload.File, err error) {
+			err := upload.Subscribe(ctx, opts, r, func(f *upload.File, err error) error {
 				if err != nil {
 					say(stderr, "vigil samples receive: %v\n", err)
-					return
+					return nil
 				}
-				// Saved before the manifest is acknowledged (Subscribe's contract).
+				// Saved before the manifest is acknowledged (Subscribe's contract); when
+				// it cannot be (a full disk), the manifest is not acknowledged and the
+				// chunks stay in the spool, so it is tried again.
 				if _, err := f.Save(*out); err != nil {
-					say(stderr, "vigil samples receive: %v\n", err)
-					return
+					say(stderr, "vigil samples receive: %v (kept in %s; tried again)\n", err, spool)
+					return err
 				}
 				say(stdout, "%s/%s %d bytes (mqtt, %d chunks)\n", f.Device, f.Name, len(f.Data), f.Chunks)
+				return nil
 			})
 			if err != nil {
 				fail(fmt.Errorf("mqtt: %w", err))

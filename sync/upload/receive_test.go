@@ -55,6 +55,15 @@ func randomBytes(n int) []byte {
 	return b
 }
 
+func newReceiver(t *testing.T, prefix string, opts upload.ReceiverOptions) *upload.Receiver {
+	t.Helper()
+	r, err := upload.NewReceiver(prefix, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // feed adds msgs and returns the files completed; any error fails the test.
 func feed(t *testing.T, r *upload.Receiver, msgs []msg) []*upload.File {
 	t.Helper()
@@ -92,7 +101,7 @@ func TestReceiverInOrderAndOutOfOrder(t *testing.T) {
 	}
 	for name, order := range map[string][]int{"in order": {0, 1, 2, 3}, "reversed chunks": {2, 1, 0, 3}, "chunk 0 last": {1, 2, 0, 3}} {
 		t.Run(name, func(t *testing.T) {
-			r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+			r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 			var in []msg
 			for _, i := range order {
 				in = append(in, msgs[i])
@@ -127,7 +136,7 @@ func TestReceiverInterleavedDevices(t *testing.T) {
 	for i := range in {
 		in[i].topic = "acme/" + in[i].topic
 	}
-	files := feed(t, upload.NewReceiver("acme/vigil/", upload.ReceiverOptions{}), in)
+	files := feed(t, newReceiver(t, "acme/vigil/", upload.ReceiverOptions{}), in)
 	got := map[string][]byte{}
 	for _, f := range files {
 		got[f.Device+"/"+f.Name] = f.Data
@@ -142,7 +151,7 @@ func TestReceiverInterleavedDevices(t *testing.T) {
 func TestReceiverResentFile(t *testing.T) {
 	data := randomBytes(10_000)
 	msgs := sent(t, "dev-1", "door-1.jpg", data, 4096)
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 	// Attempt 1 stops after two chunks; attempt 2 sends it all.
 	files := feed(t, r, append(append([]msg{}, msgs[:2]...), msgs...))
 	if len(files) != 1 || !bytes.Equal(files[0].Data, data) {
@@ -197,7 +206,7 @@ func TestReceiverRefusesWhatDoesNotMatch(t *testing.T) {
 		{"chunks for no size", []msg{manifest(func(m *upload.Manifest) { m.Size = 0 })}, "chunk count 3 does not fit its size 0"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+			r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 			var last error
 			for _, m := range c.in {
 				f, err := r.Add(m.topic, m.payload)
@@ -218,7 +227,7 @@ func TestReceiverRefusesWhatDoesNotMatch(t *testing.T) {
 }
 
 func TestReceiverRefusesUnsafeNames(t *testing.T) {
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 	for _, topic := range []string{
 		"vigil/dev-1/samples/../x.jpg/0", "vigil/dev-1/samples/..jpg", "vigil/dev-1/samples/a..b.jpg",
 		"vigil/dev-1/samples/door.png", "vigil/dev-1/samples/.hidden.jpg", "vigil/dev-1/samples/door.jpg.tmp",
@@ -245,7 +254,7 @@ func TestReceiverRefusesUnsafeNames(t *testing.T) {
 // files are dropped, least recently progressed first, beyond MaxPending.
 func TestReceiverBounds(t *testing.T) {
 	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{MaxAge: time.Minute, MaxPending: 25_000, MaxFile: 20_000, Now: clk.now})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{MaxAge: time.Minute, MaxPending: 25_000, MaxFile: 20_000, Now: clk.now})
 	a := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 4096)
 	b := sent(t, "dev-1", "b.jpg", randomBytes(10_000), 4096)
 	feed(t, r, a[:2])
