@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -427,5 +428,158 @@ func TestHandlerWithHTTPSender(t *testing.T) {
 	}
 	if err := s.Send(context.Background(), "door-2.jpg", randomBytes(5001)); err == nil || !strings.Contains(err.Error(), "413") {
 		t.Errorf("over the cap: %v", err)
+	}
+}
+
+// spoolFiles lists the regular files under dir, relative to it.
+func spoolFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			files = append(files, rel)
+		}
+		return nil
+	})
+	return files
+}
+
+// A receiver with a spool, stopped after chunks 0 and 1: a new one on the same spool
+// (a restart) takes them, and with the rest and the manifest the file is whole. The
+// spool is emptied once the file is saved, and a leftover temporary file is removed.
+func TestReceiverSpoolRestart(t *testing.T) {
+	spool := filepath.Join(t.TempDir(), ".partial")
+	data := randomBytes(10_000)
+	msgs := sent(t, "dev 1", "door-1.jpg", data, 4096) // chunks 0, 1, 2, manifest
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{Spool: spool})
+	feed(t, r, msgs[:2])
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev 1/door-1.jpg/0 dev 1/door-1.jpg/1]" {
+		t.Fatalf("spool after two chunks: %v", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(spool, "dev 1", "door-1.jpg", "1")); !bytes.Equal(b, msgs[1].payload) {
+		t.Fatalf("chunk 1 in the spool: %d bytes", len(b))
+	}
+	// A write a crash cut short.
+	os.WriteFile(filepath.Join(spool, "dev 1", "door-1.jpg", ".2.123.tmp"), []byte("x"), 0o644)
+
+	r = newReceiver(t, "vigil", upload.ReceiverOptions{Spool: spool}) // the restart
+	if st := r.Stats(); st.Pending != 1 || st.Recovered != 2 || st.Bytes != 2*4096 {
+		t.Fatalf("after the restart: stats %+v", st)
+	}
+	files := feed(t, r, msgs[2:])
+	if len(files) != 1 || files[0].Device != "dev 1" || !bytes.Equal(files[0].Data, data) || files[0].Chunks != 3 {
+		t.Fatalf("files %v", files)
+	}
+	// Kept until saved: the manifest again gives the file again.
+	if got := spoolFiles(t, spool); len(got) != 3 {
+		t.Errorf("spool before Saved: %v", got)
+	}
+	again, err := r.Add(msgs[3].topic, msgs[3].payload)
+	if err != nil || again == nil || !bytes.Equal(again.Data, data) {
+		t.Fatalf("manifest again before Saved: %v, %v", again, err)
+	}
+	r.Saved(again)
+	if got := spoolFiles(t, spool); len(got) != 0 {
+		t.Errorf("spool after Saved: %v", got)
+	}
+	if entries, _ := os.ReadDir(spool); len(entries) != 0 {
+		t.Errorf("directories left in the spool: %v", entries)
+	}
+	if st := r.Stats(); st.Pending != 0 || st.Bytes != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	// Saved, the manifest once more is a duplicate.
+	if f, err := r.Add(msgs[3].topic, msgs[3].payload); f != nil || err != nil {
+		t.Errorf("manifest after Saved: %v, %v", f, err)
+	}
+}
+
+// With a spool: a resend from chunk 0 starts the file over (the old chunks go from
+// disk), a file that fails its manifest is removed, expiry and the byte budget remove
+// spool files, and a restart with a smaller budget trims what it finds.
+func TestReceiverSpoolBounds(t *testing.T) {
+	spool := t.TempDir()
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	opts := upload.ReceiverOptions{Spool: spool, MaxAge: time.Minute, MaxPending: 24_000, Now: clk.now}
+	r := newReceiver(t, "vigil", opts)
+	a := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 4096)
+	feed(t, r, a[:3])
+	// Sent again in bigger chunks: chunk 0 restarts the file, chunk 2 of the first try goes.
+	a2 := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 6000)
+	feed(t, r, a2[:1])
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/a.jpg/0]" {
+		t.Errorf("after a resend: %v", got)
+	}
+	if st := r.Stats(); st.Resent != 1 || st.Bytes != 6000 {
+		t.Errorf("stats %+v", st)
+	}
+	// A corrupt chunk: the manifest fails and the file is removed.
+	bad := append([]byte(nil), a2[1].payload...)
+	bad[0] ^= 1
+	feed(t, r, []msg{{a2[1].topic, bad}})
+	if _, err := r.Add(a2[2].topic, a2[2].payload); err == nil || !strings.Contains(err.Error(), "sha256") {
+		t.Errorf("corrupt file: %v", err)
+	}
+	if got := spoolFiles(t, spool); len(got) != 0 {
+		t.Errorf("after a failed manifest: %v", got)
+	}
+
+	// Expiry.
+	b := sent(t, "dev-1", "b.jpg", randomBytes(10_000), 4096)
+	c := sent(t, "dev-2", "c.jpg", randomBytes(10_000), 4096)
+	feed(t, r, b[:2])
+	clk.add(50 * time.Second)
+	feed(t, r, c[:1])
+	clk.add(20 * time.Second) // b: 70s without a chunk
+	feed(t, r, c[1:2])
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-2/c.jpg/0 dev-2/c.jpg/1]" {
+		t.Errorf("after b expired: %v", got)
+	}
+	if st := r.Stats(); st.Expired != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	// Budget: c (8192) + d (12 000) + e (4096) > 24 000: c, the least recent, goes.
+	d := sent(t, "dev-1", "d.jpg", randomBytes(12_000), 4096)
+	clk.add(time.Second)
+	feed(t, r, d[:3])
+	clk.add(time.Second)
+	feed(t, r, []msg{{"vigil/dev-3/samples/e.jpg/0", randomBytes(4096)}})
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/d.jpg/0 dev-1/d.jpg/1 dev-1/d.jpg/2 dev-3/e.jpg/0]" {
+		t.Errorf("over budget: %v", got)
+	}
+	if st := r.Stats(); st.Dropped != 1 || st.Bytes != 12_000+4096 {
+		t.Errorf("stats %+v", st)
+	}
+	// A restart with a budget below what the spool holds: the usual rule trims it.
+	opts.MaxPending = 13_000
+	r = newReceiver(t, "vigil", opts)
+	if st := r.Stats(); st.Pending != 1 || st.Dropped != 1 || st.Bytes > 13_000 {
+		t.Errorf("restart over budget: stats %+v", st)
+	}
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/d.jpg/0 dev-1/d.jpg/1 dev-1/d.jpg/2]" && fmt.Sprint(got) != "[dev-3/e.jpg/0]" {
+		t.Errorf("restart over budget: %v, want one of the two files", got)
+	}
+}
+
+// A chunk that cannot be written to the spool is an ErrNotStored error (the message
+// must not be acknowledged), and nothing of it is counted.
+func TestReceiverSpoolNotStored(t *testing.T) {
+	spool := t.TempDir()
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{Spool: spool})
+	// dev-1 is a file, so no directory can be made under it (even for root).
+	os.WriteFile(filepath.Join(spool, "dev-1"), nil, 0o644)
+	_, err := r.Add("vigil/dev-1/samples/a.jpg/0", []byte("chunk"))
+	if !errors.Is(err, upload.ErrNotStored) || !strings.Contains(err.Error(), "sample dev-1/a.jpg: chunk 0") {
+		t.Errorf("chunk into an impossible spool: %v", err)
+	}
+	if st := r.Stats(); st.Pending != 0 || st.Bytes != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	// A spool that is not a directory: NewReceiver says so.
+	notDir := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notDir, nil, 0o644)
+	if _, err := upload.NewReceiver("vigil", upload.ReceiverOptions{Spool: notDir}); err == nil {
+		t.Error("a file as the spool: no error")
 	}
 }
