@@ -31,7 +31,9 @@ and checks its size and SHA-256 against its manifest. A device counts a sample a
 uploaded once the BROKER has acknowledged it, so keep this receiver's session: start
 it once before the devices upload, then always with the same --client-id; the broker
 queues the samples while it is stopped (within its max_queued_messages and
-persistent_client_expiration).
+persistent_client_expiration). Chunks are written to DIR/.partial before they are
+acknowledged, so a receiver stopped in the middle of a file finishes it at its next
+start; a file that cannot be saved is not acknowledged, and comes again.
 
 --listen: for samples.upload.via: http (upload.url http://ADDR). Takes PUT
 .../<device>/<file>: 401 without --token (when set), 400 for a name that is not a
