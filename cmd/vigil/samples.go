@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -30,7 +31,9 @@ and checks its size and SHA-256 against its manifest. A device counts a sample a
 uploaded once the BROKER has acknowledged it, so keep this receiver's session: start
 it once before the devices upload, then always with the same --client-id; the broker
 queues the samples while it is stopped (within its max_queued_messages and
-persistent_client_expiration).
+persistent_client_expiration). Chunks are written to DIR/.partial before they are
+acknowledged, so a receiver stopped in the middle of a file finishes it at its next
+start; a file that cannot be saved is not acknowledged, and comes again.
 
 --listen: for samples.upload.via: http (upload.url http://ADDR). Takes PUT
 .../<device>/<file>: 401 without --token (when set), 400 for a name that is not a
@@ -149,7 +152,18 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		}()
 	}
 	if bf.broker != "" {
-		r := upload.NewReceiver(bf.topicPrefix, upload.ReceiverOptions{})
+		// Chunks are on disk before they are acknowledged, so a receiver stopped or
+		// killed in the middle of a file picks them up at its next start. A device
+		// id never starts with '.', so the spool is no device's directory.
+		spool := filepath.Join(*out, ".partial")
+		r, err := upload.NewReceiver(bf.topicPrefix, upload.ReceiverOptions{Spool: spool})
+		if err != nil {
+			fmt.Fprintf(stderr, "vigil samples receive: %v\n", err)
+			return exitFailed
+		}
+		if st := r.Stats(); st.Pending > 0 {
+			say(stdout, "%d chunks of %d files taken from %s\n", st.Recovered, st.Pending, spool)
+		}
 		opts := upload.SubscribeOptions{
 			Broker: bf.broker, ClientID: *clientID, Username: bf.username, Password: bf.password, TLS: tlsConfig,
 			Prefix: bf.topicPrefix, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
@@ -160,17 +174,20 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := upload.Subscribe(ctx, opts, r, func(f *upload.File, err error) {
+			err := upload.Subscribe(ctx, opts, r, func(f *upload.File, err error) error {
 				if err != nil {
 					say(stderr, "vigil samples receive: %v\n", err)
-					return
+					return nil
 				}
-				// Saved before the manifest is acknowledged (Subscribe's contract).
+				// Saved before the manifest is acknowledged (Subscribe's contract); when
+				// it cannot be (a full disk), the manifest is not acknowledged and the
+				// chunks stay in the spool, so it is tried again.
 				if _, err := f.Save(*out); err != nil {
-					say(stderr, "vigil samples receive: %v\n", err)
-					return
+					say(stderr, "vigil samples receive: %v (kept in %s; tried again)\n", err, spool)
+					return err
 				}
 				say(stdout, "%s/%s %d bytes (mqtt, %d chunks)\n", f.Device, f.Name, len(f.Data), f.Chunks)
+				return nil
 			})
 			if err != nil {
 				fail(fmt.Errorf("mqtt: %w", err))

@@ -86,7 +86,9 @@ func (r *receiver) expect(want string) string {
 				return line
 			}
 		case <-timeout:
-			r.t.Fatalf("no line with %q from the receiver in 30s", want)
+			r.proc.Kill()
+			r.cmd.Wait() // then its stderr is no longer written
+			r.t.Fatalf("no line with %q from the receiver in 30s\n%s", want, r.stderr.String())
 		}
 	}
 }
@@ -266,4 +268,64 @@ func TestSamplesReceiveOverHTTP(t *testing.T) {
 		t.Error("a device with the wrong token wrote to --out")
 	}
 	rx.stop()
+}
+
+// The receiver killed (SIGKILL) in the middle of a file whose chunks it already
+// acknowledged: they are in --out/.partial, the next start with the same client id
+// takes them, the broker delivers the rest from the session, and the file arrives
+// whole. Without the spool, the manifest would find chunk 0 missing and the sample
+// would be lost (the device got the broker's acks and never sends it again).
+func TestSamplesReceiveKilledMidFile(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	out := t.TempDir()
+	rx := startReceiver(t, "--out", out, "--broker", b.URL, "--client-id", "rx-kill")
+	rx.expect("subscribed to vigil/+/samples/# as rx-kill")
+
+	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(t.TempDir(), "outbox"), Device: "gate-9", MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	link, err := mqttlink.New(ob, mqttlink.Options{Brokers: []string{b.URL}, Device: "gate-9", BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	linkDone := make(chan error, 1)
+	go func() { linkDone <- link.Run(ctx) }()
+	defer func() { cancel(); <-linkDone }()
+	sender, err := upload.NewMQTT(link, 1024) // small chunks: 293 of them for the JPEG
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &deviceSamples{dir: t.TempDir(), notify: make(chan struct{}, 1)}
+	dev.add(t, "door-20250101T120000.000Z-1", 300_000)
+	u := dev.upload(t, sender)
+
+	spoolDir := filepath.Join(out, ".partial", "gate-9", "door-20250101T120000.000Z-1.jpg")
+	waitUntil(t, 30*time.Second, "chunks in the receiver's spool", func() bool {
+		entries, _ := os.ReadDir(spoolDir)
+		return len(entries) >= 3
+	})
+	rx.proc.Kill()
+	rx.cmd.Wait()
+	if _, err := os.Stat(filepath.Join(out, "gate-9", "door-20250101T120000.000Z-1.jpg")); err == nil {
+		t.Fatal("the JPEG was whole before the kill: the test proves nothing")
+	}
+	waitUntil(t, 60*time.Second, "the sample acknowledged by the broker", func() bool { return u.Stats().Uploaded == 1 })
+
+	rx = startReceiver(t, "--out", out, "--broker", b.URL, "--client-id", "rx-kill")
+	if line := rx.expect("chunks of 1 files taken from"); !strings.Contains(line, filepath.Join(out, ".partial")) {
+		t.Errorf("line %q", line)
+	}
+	rx.expect("gate-9/door-20250101T120000.000Z-1.jpg 300000 bytes (mqtt, 293 chunks)")
+	dev.sameFiles(t, out, "gate-9")
+	waitUntil(t, 30*time.Second, "the spool emptied", func() bool {
+		entries, err := os.ReadDir(filepath.Join(out, ".partial"))
+		return err == nil && len(entries) == 0
+	})
+	rx.stop()
+	if strings.Contains(rx.stderr.String(), "missing") {
+		t.Errorf("stderr: %s", rx.stderr.String())
+	}
 }

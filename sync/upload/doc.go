@@ -31,6 +31,12 @@
 // against its manifest (a chunk 0 received again starts the file over), holding
 // incomplete files within bounds of age and bytes; Subscribe feeds it from a broker
 // with a persistent session, since a device counts a file as sent once the broker has
-// it; NewHandler takes the HTTP PUTs. Both write Dir/<device>/<file> atomically, and
+// it; NewHandler takes the HTTP PUTs. With a spool directory, Receiver writes each
+// chunk to <spool>/<device>/<file>/<index> (atomically, synced) before Add returns,
+// so before Subscribe acknowledges it, and a new Receiver on the spool takes those
+// chunks again: a receiver stopped or crashed in the middle of a file loses nothing
+// it acknowledged. A file's chunks stay in the spool until Receiver.Saved; Subscribe
+// acknowledges nothing that was not kept (a chunk not written, a file its callback
+// could not save) and connects again to have it sent again. Both write Dir/<device>/<file> atomically, and
 // only names of a sample's alphabet (CheckFileName, CheckDevice).
 package upload

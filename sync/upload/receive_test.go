@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -55,6 +56,15 @@ func randomBytes(n int) []byte {
 	return b
 }
 
+func newReceiver(t *testing.T, prefix string, opts upload.ReceiverOptions) *upload.Receiver {
+	t.Helper()
+	r, err := upload.NewReceiver(prefix, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // feed adds msgs and returns the files completed; any error fails the test.
 func feed(t *testing.T, r *upload.Receiver, msgs []msg) []*upload.File {
 	t.Helper()
@@ -92,7 +102,7 @@ func TestReceiverInOrderAndOutOfOrder(t *testing.T) {
 	}
 	for name, order := range map[string][]int{"in order": {0, 1, 2, 3}, "reversed chunks": {2, 1, 0, 3}, "chunk 0 last": {1, 2, 0, 3}} {
 		t.Run(name, func(t *testing.T) {
-			r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+			r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 			var in []msg
 			for _, i := range order {
 				in = append(in, msgs[i])
@@ -127,7 +137,7 @@ func TestReceiverInterleavedDevices(t *testing.T) {
 	for i := range in {
 		in[i].topic = "acme/" + in[i].topic
 	}
-	files := feed(t, upload.NewReceiver("acme/vigil/", upload.ReceiverOptions{}), in)
+	files := feed(t, newReceiver(t, "acme/vigil/", upload.ReceiverOptions{}), in)
 	got := map[string][]byte{}
 	for _, f := range files {
 		got[f.Device+"/"+f.Name] = f.Data
@@ -142,7 +152,7 @@ func TestReceiverInterleavedDevices(t *testing.T) {
 func TestReceiverResentFile(t *testing.T) {
 	data := randomBytes(10_000)
 	msgs := sent(t, "dev-1", "door-1.jpg", data, 4096)
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 	// Attempt 1 stops after two chunks; attempt 2 sends it all.
 	files := feed(t, r, append(append([]msg{}, msgs[:2]...), msgs...))
 	if len(files) != 1 || !bytes.Equal(files[0].Data, data) {
@@ -197,7 +207,7 @@ func TestReceiverRefusesWhatDoesNotMatch(t *testing.T) {
 		{"chunks for no size", []msg{manifest(func(m *upload.Manifest) { m.Size = 0 })}, "chunk count 3 does not fit its size 0"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+			r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 			var last error
 			for _, m := range c.in {
 				f, err := r.Add(m.topic, m.payload)
@@ -218,7 +228,7 @@ func TestReceiverRefusesWhatDoesNotMatch(t *testing.T) {
 }
 
 func TestReceiverRefusesUnsafeNames(t *testing.T) {
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 	for _, topic := range []string{
 		"vigil/dev-1/samples/../x.jpg/0", "vigil/dev-1/samples/..jpg", "vigil/dev-1/samples/a..b.jpg",
 		"vigil/dev-1/samples/door.png", "vigil/dev-1/samples/.hidden.jpg", "vigil/dev-1/samples/door.jpg.tmp",
@@ -245,7 +255,7 @@ func TestReceiverRefusesUnsafeNames(t *testing.T) {
 // files are dropped, least recently progressed first, beyond MaxPending.
 func TestReceiverBounds(t *testing.T) {
 	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{MaxAge: time.Minute, MaxPending: 25_000, MaxFile: 20_000, Now: clk.now})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{MaxAge: time.Minute, MaxPending: 25_000, MaxFile: 20_000, Now: clk.now})
 	a := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 4096)
 	b := sent(t, "dev-1", "b.jpg", randomBytes(10_000), 4096)
 	feed(t, r, a[:2])
@@ -418,5 +428,158 @@ func TestHandlerWithHTTPSender(t *testing.T) {
 	}
 	if err := s.Send(context.Background(), "door-2.jpg", randomBytes(5001)); err == nil || !strings.Contains(err.Error(), "413") {
 		t.Errorf("over the cap: %v", err)
+	}
+}
+
+// spoolFiles lists the regular files under dir, relative to it.
+func spoolFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			files = append(files, rel)
+		}
+		return nil
+	})
+	return files
+}
+
+// A receiver with a spool, stopped after chunks 0 and 1: a new one on the same spool
+// (a restart) takes them, and with the rest and the manifest the file is whole. The
+// spool is emptied once the file is saved, and a leftover temporary file is removed.
+func TestReceiverSpoolRestart(t *testing.T) {
+	spool := filepath.Join(t.TempDir(), ".partial")
+	data := randomBytes(10_000)
+	msgs := sent(t, "dev 1", "door-1.jpg", data, 4096) // chunks 0, 1, 2, manifest
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{Spool: spool})
+	feed(t, r, msgs[:2])
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev 1/door-1.jpg/0 dev 1/door-1.jpg/1]" {
+		t.Fatalf("spool after two chunks: %v", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(spool, "dev 1", "door-1.jpg", "1")); !bytes.Equal(b, msgs[1].payload) {
+		t.Fatalf("chunk 1 in the spool: %d bytes", len(b))
+	}
+	// A write a crash cut short.
+	os.WriteFile(filepath.Join(spool, "dev 1", "door-1.jpg", ".2.123.tmp"), []byte("x"), 0o644)
+
+	r = newReceiver(t, "vigil", upload.ReceiverOptions{Spool: spool}) // the restart
+	if st := r.Stats(); st.Pending != 1 || st.Recovered != 2 || st.Bytes != 2*4096 {
+		t.Fatalf("after the restart: stats %+v", st)
+	}
+	files := feed(t, r, msgs[2:])
+	if len(files) != 1 || files[0].Device != "dev 1" || !bytes.Equal(files[0].Data, data) || files[0].Chunks != 3 {
+		t.Fatalf("files %v", files)
+	}
+	// Kept until saved: the manifest again gives the file again.
+	if got := spoolFiles(t, spool); len(got) != 3 {
+		t.Errorf("spool before Saved: %v", got)
+	}
+	again, err := r.Add(msgs[3].topic, msgs[3].payload)
+	if err != nil || again == nil || !bytes.Equal(again.Data, data) {
+		t.Fatalf("manifest again before Saved: %v, %v", again, err)
+	}
+	r.Saved(again)
+	if got := spoolFiles(t, spool); len(got) != 0 {
+		t.Errorf("spool after Saved: %v", got)
+	}
+	if entries, _ := os.ReadDir(spool); len(entries) != 0 {
+		t.Errorf("directories left in the spool: %v", entries)
+	}
+	if st := r.Stats(); st.Pending != 0 || st.Bytes != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	// Saved, the manifest once more is a duplicate.
+	if f, err := r.Add(msgs[3].topic, msgs[3].payload); f != nil || err != nil {
+		t.Errorf("manifest after Saved: %v, %v", f, err)
+	}
+}
+
+// With a spool: a resend from chunk 0 starts the file over (the old chunks go from
+// disk), a file that fails its manifest is removed, expiry and the byte budget remove
+// spool files, and a restart with a smaller budget trims what it finds.
+func TestReceiverSpoolBounds(t *testing.T) {
+	spool := t.TempDir()
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	opts := upload.ReceiverOptions{Spool: spool, MaxAge: time.Minute, MaxPending: 24_000, Now: clk.now}
+	r := newReceiver(t, "vigil", opts)
+	a := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 4096)
+	feed(t, r, a[:3])
+	// Sent again in bigger chunks: chunk 0 restarts the file, chunk 2 of the first try goes.
+	a2 := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 6000)
+	feed(t, r, a2[:1])
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/a.jpg/0]" {
+		t.Errorf("after a resend: %v", got)
+	}
+	if st := r.Stats(); st.Resent != 1 || st.Bytes != 6000 {
+		t.Errorf("stats %+v", st)
+	}
+	// A corrupt chunk: the manifest fails and the file is removed.
+	bad := append([]byte(nil), a2[1].payload...)
+	bad[0] ^= 1
+	feed(t, r, []msg{{a2[1].topic, bad}})
+	if _, err := r.Add(a2[2].topic, a2[2].payload); err == nil || !strings.Contains(err.Error(), "sha256") {
+		t.Errorf("corrupt file: %v", err)
+	}
+	if got := spoolFiles(t, spool); len(got) != 0 {
+		t.Errorf("after a failed manifest: %v", got)
+	}
+
+	// Expiry.
+	b := sent(t, "dev-1", "b.jpg", randomBytes(10_000), 4096)
+	c := sent(t, "dev-2", "c.jpg", randomBytes(10_000), 4096)
+	feed(t, r, b[:2])
+	clk.add(50 * time.Second)
+	feed(t, r, c[:1])
+	clk.add(20 * time.Second) // b: 70s without a chunk
+	feed(t, r, c[1:2])
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-2/c.jpg/0 dev-2/c.jpg/1]" {
+		t.Errorf("after b expired: %v", got)
+	}
+	if st := r.Stats(); st.Expired != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	// Budget: c (8192) + d (12 000) + e (4096) > 24 000: c, the least recent, goes.
+	d := sent(t, "dev-1", "d.jpg", randomBytes(12_000), 4096)
+	clk.add(time.Second)
+	feed(t, r, d[:3])
+	clk.add(time.Second)
+	feed(t, r, []msg{{"vigil/dev-3/samples/e.jpg/0", randomBytes(4096)}})
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/d.jpg/0 dev-1/d.jpg/1 dev-1/d.jpg/2 dev-3/e.jpg/0]" {
+		t.Errorf("over budget: %v", got)
+	}
+	if st := r.Stats(); st.Dropped != 1 || st.Bytes != 12_000+4096 {
+		t.Errorf("stats %+v", st)
+	}
+	// A restart with a budget below what the spool holds: the usual rule trims it.
+	opts.MaxPending = 13_000
+	r = newReceiver(t, "vigil", opts)
+	if st := r.Stats(); st.Pending != 1 || st.Dropped != 1 || st.Bytes > 13_000 {
+		t.Errorf("restart over budget: stats %+v", st)
+	}
+	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/d.jpg/0 dev-1/d.jpg/1 dev-1/d.jpg/2]" && fmt.Sprint(got) != "[dev-3/e.jpg/0]" {
+		t.Errorf("restart over budget: %v, want one of the two files", got)
+	}
+}
+
+// A chunk that cannot be written to the spool is an ErrNotStored error (the message
+// must not be acknowledged), and nothing of it is counted.
+func TestReceiverSpoolNotStored(t *testing.T) {
+	spool := t.TempDir()
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{Spool: spool})
+	// dev-1 is a file, so no directory can be made under it (even for root).
+	os.WriteFile(filepath.Join(spool, "dev-1"), nil, 0o644)
+	_, err := r.Add("vigil/dev-1/samples/a.jpg/0", []byte("chunk"))
+	if !errors.Is(err, upload.ErrNotStored) || !strings.Contains(err.Error(), "sample dev-1/a.jpg: chunk 0") {
+		t.Errorf("chunk into an impossible spool: %v", err)
+	}
+	if st := r.Stats(); st.Pending != 0 || st.Bytes != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	// A spool that is not a directory: NewReceiver says so.
+	notDir := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notDir, nil, 0o644)
+	if _, err := upload.NewReceiver("vigil", upload.ReceiverOptions{Spool: notDir}); err == nil {
+		t.Error("a file as the spool: no error")
 	}
 }

@@ -17,6 +17,10 @@ import (
 // samples the broker queues for it while it is down) is found again at the next start.
 const DefaultClientID = "vigil-samples-receiver"
 
+// DefaultRetryDelay is how long Subscribe waits, after a message that could not be
+// stored, before it connects again to have it sent again.
+const DefaultRetryDelay = 10 * time.Second
+
 // subscribeTimeout bounds a connect or a subscribe.
 const subscribeTimeout = 30 * time.Second
 
@@ -31,22 +35,33 @@ type SubscribeOptions struct {
 	// Subscribed, when set, is called once the first subscription is acknowledged:
 	// from then on the broker keeps the samples for this client id.
 	Subscribed func(filter string)
+	// RetryDelay: after a message that could not be stored, how long to wait before
+	// connecting again (DefaultRetryDelay).
+	RetryDelay time.Duration
 }
 
 // Subscribe receives every device's samples from the broker until ctx ends: it
 // subscribes to <prefix>/+/samples/# at QoS 1 with a persistent session (clean
 // session off, a fixed client id), so the broker keeps what is published while the
 // receiver is away, and feeds each message to r. got is called, one message at a
-// time and in order, with each completed file or each error; the message is
-// acknowledged to the broker only when got returns, so a file got saved is never
-// acknowledged unsaved. It returns an error when the first connection or subscription
-// fails; later losses are reconnected (and logged) by themselves.
-func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func(*File, error)) error {
+// time and in order, with each completed file or each error. A message is
+// acknowledged to the broker only once what it carries is kept: a chunk once r has
+// it (in its spool, when it has one), a manifest once got has saved its file and
+// returned nil (then r.Saved is called). When got returns an error for a file, or
+// r could not store a chunk (ErrNotStored), that message and those after it are not
+// acknowledged: Subscribe disconnects, waits RetryDelay and connects again, and the
+// broker delivers them again (with a spool, the file's chunks are still there).
+// It returns an error when the first connection or subscription fails; later losses
+// are reconnected (and logged) by themselves.
+func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func(*File, error) error) error {
 	if opts.ClientID == "" {
 		opts.ClientID = DefaultClientID
 	}
 	if opts.Prefix == "" {
 		opts.Prefix = "vigil"
+	}
+	if opts.RetryDelay <= 0 {
+		opts.RetryDelay = DefaultRetryDelay
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -54,17 +69,74 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 	}
 	logger = logger.With("component", "samples receiver")
 	filter := opts.Prefix + "/+/samples/#"
-	handle := func(_ paho.Client, m paho.Message) {
-		f, err := r.Add(m.Topic(), m.Payload())
-		if f != nil || err != nil {
-			got(f, err)
+	for first := true; ; first = false {
+		stalled := make(chan error, 1)
+		c, err := connectReceiver(opts, filter, logger, r, got, stalled)
+		if err != nil {
+			if first {
+				return err
+			}
+			logger.Error("reconnect failed", "err", err)
+		} else {
+			if first && opts.Subscribed != nil {
+				opts.Subscribed(filter)
+			}
+			if !first {
+				logger.Info("connected again to receive what was not stored", "broker", redactURL(opts.Broker))
+			}
+			select {
+			case <-ctx.Done():
+				c.Disconnect(250)
+				return nil
+			case err := <-stalled:
+				// Unacknowledged, the message stays with the broker for the session.
+				c.Disconnect(0)
+				logger.Error("a message could not be stored; not acknowledged, the broker will send it again", "err", err, "retry", opts.RetryDelay)
+			}
 		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(opts.RetryDelay):
+		}
+	}
+}
+
+// connectReceiver connects a client with the persistent session and subscribes.
+// Its handler acknowledges each message itself; on the first message that cannot be
+// stored it sends the reason on stalled and acknowledges nothing more.
+func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, r *Receiver, got func(*File, error) error, stalled chan<- error) (paho.Client, error) {
+	var stop atomic.Bool
+	handle := func(_ paho.Client, m paho.Message) {
+		if stop.Load() {
+			return // not acknowledged: it comes again after the reconnect
+		}
+		f, err := r.Add(m.Topic(), m.Payload())
+		switch {
+		case f != nil:
+			err = got(f, nil)
+			if err == nil {
+				r.Saved(f)
+			}
+		case err != nil:
+			got(nil, err)
+			if !errors.Is(err, ErrNotStored) {
+				err = nil // the message's own fault: sending it again would not help
+			}
+		}
+		if err != nil {
+			stop.Store(true)
+			stalled <- err
+			return
+		}
+		m.Ack()
 	}
 	var connected atomic.Bool
 	o := paho.NewClientOptions().AddBroker(opts.Broker).SetClientID(opts.ClientID).
 		SetUsername(opts.Username).SetPassword(opts.Password).
 		SetCleanSession(false).SetConnectTimeout(subscribeTimeout).SetKeepAlive(30 * time.Second).
 		SetOrderMatters(true). // a file's chunks in order, and acknowledged after got
+		SetAutoAckDisabled(true).
 		// What the broker queued for the session comes as soon as it connects, before a
 		// subscription's handler is set: the same handler takes it.
 		SetDefaultPublishHandler(handle).
@@ -89,20 +161,16 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 	tok := c.Connect()
 	if !tok.WaitTimeout(subscribeTimeout) {
 		c.Disconnect(0)
-		return fmt.Errorf("connect to %s: no answer in %v", redactURL(opts.Broker), subscribeTimeout)
+		return nil, fmt.Errorf("connect to %s: no answer in %v", redactURL(opts.Broker), subscribeTimeout)
 	}
 	if err := tok.Error(); err != nil {
-		return fmt.Errorf("connect to %s: %w", redactURL(opts.Broker), err)
+		return nil, fmt.Errorf("connect to %s: %w", redactURL(opts.Broker), err)
 	}
-	defer c.Disconnect(250)
 	if err := subscribe(c, filter, handle); err != nil {
-		return fmt.Errorf("%s: %w", redactURL(opts.Broker), err)
+		c.Disconnect(0)
+		return nil, fmt.Errorf("%s: %w", redactURL(opts.Broker), err)
 	}
-	if opts.Subscribed != nil {
-		opts.Subscribed(filter)
-	}
-	<-ctx.Done()
-	return nil
+	return c, nil
 }
 
 func subscribe(c paho.Client, filter string, h paho.MessageHandler) error {

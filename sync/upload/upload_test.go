@@ -309,7 +309,7 @@ func TestMQTTChunksReassemble(t *testing.T) {
 // any error fails the test.
 func receiveAll(t *testing.T, msgs []brokertest.Message) map[string]*upload.File {
 	t.Helper()
-	r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{})
 	files := map[string]*upload.File{}
 	for _, m := range msgs {
 		f, err := r.Add(m.Topic, m.Payload)
