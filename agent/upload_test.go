@@ -195,7 +195,10 @@ func TestSamplesUploadOverMQTT(t *testing.T) {
 		for _, f := range []string{name, strings.TrimSuffix(name, ".jpg") + ".json"} {
 			var got *upload.File
 			waitFor(t, 10*time.Second, "all of "+f, func() bool {
-				r := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+				r, err := upload.NewReceiver("vigil", upload.ReceiverOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
 				for _, m := range sub.Messages() {
 					file, err := r.Add(m.Topic, m.Payload)
 					if err != nil {
