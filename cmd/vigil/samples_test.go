@@ -16,7 +16,7 @@ import (
 
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
-	"github.com/vigil-edge/vigil/sync/outbox"
+	"github.com/vigil-edge/vigil/sync/mqttlink/linktest"
 	"github.com/vigil-edge/vigil/sync/upload"
 )
 
@@ -195,19 +195,7 @@ func TestSamplesReceiveOverMQTT(t *testing.T) {
 	rx := startReceiver(t, "--out", out, "--broker", b.URL, "--client-id", "rx-test")
 	rx.expect("subscribed to vigil/+/samples/# as rx-test")
 
-	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(t.TempDir(), "outbox"), Device: "gate-7", MaxBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ob.Close()
-	link, err := mqttlink.New(ob, mqttlink.Options{Brokers: []string{b.URL}, Device: "gate-7", BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	linkDone := make(chan error, 1)
-	go func() { linkDone <- link.Run(ctx) }()
-	defer func() { cancel(); <-linkDone }()
+	link, _ := linktest.Start(t, mqttlink.Options{Brokers: []string{b.URL}, Device: "gate-7"})
 	sender, err := upload.NewMQTT(link, 16<<10)
 	if err != nil {
 		t.Fatal(err)
@@ -281,19 +269,7 @@ func TestSamplesReceiveKilledMidFile(t *testing.T) {
 	rx := startReceiver(t, "--out", out, "--broker", b.URL, "--client-id", "rx-kill")
 	rx.expect("subscribed to vigil/+/samples/# as rx-kill")
 
-	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(t.TempDir(), "outbox"), Device: "gate-9", MaxBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ob.Close()
-	link, err := mqttlink.New(ob, mqttlink.Options{Brokers: []string{b.URL}, Device: "gate-9", BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	linkDone := make(chan error, 1)
-	go func() { linkDone <- link.Run(ctx) }()
-	defer func() { cancel(); <-linkDone }()
+	link, _ := linktest.Start(t, mqttlink.Options{Brokers: []string{b.URL}, Device: "gate-9"})
 	sender, err := upload.NewMQTT(link, 1024) // small chunks: 293 of them for the JPEG
 	if err != nil {
 		t.Fatal(err)

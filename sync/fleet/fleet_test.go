@@ -3,7 +3,6 @@ package fleet_test
 import (
 	"bytes"
 	"context"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -16,7 +15,7 @@ import (
 	"github.com/vigil-edge/vigil/sync/fleet"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
-	"github.com/vigil-edge/vigil/sync/outbox"
+	"github.com/vigil-edge/vigil/sync/mqttlink/linktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -162,25 +161,12 @@ func TestBadOptions(t *testing.T) {
 
 // device is a real mqttlink.Link announcing itself, as the agent's link does.
 func device(t *testing.T, url, id, group, version string) (stop func()) {
-	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(t.TempDir(), "outbox"), Device: id, MaxBytes: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := mqttlink.New(ob, mqttlink.Options{Brokers: []string{url}, Device: id,
+	_, stop = linktest.Start(t, mqttlink.Options{Brokers: []string{url}, Device: id,
 		Online: func() map[string]any {
 			return map[string]any{"group": group, "version": version, "outbox": map[string]any{"depth": 0}}
 		},
 		Offline: func() map[string]any { return map[string]any{"group": group, "version": version} },
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { l.Run(ctx); close(done) }()
-	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); <-done; ob.Close() }) }
-	t.Cleanup(stop)
 	return stop
 }
 

@@ -21,7 +21,7 @@ import (
 
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
-	"github.com/vigil-edge/vigil/sync/outbox"
+	"github.com/vigil-edge/vigil/sync/mqttlink/linktest"
 	"github.com/vigil-edge/vigil/sync/upload"
 )
 
@@ -265,19 +265,7 @@ func TestOffSendsNothing(t *testing.T) {
 func TestMQTTChunksReassemble(t *testing.T) {
 	b := brokertest.Start(t, brokertest.Options{})
 	sub := b.Subscribe(t, "cloud", "vigil/dev-1/samples/#")
-	ob, err := outbox.Open(outbox.Options{Path: filepath.Join(t.TempDir(), "outbox"), Device: "dev-1", MaxBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ob.Close()
-	link, err := mqttlink.New(ob, mqttlink.Options{Brokers: []string{b.URL}, Device: "dev-1", BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	linkDone := make(chan error, 1)
-	go func() { linkDone <- link.Run(ctx) }()
-	defer func() { cancel(); <-linkDone }()
+	link, _ := linktest.Start(t, mqttlink.Options{Brokers: []string{b.URL}, Device: "dev-1"})
 
 	s := newSamples(t)
 	s.add(t, "door-0", 10_000) // 3 chunks of 4 KiB, the last short
