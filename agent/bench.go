@@ -192,13 +192,13 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 		}
 	}()
 	cam := a.parts().cameras[0]
-	if cam.model == nil {
+	if cam.model() == nil {
 		return rep, fmt.Errorf("camera %s has no model to measure (cameras[].model)", cc.Name)
 	}
-	if cam.model.err != nil {
-		return rep, fmt.Errorf("model %s did not load: %w", cam.model.name, cam.model.err)
+	if cam.model().err != nil {
+		return rep, fmt.Errorf("model %s did not load: %w", cam.model().name, cam.model().err)
 	}
-	run := cam.model.running.Load()
+	run := cam.model().running.Load()
 	man := run.detector.Manifest()
 	rep.Bundle, rep.Backend = man.Name+" "+man.Version, run.backend
 
@@ -362,12 +362,12 @@ const benchWarmup = 3
 
 // benchInference runs the camera's detector on frame for d.
 func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Duration, r *BenchInference) error {
-	det := cam.model.detector()
+	det := cam.model().detector()
 	var dets []infer.Detection // reused, as the pipeline does
 	var err error
 	for range benchWarmup {
 		if dets, _, err = det.Detect(frame, dets[:0]); err != nil {
-			return fmt.Errorf("model %s: detect: %w", cam.model.name, err)
+			return fmt.Errorf("model %s: detect: %w", cam.model().name, err)
 		}
 	}
 	var calls, engine, pre, post []time.Duration
@@ -378,7 +378,7 @@ func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Dur
 		var timing detector.Timing
 		dets, timing, err = det.Detect(frame, dets[:0])
 		if err != nil {
-			return fmt.Errorf("model %s: detect: %w", cam.model.name, err)
+			return fmt.Errorf("model %s: detect: %w", cam.model().name, err)
 		}
 		calls = append(calls, time.Since(t0))
 		engine, pre, post = append(engine, timing.Infer), append(pre, timing.Pre), append(post, timing.Post)
@@ -438,7 +438,7 @@ func benchPipeline(ctx context.Context, a *Agent, d time.Duration, r *BenchPipel
 		if time.Now().After(deadline) {
 			st, ds := cam.cap.Status(), cam.stats.status()
 			return fmt.Errorf("pipeline: no detection within %v (camera %s: %s %s; detection: %s)",
-				firstDetectionWait, cam.cfg.Name, st.State, st.LastError, ds.LastError)
+				firstDetectionWait, cam.cfg().Name, st.State, st.LastError, ds.LastError)
 		}
 		if err := wait(); err != nil {
 			return err

@@ -753,7 +753,7 @@ func describe(dets []infer.Detection) string {
 func (d *deployer) swap(mod *model, next *loaded) *loaded {
 	prev := mod.running.Swap(next)
 	for _, cam := range d.a.parts().cameras {
-		if cam.model == mod && cam.drift != nil {
+		if cam.model() == mod && cam.drift != nil {
 			cam.drift.Reset() // the new model gets its own baseline
 		}
 	}
@@ -953,7 +953,7 @@ func (d *deployer) lastState() *deploy.State {
 // 640x480.
 func (a *Agent) frameSize(m *model) (w, h int) {
 	for _, cam := range a.parts().cameras {
-		if size := cam.frameSize.Load(); cam.model == m && size != 0 {
+		if size := cam.frameSize.Load(); cam.model() == m && size != 0 {
 			return int(size >> 32), int(size & 0xffffffff)
 		}
 	}

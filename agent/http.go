@@ -59,7 +59,7 @@ func (a *Agent) routes() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if ok, missing := a.readiness(); !ok {
+		if ok, missing := a.parts().readiness(); !ok {
 			http.Error(w, "not ready: "+strings.Join(missing, "; "), http.StatusServiceUnavailable)
 			return
 		}
@@ -83,7 +83,7 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	for _, cam := range a.parts().cameras {
-		if cam.cfg.Name != name {
+		if cam.cfg().Name != name {
 			continue
 		}
 		jpeg, taken := cam.snap.get()
@@ -261,8 +261,8 @@ func serveStored(w http.ResponseWriter, r *http.Request, s *snapshotStore) {
 func (a *Agent) flagSample(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	for _, cam := range a.parts().cameras {
-		if cam.cfg.Name == name {
-			if !cam.cfg.StoreFrames {
+		if cam.cfg().Name == name {
+			if !cam.cfg().StoreFrames {
 				writeError(w, http.StatusConflict, "camera %s has store_frames: false", name)
 				return
 			}
@@ -278,17 +278,18 @@ func (a *Agent) flagSample(w http.ResponseWriter, r *http.Request) {
 // its normal level (unless another rule holds it).
 func (a *Agent) acknowledgeRule(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if a.parts().cfg.RuleNamed(name) == nil {
+	p := a.parts()
+	if p.cfg.RuleNamed(name) == nil {
 		writeError(w, http.StatusNotFound, "no rule named %q", name)
 		return
 	}
-	fire, ok := a.parts().rules.Acknowledge(name, "ack")
+	fire, ok := p.rules.Acknowledge(name, "ack")
 	if !ok {
 		writeError(w, http.StatusConflict, "rule %s is not latched waiting for an acknowledge", name)
 		return
 	}
 	fire.Reason += " over http by " + r.RemoteAddr
-	a.release(r.Context(), fire)
+	a.release(r.Context(), p, fire)
 	writeJSON(w, http.StatusOK, map[string]any{"rule": name, "released": true})
 }
 

@@ -32,7 +32,8 @@ var (
 )
 
 func (a *Agent) inferImage(w http.ResponseWriter, r *http.Request) {
-	c := a.parts().cfg.HTTP
+	p := a.parts()
+	c := p.cfg.HTTP
 	if c.Token != "" {
 		if got := tokenOf(r); !sameToken(got, c.Token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="vigil"`)
@@ -64,7 +65,6 @@ func (a *Agent) inferImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.URL.Query().Get("model")
-	p := a.parts()
 	if name == "" && len(p.modOrder) > 0 {
 		name = p.modOrder[0]
 	}

@@ -111,7 +111,8 @@ type statusRefresher struct {
 // refresh publishes the online status if it differs from the last one it published on
 // this connection of this link.
 func (r *statusRefresher) refresh(a *Agent) {
-	link := a.parts().link
+	p := a.parts()
+	link := p.link
 	if link == nil {
 		return
 	}
@@ -124,7 +125,7 @@ func (r *statusRefresher) refresh(a *Agent) {
 		r.link, r.connects, r.last = link, ls.Connects, nil
 	}
 	status := a.onlineStatus()
-	status["state"], status["device"] = "online", a.parts().cfg.Device.ID
+	status["state"], status["device"] = "online", p.cfg.Device.ID
 	b, err := json.Marshal(status)
 	if err != nil || bytes.Equal(b, r.last) {
 		return

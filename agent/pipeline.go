@@ -28,9 +28,11 @@ import (
 
 // camera is one camera's pipeline: capture, detection, rules.
 type camera struct {
-	cfg    config.Camera
+	// conf and mod are the camera's settings and model: a reload that changes only its
+	// pacing, model or frame storage swaps them in place (the camera keeps streaming).
+	conf   atomic.Pointer[config.Camera]
+	mod    atomic.Pointer[model]
 	cap    *capture.Camera
-	model  *model
 	logger *slog.Logger
 	snap   *snapshot
 	stats  *detectStats
@@ -57,20 +59,27 @@ type camera struct {
 	dets []infer.Detection
 }
 
+// cfg is the camera's current settings; its name never changes.
+func (c *camera) cfg() *config.Camera { return c.conf.Load() }
+
+// model is the model the camera's frames go to now.
+func (c *camera) model() *model { return c.mod.Load() }
+
 // detectLoop runs the camera's model on its newest frames, at most detect_fps times a
 // second. It takes each frame the moment it arrives and decides then whether to run
 // on it, so a processed frame never waited for the detector's schedule; frames that
 // arrive while the detector is busy are replaced in the slot (counted as dropped),
 // so a slow model never makes the pipeline fall behind the camera.
 func (a *Agent) detectLoop(ctx context.Context, cam *camera) error {
-	pace := newPacer(cam.cfg.DetectFPS)
+	pace := newPacer(cam.cfg().DetectFPS)
 	for {
+		pace.setRate(cam.cfg().DetectFPS) // a reload may retune it
 		f, err := cam.cap.Slot().Take(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, capture.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("camera %s: take frame: %w", cam.cfg.Name, err)
+			return fmt.Errorf("camera %s: take frame: %w", cam.cfg().Name, err)
 		}
 		if pace.admit(time.Now()) {
 			cam.busySince.Store(time.Now().UnixNano())
@@ -94,6 +103,11 @@ func newPacer(fps float64) *pacer {
 	return &pacer{interval: time.Duration(float64(time.Second) / fps)}
 }
 
+// setRate changes the pace from the next event on.
+func (p *pacer) setRate(fps float64) {
+	p.interval = time.Duration(float64(time.Second) / fps)
+}
+
 func (p *pacer) admit(now time.Time) bool {
 	if now.Before(p.next.Add(-p.interval / 4)) {
 		return false
@@ -106,9 +120,14 @@ func (p *pacer) admit(now time.Time) bool {
 }
 
 // process runs one frame through detection, rules and actions.
+//
+// It takes one snapshot of the parts for the whole frame: a reload meanwhile applies
+// from the next frame on.
 func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
+	p := a.parts()
+	mod := cam.model()
 	var dets []infer.Detection
-	if run := cam.model.acquire(); run != nil {
+	if run := mod.acquire(); run != nil {
 		defer run.release()
 		cam.frameSize.Store(uint64(f.Mat.Cols())<<32 | uint64(f.Mat.Rows()))
 		var timing detector.Timing
@@ -120,31 +139,31 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		if err != nil {
 			if cam.stats.fail(err) {
 				cam.logger.Error("detection failed", "frame", f.Seq, "err", err)
-				a.failSafe(cam, "detection failed: "+err.Error())
+				a.failSafe(p, cam, "detection failed: "+err.Error())
 			}
 			return
 		}
 		detected := time.Now()
 		cam.stats.record(timing.Infer, detected.Sub(f.Time), detected, dets)
-		a.metrics.observeDetection(cam.cfg.Name, cam.model.name, timing.Infer, detected.Sub(f.Time), dets)
+		a.metrics.observeDetection(cam.cfg().Name, mod.name, timing.Infer, detected.Sub(f.Time), dets)
 		if cam.safed.Load() && cam.cap.Status().State == capture.StateStreaming {
-			a.restore(cam, "detection works again on camera "+cam.cfg.Name)
+			a.restore(p, cam, "detection works again on camera "+cam.cfg().Name)
 		}
 
 		if a.beforeRules != nil {
-			a.beforeRules(cam.cfg.Name)
+			a.beforeRules(cam.cfg().Name)
 		}
 		if cam.drift != nil {
 			a.observeDrift(cam, f, dets)
 		}
-		for _, fire := range a.parts().rules.Evaluate(rules.Frame{
-			Camera: cam.cfg.Name, Width: f.Mat.Cols(), Height: f.Mat.Rows(), Detections: dets, At: f.Time,
+		for _, fire := range p.rules.Evaluate(rules.Frame{
+			Camera: cam.cfg().Name, Width: f.Mat.Cols(), Height: f.Mat.Rows(), Detections: dets, At: f.Time,
 		}) {
-			a.act(ctx, cam, f, fire, detected.Sub(f.Time))
+			a.act(ctx, p, cam, f, fire, detected.Sub(f.Time))
 		}
 		a.maybeSample(cam, f, run, dets)
 		// After the actions: the candidate must never delay an actuator.
-		if sh := cam.model.shadow.Load(); sh != nil {
+		if sh := mod.shadow.Load(); sh != nil {
 			sh.offer(f.Mat, dets, timing.Infer)
 		}
 	}
@@ -153,7 +172,7 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 
 // act carries out what a rule decided and records it as an event. The actuator moves
 // first: neither the snapshot nor the event's durability may delay the output.
-func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rules.Firing, detectLatency time.Duration) {
+func (a *Agent) act(ctx context.Context, p *parts, cam *camera, f capture.Frame, fire rules.Firing, detectLatency time.Duration) {
 	name := fire.Action.Actuator
 	reason := "rule " + fire.Rule
 	var err error
@@ -162,9 +181,9 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 	case name == "":
 		// An event-only rule.
 	case fire.Kind == rules.Release:
-		level, err = a.settle(name, reason+" released: "+fire.Reason)
+		level, err = a.settle(p, name, reason+" released: "+fire.Reason)
 	default:
-		act := a.parts().actuators[name]
+		act := p.actuators[name]
 		act.cmd.Lock()
 		if fire.Action.Pulse > 0 {
 			err = act.Pulse(fire.Action.Pulse, reason)
@@ -174,13 +193,13 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 		}
 		act.cmd.Unlock()
 		if fire.Action.Until != "" {
-			a.saveLatches()
+			a.saveLatches(p)
 		}
 	}
 	actuated := time.Since(f.Time)
 	if name != "" && fire.Kind == rules.Fire {
 		a.metrics.observeFiring(fire.Rule, actuated)
-		a.parts().ruleStats[fire.Rule].record(actuated, detectLatency)
+		p.ruleStats[fire.Rule].record(actuated, detectLatency)
 	}
 	if err != nil {
 		cam.logger.Error("actuator command failed", "rule", fire.Rule, "actuator", name, "err", err)
@@ -210,13 +229,13 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 		return
 	}
 	body := detectionEvent{
-		Rule: fire.Rule, Camera: cam.cfg.Name, Frame: f.Seq, Detections: fire.Matches, Action: action,
+		Rule: fire.Rule, Camera: cam.cfg().Name, Frame: f.Seq, Detections: fire.Matches, Action: action,
 		LatencyMS: latencyMS{Detect: ms(detectLatency)},
 	}
 	if name != "" {
 		body.LatencyMS.Actuate = ms(actuated)
 	}
-	body.Snapshot, body.SnapshotError = a.snapshots.save(cam.cfg.Name, f, fire.Matches)
+	body.Snapshot, body.SnapshotError = a.snapshots.save(cam.cfg().Name, f, fire.Matches)
 	env := a.recordEvent(ctx, "detection", body)
 	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", name, "seq", env.Seq,
 		"detect_ms", body.LatencyMS.Detect, "actuate_ms", body.LatencyMS.Actuate)
@@ -224,10 +243,10 @@ func (a *Agent) act(ctx context.Context, cam *camera, f capture.Frame, fire rule
 
 // release carries out a Release that did not come from a frame (an acknowledge, an
 // input): the actuator settles and the release is an event.
-func (a *Agent) release(ctx context.Context, fire rules.Firing) {
+func (a *Agent) release(ctx context.Context, p *parts, fire rules.Firing) {
 	var action map[string]any
 	if name := fire.Action.Actuator; name != "" {
-		level, err := a.settle(name, "rule "+fire.Rule+" released: "+fire.Reason)
+		level, err := a.settle(p, name, "rule "+fire.Rule+" released: "+fire.Reason)
 		action = map[string]any{"actuator": name, "state": level.String(), "released": fire.Reason}
 		if err != nil {
 			action["error"] = err.Error()
@@ -458,7 +477,7 @@ func (a *Agent) observeDrift(cam *camera, f capture.Frame, dets []infer.Detectio
 		return
 	}
 	st := cam.drift.Status()
-	body := map[string]any{"camera": cam.cfg.Name, "drifting": st.Drifting, "score": round(st.Score, 3), "feature": st.Feature}
+	body := map[string]any{"camera": cam.cfg().Name, "drifting": st.Drifting, "score": round(st.Score, 3), "feature": st.Feature}
 	a.recordEvent(context.Background(), "drift", body)
 	if st.Drifting {
 		cam.logger.Warn("what the camera sees drifted from the model's baseline", "score", round(st.Score, 3), "feature", st.Feature)

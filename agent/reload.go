@@ -7,82 +7,12 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/vigil-edge/vigil/agent/config"
-	"github.com/vigil-edge/vigil/agent/rules"
-	"github.com/vigil-edge/vigil/sync/mqttlink"
 )
-
-// The parts that a reload starts and stops run in Run's group, each with a context of
-// its own: a part's error or panic still stops the agent, and stopping one part leaves
-// the others running.
-
-// spawn runs fn in Run's group under its own context; the returned stop ends it, and
-// done is closed when fn has returned.
-func (a *Agent) spawn(part string, fn func(ctx context.Context) error) (stop context.CancelFunc, done chan struct{}) {
-	ctx, stop := context.WithCancel(a.groupCtx)
-	done = make(chan struct{})
-	a.group.Go(a.guard(part, func() error {
-		defer close(done)
-		return fn(ctx)
-	}))
-	return stop, done
-}
-
-func (a *Agent) startCamera(cam *camera) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	stopCap, capDone := a.spawn("camera "+cam.cfg.Name, cam.cap.Run)
-	stopLoop, loopDone := a.spawn("pipeline "+cam.cfg.Name, func(ctx context.Context) error { return a.detectLoop(ctx, cam) })
-	cam.stop = func() { stopCap(); stopLoop() }
-	cam.done = make(chan struct{})
-	go func() {
-		<-capDone
-		<-loopDone
-		if cam.drift != nil {
-			cam.drift.Close() // no frame reaches it any more
-		}
-		close(cam.done)
-	}()
-}
-
-// startShadow runs a model's shadow, if it has one.
-func (a *Agent) startShadow(m *model) {
-	if sh := m.shadow.Load(); sh != nil {
-		sh.start(a.spawn("shadow of "+m.name, sh.Run))
-	}
-}
-
-// setShadow makes sh (nil: none) the model's shadow, running it when the agent runs,
-// and stops and closes the one it replaces.
-func (a *Agent) setShadow(m *model, sh *shadow) {
-	if sh != nil && a.groupCtx != nil {
-		sh.start(a.spawn("shadow of "+m.name, sh.Run))
-	}
-	if old := m.shadow.Swap(sh); old != nil {
-		old.shutdown()
-	}
-}
-
-func (a *Agent) startInput(in *input) {
-	in.stop, in.done = a.spawn("input "+in.cfg.Name, in.Run)
-}
-
-// startLink runs an MQTT link and the deployer on it; they stop together.
-func (a *Agent) startLink(link *mqttlink.Link, d *deployer) {
-	stopLink, linkDone := a.spawn("mqtt link", link.Run)
-	stopDeploy, deployDone := a.spawn("deployments", d.Run)
-	d.stop = func() {
-		stopDeploy()
-		<-deployDone
-		stopLink()
-		<-linkDone
-	}
-}
 
 // ReloadResult says what a reload did.
 type ReloadResult struct {
@@ -101,10 +31,12 @@ var errNotRunning = errors.New("reload: the agent is not running")
 
 // Reload applies a new, validated config while the agent runs, changing only what the
 // config changes: a camera, model, actuator or input whose settings are the same keeps
-// running (a camera keeps streaming, an output keeps its level), the rules keep their
+// running (a camera keeps streaming, an output keeps its level; a camera whose only
+// change is its pacing, model or frame storage is retuned in place), the rules keep their
 // state (holds and latches) where a rule is unchanged, and the outbox and the events in
 // flight are untouched. Settings that need a restart (device, http.listen, outbox,
-// runtimes, snapshots, log) are listed and keep their old values until then.
+// runtimes, snapshots, log) are listed and keep their old values until then. It builds
+// the parts as New does (replace, in parts.go).
 func (a *Agent) Reload(next *config.Config) (ReloadResult, error) {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
@@ -127,186 +59,18 @@ func (a *Agent) Reload(next *config.Config) (ReloadResult, error) {
 	merged := *next
 	merged.Device, merged.HTTP.Listen, merged.Outbox, merged.Runtimes, merged.Snapshots, merged.Log =
 		oc.Device, oc.HTTP.Listen, oc.Outbox, oc.Runtimes, oc.Snapshots, oc.Log
-	np := &parts{cfg: &merged, actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{}, ruleStats: map[string]*ruleStats{}}
-	var stopAfter []func() // parts replaced or removed, stopped once the new ones run
-
-	// MQTT first, since only it can still fail (a TLS file): a changed link (or what its
-	// deployer uses) is started again; the outbox keeps every message, and a transfer
-	// under way resumes from disk.
-	np.link, np.deployer = old.link, old.deployer
-	var stopLink func()
-	if !reflect.DeepEqual(oc.MQTT, merged.MQTT) || !reflect.DeepEqual(oc.Trust, merged.Trust) ||
-		!reflect.DeepEqual(oc.Deploy, merged.Deploy) || oc.Device.Group != merged.Device.Group {
-		np.link, np.deployer = nil, nil
-		if merged.MQTT.Enabled {
-			link, err := a.newLink(&merged, a.logBase)
-			if err != nil {
-				return a.refuse(res, err)
-			}
-			np.link = link
-			np.deployer = newDeployer(a, &merged, link, a.store, a.backends, a.logBase)
-		}
-		if old.deployer != nil {
-			stopLink = old.deployer.stop
-		}
-		res.Changed = append(res.Changed, "mqtt")
+	np, ch, err := a.replace(&merged, old)
+	if err != nil {
+		return a.refuse(res, err)
 	}
-
-	if stopLink != nil {
-		stopAfter = append(stopAfter, stopLink)
-	}
-
-	// Actuators: an unchanged one keeps its line and level; a changed one is released
-	// (driven safe) before its replacement opens the line, which it may share.
-	for _, ac := range merged.Actuators {
-		if cur, ok := old.actuators[ac.Name]; ok && reflect.DeepEqual(cur.cfg, ac) {
-			np.actuators[ac.Name] = cur
-		} else {
-			if ok {
-				cur.Close()
-				res.Changed = append(res.Changed, "actuator "+ac.Name)
-			} else {
-				res.Changed = append(res.Changed, "actuator "+ac.Name+" added")
-			}
-			act, fault := a.newActuator(ac)
-			if fault != nil {
-				a.recordEvent(context.Background(), "fault", fault)
-			}
-			np.actuators[ac.Name] = act
-		}
-		np.actOrder = append(np.actOrder, ac.Name)
-	}
-	for _, name := range old.actOrder {
-		if _, kept := np.actuators[name]; !kept {
-			act := old.actuators[name]
-			stopAfter = append(stopAfter, func() { act.Close() })
-			res.Changed = append(res.Changed, "actuator "+name+" removed")
-		}
-	}
-
-	// Inputs, the same way.
-	for _, ic := range merged.Inputs {
-		if cur, ok := old.inputs[ic.Name]; ok && reflect.DeepEqual(cur.cfg, ic) {
-			np.inputs[ic.Name] = cur
-		} else {
-			if ok {
-				cur.stop()
-				<-cur.done
-				cur.Close()
-				res.Changed = append(res.Changed, "input "+ic.Name)
-			} else {
-				res.Changed = append(res.Changed, "input "+ic.Name+" added")
-			}
-			in := a.newInput(ic)
-			np.inputs[ic.Name] = in
-			a.startInput(in)
-		}
-		np.inOrder = append(np.inOrder, ic.Name)
-	}
-	for _, name := range old.inOrder {
-		if _, kept := np.inputs[name]; !kept {
-			in := old.inputs[name]
-			stopAfter = append(stopAfter, func() { in.stop(); <-in.done; in.Close() })
-			res.Changed = append(res.Changed, "input "+name+" removed")
-		}
-	}
-
-	// Models: an unchanged one keeps running (and what a deployment put in it). A
-	// deployment finishing meanwhile waits (deployer.commit) and then sees the new ones.
-	a.modelsMu.Lock()
-	modelsLocked := true
-	defer func() {
-		if modelsLocked {
-			a.modelsMu.Unlock()
-		}
-	}()
-	for _, mc := range merged.Models {
-		if cur, ok := old.models[mc.Name]; ok && reflect.DeepEqual(cur.cfg, mc) {
-			np.models[mc.Name] = cur
-		} else {
-			np.models[mc.Name] = a.newModel(mc)
-			a.startShadow(np.models[mc.Name])
-			if ok {
-				res.Changed = append(res.Changed, "model "+mc.Name)
-			} else {
-				res.Changed = append(res.Changed, "model "+mc.Name+" added")
-			}
-		}
-		np.modOrder = append(np.modOrder, mc.Name)
-	}
-
-	// Cameras: an unchanged camera on an unchanged model keeps streaming.
-	for _, cc := range merged.Cameras {
-		var cur *camera
-		for _, c := range old.cameras {
-			if c.cfg.Name == cc.Name {
-				cur = c
-			}
-		}
-		if cur != nil && reflect.DeepEqual(cur.cfg, cc) && cur.model == np.models[cc.Model] {
-			np.cameras = append(np.cameras, cur)
-			continue
-		}
-		cam, err := a.newCamera(cc, np.models[cc.Model])
-		if err != nil {
-			res.Errors = append(res.Errors, err.Error()) // validated already: not expected
-			continue
-		}
-		np.cameras = append(np.cameras, cam)
-		if cur != nil {
-			stopAfter = append(stopAfter, func() { cur.stop(); <-cur.done })
-			res.Changed = append(res.Changed, "camera "+cc.Name)
-		} else {
-			res.Changed = append(res.Changed, "camera "+cc.Name+" added")
-		}
-	}
-	for _, c := range old.cameras {
-		if !slices.ContainsFunc(np.cameras, func(n *camera) bool { return n.cfg.Name == c.cfg.Name }) {
-			stopAfter = append(stopAfter, func() { c.stop(); <-c.done })
-			res.Changed = append(res.Changed, "camera "+c.cfg.Name+" removed")
-		}
-	}
-
-	// Rules: a new engine that keeps the state of every unchanged rule.
-	np.rules = rules.New(merged.Rules, rules.Options{InputHigh: a.inputHigh})
-	np.rules.Carry(old.rules)
-	for _, r := range merged.Rules {
-		if st, ok := old.ruleStats[r.Name]; ok && reflect.DeepEqual(oc.RuleNamed(r.Name), &r) {
-			np.ruleStats[r.Name] = st
-		} else {
-			np.ruleStats[r.Name] = &ruleStats{}
-			res.Changed = append(res.Changed, "rule "+r.Name)
-		}
-	}
-
-	// Swap: from here the pipelines, the API and the status page see the new parts.
-	a.cur.Store(np)
-	a.modelsMu.Unlock()
-	modelsLocked = false
-	for _, cam := range np.cameras {
-		if cam.stop == nil {
-			a.startCamera(cam)
-		}
-	}
-	if np.link != nil && np.link != old.link {
-		a.startLink(np.link, np.deployer)
-	}
-	for _, stop := range stopAfter {
-		stop()
-	}
-	for _, name := range old.modOrder {
-		if m := old.models[name]; np.models[name] != m {
-			retire(m.running.Load()) // its cameras have stopped
-			a.setShadow(m, nil)
-		}
-	}
+	res.Changed = ch.changed
+	a.start(np, ch)
+	a.stop(ch)
 	// New outputs go to their normal level, and the rules' holds apply.
-	for _, name := range np.actOrder {
-		if np.actuators[name] != old.actuators[name] {
-			a.settle(name, "reload")
-		}
+	for _, ac := range ch.openActuators {
+		a.settle(np, ac.Name, "reload")
 	}
-	a.saveLatches()
+	a.saveLatches(np)
 	res.OK = true
 	return res, nil
 }

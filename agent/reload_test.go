@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 )
 
@@ -149,4 +152,116 @@ func TestReloadMQTTAndActuators(t *testing.T) {
 		st := r.status(t)
 		return st.MQTT.State == "connected" && st.Outbox.Depth == 0 && len(sub.Messages()) > 1
 	})
+}
+
+// A reload that removes an actuator while its rule's camera stalls. The stall watcher's
+// failSafe walks the rules and drives their actuators safe; it works on one snapshot of
+// the parts, so a reload in the middle cannot make it look a removed actuator up in the
+// new parts (a nil output: a panic in the stall watcher before, which stopped the
+// agent). The output that remains goes safe.
+func TestReloadRemovingAnActuatorWhileItsCameraStalls(t *testing.T) {
+	state := t.TempDir()
+	configs := map[bool]*config.Config{}
+	for _, withWeld := range []bool{true, false} {
+		weld := ""
+		if withWeld {
+			weld = "  - {name: weld-hold, driver: sim, safe: low, initial: high}\n"
+		}
+		rule := func(name, act string) string {
+			return fmt.Sprintf("  - {name: %s, camera: door, labels: [person], on_stall: safe, action: {actuator: %s, state: low}}\n", name, act)
+		}
+		rules := rule("guard-on-person", "guard")
+		if withWeld {
+			rules += rule("weld-on-person", "weld-hold")
+		}
+		yaml := fmt.Sprintf("device: {id: test-01, state_dir: %q}\nhttp: {token: s3cret}\n"+
+			"cameras:\n  - {name: door, url: \"pattern://?width=64&height=48&fps=2\", detect_fps: 2}\n"+
+			"actuators:\n  - {name: guard, driver: sim, safe: low, initial: high}\n%srules:\n%s", state, weld, rules)
+		path := filepath.Join(t.TempDir(), "vigil.yaml")
+		if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			t.Fatalf("config rejected:\n%v", err)
+		}
+		configs[withWeld] = cfg
+	}
+	r := start(t, configs[true])
+	a := r.agent
+	waitFor(t, 30*time.Second, "the outputs at their operating level", func() bool {
+		p := a.parts()
+		return p.actuators["guard"].State().State == "high" && p.actuators["weld-hold"].State().State == "high"
+	})
+	cam := a.parts().cameras[0]
+
+	// The stall watcher's view of a camera that keeps stalling, while reloads add and
+	// remove weld-hold and its rule.
+	stop := make(chan struct{})
+	stalls := make(chan any, 1)
+	go func() {
+		defer func() { stalls <- recover() }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			a.failSafe(a.parts(), cam, "camera door stalled")
+		}
+	}()
+	for i := range 200 {
+		if _, err := a.Reload(configs[i%2 == 0]); err != nil { // the last (199) removes weld-hold
+			t.Fatalf("reload %d: %v", i, err)
+		}
+	}
+	close(stop)
+	if p := <-stalls; p != nil {
+		t.Fatalf("the stall watcher panicked during the reloads: %v", p)
+	}
+
+	// The last config has no weld-hold; the camera still stalls: guard goes safe.
+	p := a.parts()
+	if _, ok := p.actuators["weld-hold"]; ok {
+		t.Fatalf("weld-hold is still an actuator after the last reload removed it")
+	}
+	p.actuators["guard"].Set(hal.High, "test: operating level again")
+	a.failSafe(p, cam, "camera door stalled")
+	if st := p.actuators["guard"].State(); st.State != "low" || !strings.Contains(st.LastReason, "stalled") {
+		t.Errorf("guard after the stall: %+v, want low (safe) because the camera stalled", st)
+	}
+}
+
+// A camera whose only change is its pacing or its model is reconfigured in place, as
+// mediamtx's ReloadConf does: the same pipeline keeps its stream (no reconnect, its
+// frame counter keeps rising) and detects at the new rate on the new model.
+func TestReloadRetunesACameraInPlace(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "models:\n  - {name: default}\n  - {name: second}\n")
+	r := start(t, cfg)
+	door := r.agent.parts().cameras[0]
+	first := door.model()
+	waitFor(t, 30*time.Second, "detections on the first model", func() bool { return door.stats.status().Frames > 3 })
+	reconnects := door.cap.Status().Reconnects
+
+	rewrite(t, cfg.Source, `detect_fps: 10}`, `detect_fps: 4, model: second}`)
+	res, err := r.agent.ReloadFromFile("test")
+	if err != nil || !slices.Contains(res.Changed, "camera door reconfigured") {
+		t.Fatalf("reload: %v %+v", err, res)
+	}
+	p := r.agent.parts()
+	if p.cameras[0] != door {
+		t.Fatal("the camera was replaced; only its pacing and model changed")
+	}
+	if door.cfg().DetectFPS != 4 || door.model() != p.models["second"] || door.model() == first {
+		t.Fatalf("after the reload: detect_fps %v, model %s", door.cfg().DetectFPS, door.model().name)
+	}
+	second := door.model().running.Load()
+	before := door.stats.status().Frames
+	waitFor(t, 30*time.Second, "detections on the second model", func() bool {
+		_, n := second.stats.p50()
+		return n > 3 && door.stats.status().Frames > before+3
+	})
+	if got := door.cap.Status().Reconnects; got != reconnects {
+		t.Errorf("the camera reconnected %d times during the reload; it should have kept its stream", got-reconnects)
+	}
 }

@@ -38,7 +38,7 @@ type sampleSidecar struct {
 // time allows. It runs after the frame's actions.
 func (a *Agent) maybeSample(cam *camera, f capture.Frame, run *loaded, dets []infer.Detection) {
 	c := a.parts().cfg.Samples
-	if !cam.cfg.StoreFrames || c.MaxBytes == 0 {
+	if !cam.cfg().StoreFrames || c.MaxBytes == 0 {
 		cam.flagged.Store(false)
 		return
 	}
@@ -65,17 +65,17 @@ func (a *Agent) maybeSample(cam *camera, f capture.Frame, run *loaded, dets []in
 	cam.lastSample.Store(time.Now().UnixNano())
 	man := run.detector.Manifest()
 	side, _ := json.MarshalIndent(sampleSidecar{
-		Camera: cam.cfg.Name, Frame: f.Seq, Time: f.Time.UTC(), Reason: reason,
+		Camera: cam.cfg().Name, Frame: f.Seq, Time: f.Time.UTC(), Reason: reason,
 		Model: man.Name, Version: man.Version, Detections: dets,
 	}, "", "  ")
-	name, problem := a.samples.saveWith(cam.cfg.Name, f, dets, side)
+	name, problem := a.samples.saveWith(cam.cfg().Name, f, dets, side)
 	if name == "" {
 		if problem != "" {
 			cam.logger.Warn("sample not kept", "reason", reason, "problem", problem)
 		}
 		return
 	}
-	a.recordEvent(context.Background(), "sample", map[string]string{"camera": cam.cfg.Name, "file": name, "reason": reason})
+	a.recordEvent(context.Background(), "sample", map[string]string{"camera": cam.cfg().Name, "file": name, "reason": reason})
 }
 
 // Uploading samples (samples.upload; sync/upload says how they travel): one goroutine

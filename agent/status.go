@@ -99,23 +99,24 @@ type OutboxStatus struct {
 
 // Status assembles the agent's status. withHistory adds the sim actuators' transitions.
 func (a *Agent) Status(withHistory bool) Status {
+	p := a.parts()
 	st := Status{
-		Device: a.parts().cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
+		Device: p.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
 		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{}, Inputs: []hal.InputState{},
 		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20), Samples: a.samplesStatus(),
 	}
-	if a.parts().link != nil {
-		st.MQTT = a.parts().link.State()
+	if p.link != nil {
+		st.MQTT = p.link.State()
 	}
-	st.Ready, _ = a.readiness()
-	for _, cam := range a.parts().cameras {
+	st.Ready, _ = p.readiness()
+	for _, cam := range p.cameras {
 		st.Cameras = append(st.Cameras, CameraStatus{
-			Status: cam.cap.Status(), URL: config.Redact(cam.cfg.URL), Model: cam.cfg.Model, Detect: cam.stats.status(),
+			Status: cam.cap.Status(), URL: config.Redact(cam.cfg().URL), Model: cam.cfg().Model, Detect: cam.stats.status(),
 			Drift: driftStatus(cam),
 		})
 	}
-	for _, name := range a.parts().modOrder {
-		m := a.parts().models[name]
+	for _, name := range p.modOrder {
+		m := p.models[name]
 		ms := ModelStatus{Name: name, Backend: m.cfg.Backend, State: "loaded"}
 		if run := m.running.Load(); run != nil {
 			ms.Backend, ms.Deployment = run.backend, run.deployment
@@ -135,21 +136,21 @@ func (a *Agent) Status(withHistory bool) Status {
 		}
 		st.Models = append(st.Models, ms)
 	}
-	for _, name := range a.parts().actOrder {
-		act := a.parts().actuators[name]
+	for _, name := range p.actOrder {
+		act := p.actuators[name]
 		as := ActuatorStatus{State: act.State()}
 		if withHistory && act.sim != nil {
 			as.History = act.sim.History()
 		}
 		st.Actuators = append(st.Actuators, as)
 	}
-	st.Deployment = a.parts().deployer.lastState()
+	st.Deployment = p.deployer.lastState()
 	st.Reload = a.lastReload.Load()
-	for _, name := range a.parts().inOrder {
-		st.Inputs = append(st.Inputs, a.parts().inputs[name].State())
+	for _, name := range p.inOrder {
+		st.Inputs = append(st.Inputs, p.inputs[name].State())
 	}
-	for _, rs := range a.parts().rules.Status() {
-		st.Rules = append(st.Rules, a.parts().ruleStats[rs.Name].status(rs))
+	for _, rs := range p.rules.Status() {
+		st.Rules = append(st.Rules, p.ruleStats[rs.Name].status(rs))
 	}
 	if a.outbox != nil {
 		o := a.outbox.Stats()
@@ -163,16 +164,16 @@ func (a *Agent) Status(withHistory bool) Status {
 
 // readiness is true once every model loaded and every camera with a model has run a
 // detection; otherwise it says what is missing.
-func (a *Agent) readiness() (bool, []string) {
+func (p *parts) readiness() (bool, []string) {
 	var missing []string
-	for _, name := range a.parts().modOrder {
-		if m := a.parts().models[name]; m.detector() == nil {
+	for _, name := range p.modOrder {
+		if m := p.models[name]; m.detector() == nil {
 			missing = append(missing, "model "+name+" not loaded")
 		}
 	}
-	for _, cam := range a.parts().cameras {
-		if cam.model.detector() != nil && cam.stats.status().Frames == 0 {
-			missing = append(missing, "camera "+cam.cfg.Name+" has no detection yet")
+	for _, cam := range p.cameras {
+		if cam.model().detector() != nil && cam.stats.status().Frames == 0 {
+			missing = append(missing, "camera "+cam.cfg().Name+" has no detection yet")
 		}
 	}
 	return len(missing) == 0, missing

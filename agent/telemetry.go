@@ -51,7 +51,7 @@ func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
 	st := a.Status(false)
 	byName := map[string]*camera{}
 	for _, cam := range a.parts().cameras {
-		byName[cam.cfg.Name] = cam
+		byName[cam.cfg().Name] = cam
 	}
 	cams := map[string]cameraTelemetry{}
 	for _, c := range st.Cameras {

@@ -75,7 +75,7 @@ func (a *Agent) hungPipeline() string {
 	for _, cam := range a.parts().cameras {
 		if since := cam.busySince.Load(); since != 0 {
 			if busy := now.Sub(time.Unix(0, since)); busy > a.hangAfter {
-				return fmt.Sprintf("camera %s: one frame in the pipeline for %v", cam.cfg.Name, busy.Round(time.Second))
+				return fmt.Sprintf("camera %s: one frame in the pipeline for %v", cam.cfg().Name, busy.Round(time.Second))
 			}
 		}
 	}
