@@ -61,7 +61,7 @@ type BenchMonitoring struct {
 }
 
 // BenchReport is what `vigil bench --json` prints. Its field names are a contract
-// (README, Benchmarks): scripts read them. Rates are frames per second, times are
+// (docs/benchmarks.md): scripts read them. Rates are frames per second, times are
 // milliseconds.
 type BenchReport struct {
 	Camera      string  `json:"camera"`

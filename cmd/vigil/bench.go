@@ -32,7 +32,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	camera := fs.String("camera", "", "camera to measure (default the config's first)")
 	seconds := fs.Float64("seconds", 10, "how long each stage is measured")
 	monitoring := fs.Bool("monitoring", false, "also measure the pipeline without drift monitoring, samples and shadow model, and compare")
-	asJSON := fs.Bool("json", false, "print JSON (field names in the README, Benchmarks) instead of a table")
+	asJSON := fs.Bool("json", false, "print JSON (field names in docs/benchmarks.md) instead of a table")
 	if err := fs.Parse(args); err != nil {
 		return parseExit(err)
 	}

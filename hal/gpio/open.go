@@ -29,7 +29,7 @@ const DeviceGlob = "/dev/gpiochip*"
 //
 // Known limit of gpioioctl: its first drive requests the line as an output without an
 // initial value, so the kernel drives it low for the microseconds before the requested
-// level is written. Wire an output so that this cannot matter (see README, "Wiring
+// level is written. Wire an output so that this cannot matter (see docs/hardware.md, "Wiring
 // outputs").
 func OpenOutput(chip, line string, activeLow bool) (hal.Line, error) {
 	l, where, err := openLine(chip, line)
