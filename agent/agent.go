@@ -79,6 +79,7 @@ type Agent struct {
 	// reload has just retired.
 	modelsMu   sync.Mutex
 	pending    *change // what New built, for Run to start
+	linkStop   func()  // stops the running MQTT link and its deployer; nil when none
 	group      *errgroup.Group
 	groupCtx   context.Context
 	logBase    *slog.Logger                 // the logger Options gave

@@ -172,7 +172,7 @@ func waitPhase(t *testing.T, r *running, id string) deploy.State {
 	t.Helper()
 	var st *deploy.State
 	waitFor(t, 60*time.Second, "deployment "+id+" to end", func() bool {
-		st = r.agent.parts().deployer.lastState()
+		st = r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == id && st.Phase.Final()
 	})
 	return *st
@@ -301,7 +301,7 @@ func TestDeployRejections(t *testing.T) {
 	// A manifest that does not parse is rejected by name.
 	p.publish(target.DeployTopic("vigil"), []byte(`{"deployment":"d-junk","action":"deploy","model":"default"}`))
 	waitFor(t, 10*time.Second, "the junk manifest's rejection", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-junk" && st.Phase == deploy.PhaseRejected
 	})
 	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 0 })
@@ -341,13 +341,13 @@ func TestDeployQueueAndSizeLimit(t *testing.T) {
 	p.chunks(target, first, a1, 0, 1)
 	p.send(target, first)
 	waitFor(t, 30*time.Second, "the first deployment downloading", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-first" && st.Phase == deploy.PhaseDownloading
 	})
 	p.chunks(target, second, a2, 0, second.Transfer.Chunks)
 	p.send(target, second)
 	waitFor(t, 30*time.Second, "the second deployment queued", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-second" && st.Phase == deploy.PhaseReceived && strings.Contains(st.Error, "queued behind deployment d-first")
 	})
 	p.chunks(target, first, a1, 1, first.Transfer.Chunks)
@@ -363,7 +363,7 @@ func TestDeployQueueAndSizeLimit(t *testing.T) {
 	p.chunks(target, big, a3, 0, 1)
 	p.send(target, big)
 	waitFor(t, 30*time.Second, "the oversized deployment's rejection", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-big" && st.Phase == deploy.PhaseRejected && strings.Contains(st.Error, "size")
 	})
 }
@@ -384,7 +384,7 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	p.chunks(target, m, archive, 0, half)
 	p.send(target, m)
 	waitFor(t, 30*time.Second, "half the chunks", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-outage" && st.Progress > 0.3
 	})
 	b.StopGraceful()
@@ -400,7 +400,7 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	p.chunks(target, m2, archive2, 0, 1)
 	p.send(target, m2)
 	waitFor(t, 30*time.Second, "the first chunk", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-restart" && st.Progress > 0
 	})
 	if err := r.stop(); err != nil {
@@ -470,7 +470,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 		p.send(target, m)
 		var st *deploy.State
 		waitFor(b, 2*time.Minute, "active", func() bool {
-			st = r.agent.parts().deployer.lastState()
+			st = r.agent.parts().deployer.LastState()
 			return st != nil && st.Deployment == m.Deployment && st.Phase.Final()
 		})
 		toActive := time.Since(pushStart)
@@ -576,7 +576,7 @@ func TestDeployWatchRollsBack(t *testing.T) {
 			tc.harm(&r.agent.parts().models["default"].running.Load().stats)
 			var st *deploy.State
 			waitFor(t, 30*time.Second, "the rollback", func() bool {
-				st = r.agent.parts().deployer.lastState()
+				st = r.agent.parts().deployer.LastState()
 				return st != nil && st.Phase == deploy.PhaseRolledBack
 			})
 			if !strings.Contains(st.Error, tc.reason) || runningVersion(r) != "0.1.1" {
@@ -636,7 +636,7 @@ func TestDeployWithdrawnAndStalled(t *testing.T) {
 	p.chunks(device, m, archive, 0, 1)
 	p.send(device, m)
 	waitFor(t, 30*time.Second, "the transfer under way", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-withdrawn" && st.Progress > 0
 	})
 	p.publish(device.DeployTopic("vigil"), nil) // what `vigil model push` does when it gives up
@@ -683,7 +683,7 @@ func TestDeployURLWithdrawnMidDownload(t *testing.T) {
 	m.Transfer = &deploy.TransferSpec{Via: deploy.ViaURL, URL: srv.URL + "/bundle.tar"}
 	p.send(target, m)
 	waitFor(t, 30*time.Second, "the download under way", func() bool {
-		st := r.agent.parts().deployer.lastState()
+		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == m.Deployment && st.Phase == deploy.PhaseDownloading
 	})
 	p.publish(target.DeployTopic("vigil"), nil)

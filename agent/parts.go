@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/sync/deploy/deployer"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 )
 
@@ -45,7 +46,7 @@ type parts struct {
 	rules     *rules.Engine
 	ruleStats map[string]*ruleStats // by rule name
 	link      *mqttlink.Link        // nil when mqtt.enabled is false
-	deployer  *deployer             // nil when mqtt.enabled is false
+	deployer  *deployer.Deployer    // nil when mqtt.enabled is false
 }
 
 // parts returns the agent's current parts. Keep the result for one task: a reload may
@@ -111,6 +112,7 @@ type loaded struct {
 	// deployment names the push that installed it; "" for the configured bundle.
 	deployment string
 	stats      runStats
+	frameSize  func() (w, h int) // its cameras' frames, to warm it up on; nil: 640x480
 
 	mu      sync.Mutex // guards users and retired
 	users   int        // frames on it now
@@ -152,7 +154,7 @@ type change struct {
 	cameras []*camera
 	inputs  []*input // filled by swap
 	models  []*model // their shadows start
-	link    bool     // the new parts' link and deployer
+	relink  bool     // the link and deployer change: the new ones start, the old ones stop
 
 	// The old parts the new ones do not share: released by swap (outputs, inputs) or
 	// stopped after it.
@@ -160,7 +162,7 @@ type change struct {
 	oldInputs    []*input
 	oldCameras   []*camera
 	oldModels    []*model
-	oldLink      *deployer // stops its link too; nil when the link is kept or there was none
+	oldLinkStop  func() // set by start when relink: the replaced link's stop
 }
 
 // retune is a camera's new settings that need no restart.
@@ -237,16 +239,19 @@ func (a *Agent) start(np *parts, ch *change) {
 	for _, m := range ch.models {
 		a.startShadow(m)
 	}
-	if ch.link && np.link != nil {
-		a.startLink(np.link, np.deployer)
+	if ch.relink {
+		ch.oldLinkStop, a.linkStop = a.linkStop, nil
+		if np.link != nil {
+			a.linkStop = a.startLink(np.link, np.deployer)
+		}
 	}
 }
 
 // stop ends what the old parts had and the new ones do not share: the link (its
 // deployer first), then the cameras, then the models, whose cameras have stopped.
 func (a *Agent) stop(ch *change) {
-	if ch.oldLink != nil && ch.oldLink.stop != nil {
-		ch.oldLink.stop()
+	if ch.oldLinkStop != nil {
+		ch.oldLinkStop()
 	}
 	for _, c := range ch.oldCameras {
 		if c.stop != nil {
@@ -314,11 +319,12 @@ func (a *Agent) startInput(in *input) {
 	in.stop, in.done = a.spawn("input "+in.cfg.Name, in.Run)
 }
 
-// startLink runs an MQTT link and the deployer on it; they stop together.
-func (a *Agent) startLink(link *mqttlink.Link, d *deployer) {
+// startLink runs an MQTT link and the deployer on it; the returned stop ends both, the
+// deployer first.
+func (a *Agent) startLink(link *mqttlink.Link, d *deployer.Deployer) (stop func()) {
 	stopLink, linkDone := a.spawn("mqtt link", link.Run)
 	stopDeploy, deployDone := a.spawn("deployments", d.Run)
-	d.stop = func() {
+	return func() {
 		stopDeploy()
 		<-deployDone
 		stopLink()

@@ -56,10 +56,9 @@ func (a *Agent) provision(cfg *config.Config, old *parts) (np *parts, ch *change
 			if np.link, err = a.newLink(cfg, a.logBase); err != nil {
 				return nil, nil, err
 			}
-			np.deployer = newDeployer(a, cfg, np.link, a.store, a.backends, a.logBase)
-			ch.link = true
+			np.deployer = a.newDeployer(cfg, np.link)
 		}
-		ch.oldLink = old.deployer
+		ch.relink = true
 		if old.link != nil || np.link != nil {
 			ch.changed = append(ch.changed, "mqtt")
 		}

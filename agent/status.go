@@ -144,7 +144,9 @@ func (a *Agent) Status(withHistory bool) Status {
 		}
 		st.Actuators = append(st.Actuators, as)
 	}
-	st.Deployment = p.deployer.lastState()
+	if p.deployer != nil {
+		st.Deployment = p.deployer.LastState()
+	}
 	st.Reload = a.lastReload.Load()
 	for _, name := range p.inOrder {
 		st.Inputs = append(st.Inputs, p.inputs[name].State())

@@ -277,3 +277,15 @@ func (d *Detector) Close() error {
 	d.color.Close()
 	return err
 }
+
+// DetectFile runs the model on an image file (JPEG, PNG: what OpenCV reads), for
+// labelled-image checks (infer/eval). The detections are appended to dst.
+func (d *Detector) DetectFile(path string, dst []infer.Detection) ([]infer.Detection, error) {
+	img := gocv.IMRead(path, gocv.IMReadColor)
+	defer img.Close()
+	if img.Empty() {
+		return dst, fmt.Errorf("read image %s: not an image OpenCV can decode", path)
+	}
+	dets, _, err := d.Detect(img, dst)
+	return dets, err
+}

@@ -94,7 +94,7 @@ type State struct {
 // Handler receives a message on a subscribed topic. It runs on the link's receiving
 // goroutine, one message at a time: it must return quickly and must not wait for the
 // link (hand long work to another goroutine).
-type Handler func(topic string, payload []byte)
+type Handler = func(topic string, payload []byte)
 
 // Link drains a Queue to a broker, reconnecting with backoff.
 type Link struct {
