@@ -27,6 +27,7 @@ import (
 	"github.com/vigil-edge/vigil/agent/rules"
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/gpio"
 	"github.com/vigil-edge/vigil/hal/sim"
@@ -439,17 +440,11 @@ func loadModel(backends *infer.Registry, dir string, mc config.Model) (*detector
 
 // cameraSpec is what capture opens for a camera.
 func cameraSpec(cc config.Camera) (capture.Spec, error) {
-	u, err := config.ParseCameraURL(cc.URL)
+	u, err := camurl.Parse(cc.URL)
 	if err != nil {
 		return capture.Spec{}, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
-	// A camera with no frame for stall_timeout is reported stalled; an RTSP read or
-	// open that blocks for twice that fails, and the supervisor reconnects.
-	return capture.Spec{
-		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
-		Transport: cc.RTSPTransport, OpenTimeout: 2 * cc.StallTimeout, ReadTimeout: 2 * cc.StallTimeout,
-		Width: u.Width, Height: u.Height, FPS: u.FPS, PixelFormat: u.PixelFormat,
-	}, nil
+	return capture.SpecFor(u, cc.RTSPTransport, cc.StallTimeout), nil
 }
 
 // newDriftMonitor is a camera's drift monitor, or nil when drift.enabled is off.

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vigil-edge/vigil/capture/camurl"
 )
 
 func TestGoodConfig(t *testing.T) {
@@ -63,7 +65,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 	if cfg.Source != "" || len(cfg.Cameras) != 1 || cfg.Cameras[0].Name != SampleCamera || cfg.MQTT.Enabled {
 		t.Fatalf("unexpected defaults: %+v", cfg)
 	}
-	if u, err := ParseCameraURL(cfg.Cameras[0].URL); err != nil || u.Kind != "file" || u.Target != SampleClip("./var") {
+	if u, err := camurl.Parse(cfg.Cameras[0].URL); err != nil || u.Kind != "file" || u.Target != SampleClip("./var") {
 		t.Errorf("sample camera url %q -> %+v, %v", cfg.Cameras[0].URL, u, err)
 	}
 	if r := cfg.Rules[0]; r.Action.Actuator != "line-stop" || r.Action.Pulse != 500*time.Millisecond || !slices.Equal(r.Labels, []string{"person"}) {
@@ -225,12 +227,6 @@ func TestParseByteSize(t *testing.T) {
 	}
 }
 
-func TestRedact(t *testing.T) {
-	if got := Redact("rtsp://admin:hunter2@10.0.0.5:554/s"); strings.Contains(got, "hunter2") || !strings.Contains(got, "admin") {
-		t.Errorf("Redact: %s", got)
-	}
-}
-
 func FuzzLoad(f *testing.F) {
 	seeds, _ := filepath.Glob(filepath.Join("testdata", "*.yaml"))
 	for _, s := range seeds {
@@ -258,33 +254,6 @@ func TestExampleConfigs(t *testing.T) {
 	for _, f := range files {
 		if _, err := Load(f); err != nil {
 			t.Errorf("%s:\n%v", f, err)
-		}
-	}
-}
-
-func TestParseCameraURL(t *testing.T) {
-	for raw, want := range map[string]CameraURL{
-		"file:///srv/clip.mp4":                    {Kind: "file", Target: "/srv/clip.mp4", Loop: true, Realtime: true},
-		"file://var/clip.mp4":                     {Kind: "file", Target: "var/clip.mp4", Loop: true, Realtime: true},
-		"file:clip.mp4?loop=false&realtime=false": {Kind: "file", Target: "clip.mp4"},
-		"v4l2:///dev/video0":                      {Kind: "v4l2", Target: "/dev/video0", Loop: true, Realtime: true},
-		"rtsp://u:p@10.0.0.5:554/s":               {Kind: "rtsp", Target: "rtsp://u:p@10.0.0.5:554/s"},
-		"pattern://":                              {Kind: "pattern"},
-		"pattern://?width=64&height=48&fps=2":     {Kind: "pattern", Width: 64, Height: 48, FPS: 2},
-		"v4l2:///dev/video2?width=1280&height=720&fps=15&format=MJPG": {
-			Kind: "v4l2", Target: "/dev/video2", Loop: true, Realtime: true, Width: 1280, Height: 720, FPS: 15, PixelFormat: "MJPG",
-		},
-	} {
-		got, err := ParseCameraURL(raw)
-		if err != nil || got != want {
-			t.Errorf("ParseCameraURL(%q) = %+v, %v; want %+v", raw, got, err, want)
-		}
-	}
-	for _, raw := range []string{"file:///a.mp4?speed=2", "file:///a.mp4?loop=maybe", "rtsp:///nohost", "clip.mp4", "http://x/y",
-		"v4l2:///dev/video0?width=-1", "v4l2:///dev/video0?format=MJPEG", "v4l2:///dev/video0?loop=false", "file:///a.mp4?width=3",
-		"pattern://?fps=0", "pattern://?width=x", "pattern://?loop=false"} {
-		if _, err := ParseCameraURL(raw); err == nil {
-			t.Errorf("ParseCameraURL(%q) accepted", raw)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/assets"
+	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/infer"
 )
 
@@ -23,120 +24,6 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 // Backends a model may name. Whether one is available on this machine is checked at
 // start, not here: a config stays valid across machines.
 var Backends = []string{"onnxruntime", "tflite", "openvino", "opencv"}
-
-// CameraURL is a camera's url split into its kind and target.
-type CameraURL struct {
-	Kind   string // rtsp | file | v4l2 | pattern
-	Target string // the stream URL (rtsp), the file or device path, or the pattern name
-	// For files: Loop starts over at the end (default true); Realtime delivers frames
-	// at the file's own rate (default true), or as fast as they decode.
-	Loop, Realtime bool
-	// For v4l2 devices: the size, rate and pixel format (FOURCC) to ask for.
-	Width, Height int
-	FPS           float64
-	PixelFormat   string
-}
-
-// ParseCameraURL reads rtsp://, rtsps://, file:///path.mp4 (or file:relative.mp4, with
-// ?loop=false and ?realtime=false), v4l2:///dev/video0 and pattern:// URLs.
-func ParseCameraURL(raw string) (CameraURL, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return CameraURL{}, fmt.Errorf("not a URL: %w", err)
-	}
-	switch u.Scheme {
-	case "rtsp", "rtsps":
-		if u.Host == "" {
-			return CameraURL{}, fmt.Errorf("%s has no host", Redact(raw))
-		}
-		return CameraURL{Kind: "rtsp", Target: raw}, nil
-	case "file", "v4l2":
-		p := u.Path
-		if u.Opaque != "" {
-			p = u.Opaque
-		}
-		if u.Host != "" && u.Host != "localhost" {
-			// file://./clip.mp4 and file://clip.mp4 put the start of a relative path in
-			// the host; take it back.
-			p = u.Host + p
-		}
-		if p == "" {
-			return CameraURL{}, fmt.Errorf("%s has no path", raw)
-		}
-		c := CameraURL{Kind: u.Scheme, Target: p, Loop: true, Realtime: true}
-		for key, vals := range u.Query() {
-			if err := c.setOption(key, vals[0]); err != nil {
-				return CameraURL{}, fmt.Errorf("%s: %w", raw, err)
-			}
-		}
-		return c, nil
-	case "pattern":
-		c := CameraURL{Kind: "pattern", Target: u.Host + u.Path}
-		for key, vals := range u.Query() {
-			if err := c.setOption(key, vals[0]); err != nil {
-				return CameraURL{}, fmt.Errorf("%s: %w", raw, err)
-			}
-		}
-		return c, nil
-	case "":
-		return CameraURL{}, fmt.Errorf("%q has no scheme; use rtsp://, rtsps://, file://, v4l2:// or pattern://", raw)
-	}
-	return CameraURL{}, fmt.Errorf("scheme %q is not one of rtsp, rtsps, file, v4l2, pattern", u.Scheme)
-}
-
-// setOption applies one URL query option: loop and realtime for files; width,
-// height, fps and format for v4l2 devices; width, height and fps for the pattern (a
-// small, slow pattern lets one machine simulate many cameras).
-func (c *CameraURL) setOption(key, val string) error {
-	switch {
-	case c.Kind == "file" && (key == "loop" || key == "realtime"):
-		b, err := strconv.ParseBool(val)
-		if err != nil {
-			return fmt.Errorf("%s=%q is not true or false", key, val)
-		}
-		if key == "loop" {
-			c.Loop = b
-		} else {
-			c.Realtime = b
-		}
-	case (c.Kind == "v4l2" || c.Kind == "pattern") && (key == "width" || key == "height"):
-		n, err := strconv.Atoi(val)
-		if err != nil || n <= 0 {
-			return fmt.Errorf("%s=%q is not a positive number of pixels", key, val)
-		}
-		if key == "width" {
-			c.Width = n
-		} else {
-			c.Height = n
-		}
-	case (c.Kind == "v4l2" || c.Kind == "pattern") && key == "fps":
-		f, err := strconv.ParseFloat(val, 64)
-		if err != nil || f <= 0 {
-			return fmt.Errorf("fps=%q is not a positive rate", val)
-		}
-		c.FPS = f
-	case c.Kind == "v4l2" && key == "format":
-		if len(val) != 4 {
-			return fmt.Errorf("format=%q is not a four-character pixel format such as MJPG or YUYV", val)
-		}
-		c.PixelFormat = val
-	default:
-		return fmt.Errorf("unknown option %q (file URLs take loop and realtime; v4l2 URLs take width, height, fps and format; pattern URLs take width, height and fps)", key)
-	}
-	return nil
-}
-
-// Redact hides the password in a URL, for logs, status and events.
-func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
-}
 
 // validate checks what decoding cannot: ranges, choices, references between sections
 // and files that must exist. It returns one Error per problem.
@@ -246,7 +133,7 @@ func (c *Config) validate() Errors {
 		key := fmt.Sprintf("cameras[%d]", i)
 		if cam.URL == "" {
 			bad(key+".url", "missing")
-		} else if _, err := ParseCameraURL(cam.URL); err != nil {
+		} else if _, err := camurl.Parse(cam.URL); err != nil {
 			// A file or device that is missing now is not a config error: the camera is
 			// retried like any other that fails, and says why on the status page.
 			bad(key+".url", "%v", err)
@@ -478,7 +365,7 @@ func (c *Config) validate() Errors {
 			if pu, err := url.Parse(u.URL); u.URL == "" {
 				bad("samples.upload.url", "missing: the HTTP(S) endpoint samples are PUT to")
 			} else if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.RawQuery != "" || pu.Fragment != "" {
-				bad("samples.upload.url", "%q is not a URL like https://host/samples", Redact(u.URL))
+				bad("samples.upload.url", "%q is not a URL like https://host/samples", camurl.Redact(u.URL))
 			}
 			fileExists("samples.upload.ca_file", u.CAFile)
 		case "mqtt":
