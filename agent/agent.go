@@ -32,12 +32,9 @@ import (
 	"github.com/vigil-edge/vigil/hal/gpio"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/backends"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/drift"
-	"github.com/vigil-edge/vigil/infer/ocvdnn"
-	"github.com/vigil-edge/vigil/infer/onnxrt"
-	"github.com/vigil-edge/vigil/infer/openvino"
-	"github.com/vigil-edge/vigil/infer/tflite"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -410,7 +407,7 @@ func (a *Agent) loadAtStart(backends *infer.Registry, m *model) (*loaded, error)
 // newBackends lists the inference backends built into vigil, each opening its runtime
 // library (from the config, or the system's) only when a model first needs it.
 func newBackends(rt config.Runtimes) *infer.Registry {
-	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime), tflite.New(rt.TFLite), openvino.New(rt.OpenVINO), ocvdnn.New())
+	return backends.New(backends.Libraries{ONNXRuntime: rt.ONNXRuntime, TFLite: rt.TFLite, OpenVINO: rt.OpenVINO})
 }
 
 // loadModel picks the backend (the config's choice over the bundle's preference) and

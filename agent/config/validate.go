@@ -21,10 +21,6 @@ import (
 // MQTT topics, so they are kept to a safe alphabet.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
-// Backends a model may name. Whether one is available on this machine is checked at
-// start, not here: a config stays valid across machines.
-var Backends = []string{"onnxruntime", "tflite", "openvino", "opencv"}
-
 // validate checks what decoding cannot: ranges, choices, references between sections
 // and files that must exist. It returns one Error per problem.
 func (c *Config) validate() Errors {
@@ -95,7 +91,7 @@ func (c *Config) validate() Errors {
 	for i, m := range c.Models {
 		key := fmt.Sprintf("models[%d]", i)
 		if m.Backend != "" {
-			oneOf(key+".backend", m.Backend, Backends...)
+			oneOf(key+".backend", m.Backend, infer.BackendNames()...)
 		}
 		if m.Threads < 0 {
 			bad(key+".threads", "%d is negative", m.Threads)
@@ -105,7 +101,7 @@ func (c *Config) validate() Errors {
 				bad(key+".shadow.bundle", "%v", err)
 			}
 			if m.Shadow.Backend != "" {
-				oneOf(key+".shadow.backend", m.Shadow.Backend, Backends...)
+				oneOf(key+".shadow.backend", m.Shadow.Backend, infer.BackendNames()...)
 			}
 			if m.Shadow.Every < 0 {
 				bad(key+".shadow.every", "%d is negative", m.Shadow.Every)
