@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture/camurl"
 )
 
@@ -65,7 +66,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 	if cfg.Source != "" || len(cfg.Cameras) != 1 || cfg.Cameras[0].Name != SampleCamera || cfg.MQTT.Enabled {
 		t.Fatalf("unexpected defaults: %+v", cfg)
 	}
-	if u, err := camurl.Parse(cfg.Cameras[0].URL); err != nil || u.Kind != "file" || u.Target != SampleClip("./var") {
+	if u, err := camurl.Parse(cfg.Cameras[0].URL); err != nil || u.Kind != "file" || u.Target != filepath.Join("var", "bundled", assets.SampleClip) {
 		t.Errorf("sample camera url %q -> %+v, %v", cfg.Cameras[0].URL, u, err)
 	}
 	if r := cfg.Rules[0]; r.Action.Actuator != "line-stop" || r.Action.Pulse != 500*time.Millisecond || !slices.Equal(r.Labels, []string{"person"}) {

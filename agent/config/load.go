@@ -13,6 +13,8 @@ import (
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
+
+	"github.com/vigil-edge/vigil/assets"
 )
 
 // DefaultPath is where Load looks when no path is given.
@@ -168,10 +170,11 @@ func scalarDefaults() map[string]any {
 // SampleCamera is the camera the embedded defaults watch: the bundled clip.
 const SampleCamera = "sample"
 
-// SampleClip is the bundled clip's path under the state directory, where the agent
-// extracts it at start.
-func SampleClip(stateDir string) string {
-	return filepath.Join(stateDir, "bundled", "footage", "people.mp4")
+// sampleClip is the bundled clip's path under the state directory: the agent extracts
+// the assets to device.state_dir/bundled at start (agent.New), and assets owns where
+// the clip sits among them.
+func sampleClip(stateDir string) string {
+	return filepath.Join(stateDir, "bundled", assets.SampleClip)
 }
 
 // sampleDefaults are the lists used when there is no config file at all: the bundled
@@ -180,7 +183,7 @@ func SampleClip(stateDir string) string {
 func sampleDefaults(stateDir string) map[string]any {
 	return map[string]any{
 		"cameras": []any{map[string]any{
-			"name": SampleCamera, "url": "file://" + filepath.ToSlash(SampleClip(stateDir)), "detect_fps": 10,
+			"name": SampleCamera, "url": "file://" + filepath.ToSlash(sampleClip(stateDir)), "detect_fps": 10,
 		}},
 		"actuators": []any{map[string]any{"name": "line-stop", "driver": "sim", "safe": "low"}},
 		"rules": []any{map[string]any{
