@@ -99,6 +99,30 @@ func TestUnknownEnvironmentVariable(t *testing.T) {
 	}
 }
 
+// Every key outside the lists has its VIGIL_ variable, derived from the struct tags.
+func TestEnvKeys(t *testing.T) {
+	keys := envKeys()
+	for _, k := range []string{"device.id", "http.listen", "mqtt.brokers", "mqtt.backoff.min", "trust.keys", "samples.upload.backoff.max", "runtimes.openvino"} {
+		if !slices.Contains(keys, k) {
+			t.Errorf("%s cannot be set from the environment", k)
+		}
+	}
+	for _, k := range keys {
+		if strings.HasPrefix(k, "cameras") || strings.HasPrefix(k, "models") || strings.HasPrefix(k, "rules") || k == "source" {
+			t.Errorf("%s: list items and Source cannot be set from the environment", k)
+		}
+	}
+	t.Setenv("VIGIL_SAMPLES_UPLOAD_BACKOFF_MAX", "1m")
+	t.Setenv("VIGIL_DEPLOY_MAX_SLOWDOWN", "2.5")
+	cfg, err := Load(filepath.Join("testdata", "good.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Samples.Upload.Backoff.Max != time.Minute || cfg.Deploy.MaxSlowdown != 2.5 {
+		t.Errorf("nested overrides not applied: %+v, %+v", cfg.Samples.Upload.Backoff, cfg.Deploy)
+	}
+}
+
 // Each bad config must produce exactly these messages, one per problem, naming the key.
 var badConfigs = map[string][]string{
 	"unknown-key": {
