@@ -129,6 +129,13 @@ var badConfigs = map[string][]string{
 		"cameras[0].detect_fsp: unknown key",
 		"htp: unknown key",
 	},
+	"unknown-key-beside-bad-value": {
+		`cameras[0].detect_fps: cannot read "fast" as a number`,
+		"cameras[0].stall_timout: unknown key",
+		"htp: unknown key",
+		`mqtt.enabled: cannot read "maybe" as true or false`,
+		"mqtt.keep_alive: unknown key",
+	},
 	"wrong-type": {
 		`cameras[0].detect_fps: cannot read "fast" as a number`,
 		`mqtt.enabled: cannot read "maybe" as true or false`,

@@ -80,7 +80,6 @@ func Load(path string) (*Config, error) {
 func decode(settings map[string]any, cfg *Config) (Errors, error) {
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:           cfg,
-		ErrorUnused:      true,
 		WeaklyTypedInput: true, // environment values arrive as strings
 		DecodeHook:       mapstructure.ComposeDecodeHookFunc(defaultsHook, durationHook, byteSizeHook, stringListHook),
 	})
@@ -90,6 +89,13 @@ func decode(settings map[string]any, cfg *Config) (Errors, error) {
 	var errs Errors
 	if err := dec.Decode(settings); err != nil {
 		errs = decodeErrors(err)
+	}
+	unknown, err := unknownKeys(settings)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range unknown {
+		errs = append(errs, Error{Key: k, Msg: "unknown key"})
 	}
 	return errs, nil
 }
@@ -110,6 +116,44 @@ func defaultsHook(from, to reflect.Value) (any, error) {
 		}
 	}
 	return from.Interface(), nil
+}
+
+// unknownKeys lists the keys in settings that match no field, by path
+// (cameras[1].nmae), from the decoder's own metadata (Metadata.Unused). It decodes
+// again, into a throwaway Config and through shapeHook, so that nothing can fail:
+// mapstructure records a mapping's unused keys only when everything inside the mapping
+// decoded, and a misspelled key beside a bad value must still be reported.
+func unknownKeys(settings map[string]any) ([]string, error) {
+	var md mapstructure.Metadata
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		Result:           new(Config),
+		Metadata:         &md,
+		WeaklyTypedInput: true,
+		DecodeHook:       shapeHook,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := dec.Decode(settings); err != nil {
+		return nil, fmt.Errorf("find unknown keys: %w", err)
+	}
+	return md.Unused, nil
+}
+
+// shapeHook keeps the keys of the settings and drops their values: a mapping stays a
+// mapping (and anything else where one belongs becomes an empty one), a list stays a
+// list, and a value becomes the zero of the field it is decoded into.
+func shapeHook(from, to reflect.Value) (any, error) {
+	switch to.Kind() {
+	case reflect.Struct, reflect.Map:
+		if from.Kind() == reflect.Map {
+			return from.Interface(), nil
+		}
+		return map[string]any{}, nil
+	case reflect.Slice, reflect.Array:
+		return from.Interface(), nil
+	}
+	return reflect.Zero(to.Type()).Interface(), nil
 }
 
 // envKeys are the keys an environment variable can set: every key outside the lists,
@@ -219,12 +263,6 @@ func fromDecodeError(de *mapstructure.DecodeError) Errors {
 	var parseErr *mapstructure.ParseError
 	var typeErr *mapstructure.UnconvertibleTypeError
 	switch {
-	case strings.HasPrefix(inner.Error(), "has invalid keys: "):
-		var out Errors
-		for _, k := range strings.Split(strings.TrimPrefix(inner.Error(), "has invalid keys: "), ", ") {
-			out = append(out, Error{Key: joinKey(de.Name(), k), Msg: "unknown key"})
-		}
-		return out
 	case errors.As(inner, &parseErr):
 		return Errors{{Key: de.Name(), Msg: fmt.Sprintf("cannot read %q as %s", fmt.Sprint(parseErr.Value), typeName(parseErr.Expected.Type()))}}
 	case errors.As(inner, &typeErr):
