@@ -11,16 +11,14 @@ import (
 	"github.com/vigil-edge/vigil/agent/rules"
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/gpio"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/backends"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/drift"
-	"github.com/vigil-edge/vigil/infer/ocvdnn"
-	"github.com/vigil-edge/vigil/infer/onnxrt"
-	"github.com/vigil-edge/vigil/infer/openvino"
-	"github.com/vigil-edge/vigil/infer/tflite"
 )
 
 // provision builds the parts cfg describes, reusing from old (nil at start) every part
@@ -212,16 +210,16 @@ func openInputLine(ic config.Input) (line hal.InputLine, simIn *sim.Input) {
 
 // loadAtStart loads the bundle a deployment last made active for the model, or else the
 // configured one. A pushed bundle that no longer loads falls back to the configured one.
-func (a *Agent) loadAtStart(backends *infer.Registry, m *model) (*loaded, error) {
+func (a *Agent) loadAtStart(reg *infer.Registry, m *model) (*loaded, error) {
 	if dir, ok := a.store.Active(m.name); ok {
-		d, backend, err := loadModel(backends, dir, m.cfg)
+		d, backend, err := loadModel(reg, dir, m.cfg)
 		if err == nil {
 			st, _ := a.store.State(m.name)
 			return &loaded{detector: d, dir: dir, backend: backend, deployment: st.LastDeployment}, nil
 		}
 		a.logger.Error("the deployed bundle does not load; using the configured one", "model", m.name, "bundle", dir, "err", err)
 	}
-	d, backend, err := loadModel(backends, m.configured, m.cfg)
+	d, backend, err := loadModel(reg, m.configured, m.cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -231,12 +229,12 @@ func (a *Agent) loadAtStart(backends *infer.Registry, m *model) (*loaded, error)
 // newBackends lists the inference backends built into vigil, each opening its runtime
 // library (from the config, or the system's) only when a model first needs it.
 func newBackends(rt config.Runtimes) *infer.Registry {
-	return infer.NewRegistry(onnxrt.New(rt.ONNXRuntime), tflite.New(rt.TFLite), openvino.New(rt.OpenVINO), ocvdnn.New())
+	return backends.New(backends.Libraries{ONNXRuntime: rt.ONNXRuntime, TFLite: rt.TFLite, OpenVINO: rt.OpenVINO})
 }
 
 // loadModel picks the backend (the config's choice over the bundle's preference) and
 // loads the bundle with it.
-func loadModel(backends *infer.Registry, dir string, mc config.Model) (*detector.Detector, string, error) {
+func loadModel(reg *infer.Registry, dir string, mc config.Model) (*detector.Detector, string, error) {
 	m, err := infer.LoadManifest(dir)
 	if err != nil {
 		return nil, "", err
@@ -246,9 +244,9 @@ func loadModel(backends *infer.Registry, dir string, mc config.Model) (*detector
 		name = m.Backend
 	}
 	if name == "" {
-		name = backends.Names()[0]
+		name = reg.Names()[0]
 	}
-	backend, err := backends.Get(name)
+	backend, err := reg.Get(name)
 	if err != nil {
 		return nil, name, err
 	}
@@ -261,17 +259,11 @@ func loadModel(backends *infer.Registry, dir string, mc config.Model) (*detector
 
 // cameraSpec is what capture opens for a camera.
 func cameraSpec(cc config.Camera) (capture.Spec, error) {
-	u, err := config.ParseCameraURL(cc.URL)
+	u, err := camurl.Parse(cc.URL)
 	if err != nil {
 		return capture.Spec{}, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
-	// A camera with no frame for stall_timeout is reported stalled; an RTSP read or
-	// open that blocks for twice that fails, and the supervisor reconnects.
-	return capture.Spec{
-		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
-		Transport: cc.RTSPTransport, OpenTimeout: 2 * cc.StallTimeout, ReadTimeout: 2 * cc.StallTimeout,
-		Width: u.Width, Height: u.Height, FPS: u.FPS, PixelFormat: u.PixelFormat,
-	}, nil
+	return capture.SpecFor(u, cc.RTSPTransport, cc.StallTimeout), nil
 }
 
 // newDriftMonitor is a camera's drift monitor, or nil when drift.enabled is off.

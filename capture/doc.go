@@ -7,5 +7,8 @@
 // Slot.Put takes it over and closes any frame it replaces; Slot.Take hands it on; the
 // final holder calls Frame.Close.
 //
+// capture/camurl reads camera URLs into what Open needs (SpecFor); it is pure Go, so
+// agent/config checks URLs with it without linking OpenCV.
+//
 // Only agent/ imports capture.
 package capture

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/capture/camurl"
 )
 
 // Source is one open stream. Read blocks until the next image and returns it in a new
@@ -42,6 +44,18 @@ type Spec struct {
 	// OpenTimeout and ReadTimeout bound an rtsp camera that does not answer or
 	// stops sending; zero means 10 s. See openRTSP for how they reach FFmpeg.
 	OpenTimeout, ReadTimeout time.Duration
+}
+
+// SpecFor is the Spec for a camera url read by camurl.Parse, sent over transport (rtsp:
+// "tcp" or "udp"), for a camera whose Camera reports it stalled after stall without a
+// frame (CameraOptions.StallTimeout). An rtsp open or read that blocks for twice that
+// fails, so the Camera reconnects instead of waiting on a dead stream for ever.
+func SpecFor(u camurl.URL, transport string, stall time.Duration) Spec {
+	return Spec{
+		Kind: u.Kind, Target: u.Target, Loop: u.Loop, Fast: !u.Realtime,
+		Transport: transport, OpenTimeout: 2 * stall, ReadTimeout: 2 * stall,
+		Width: u.Width, Height: u.Height, FPS: u.FPS, PixelFormat: u.PixelFormat,
+	}
 }
 
 // Open opens the source a Spec names.

@@ -5,8 +5,8 @@
 // Runtimes live in sub-packages (infer/onnxrt, infer/tflite, infer/openvino, each opening
 // its library at run time; infer/ocvdnn over the OpenCV that capture links anyway);
 // infer/modelfile reads ONNX and TFLite files in pure Go; infer/detector adds gocv
-// pre-processing around an Engine. Only agent/ wires them together (agent.newBackends
-// lists the backends as an infer.Registry).
+// pre-processing around an Engine. BackendNames lists the backends once; infer/backends
+// builds them into an infer.Registry, and only agent/ imports it.
 //
 // # Decoders
 //

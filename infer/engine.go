@@ -95,6 +95,13 @@ type Backend interface {
 	Load(path string, opts LoadOptions) (Engine, error)
 }
 
+// BackendNames are the inference backends Vigil has, in the order they are offered (the
+// first serves a model whose config and bundle name none). This is the one list:
+// infer/backends builds each of them, and agent/config accepts these names without
+// linking any runtime. Whether a backend works on this machine is checked at start, so
+// a config stays valid across machines.
+func BackendNames() []string { return []string{"onnxruntime", "tflite", "openvino", "opencv"} }
+
 // Registry holds the backends built into the program, by name. It is built once by the
 // program's wiring (no package registers itself), so tests can make their own.
 type Registry struct {

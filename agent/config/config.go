@@ -2,10 +2,24 @@
 // embedded defaults when there is none) with VIGIL_<SECTION>_<KEY> environment
 // overrides. It is the only package that imports viper; everything after Load works
 // with the typed Config. Only cmd/vigil and agent import it.
+//
+// # Defaults
+//
+// Each section and each list item fills its own defaults (setDefaults, beside its
+// type). Load starts from Config's defaults, and the decoder starts every mapping it
+// reads into a type that has them (a camera, a rule, a section) from that type's
+// defaults, so a key left out keeps its default and an explicit zero (min_score: 0)
+// stays zero.
 package config
 
 import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"time"
+
+	"github.com/vigil-edge/vigil/assets"
 )
 
 // Config is the whole configuration. The key names are a contract with users and
@@ -32,6 +46,61 @@ type Config struct {
 	Source string `mapstructure:"-" json:"source"`
 }
 
+// setDefaults fills every section. The lists start empty: their items get their
+// defaults as the decoder reads them, and setListDefaults fills lists left out.
+func (c *Config) setDefaults() {
+	c.Device.setDefaults()
+	c.Log.setDefaults()
+	c.HTTP.setDefaults()
+	c.MQTT.setDefaults()
+	c.Outbox.setDefaults()
+	c.Trust.setDefaults()
+	c.Snapshots.setDefaults()
+	c.Deploy.setDefaults()
+	c.Drift.setDefaults()
+	c.Samples.setDefaults()
+}
+
+// setListDefaults fills the lists a config leaves out. It runs after decoding: a
+// missing models list and an empty one differ (models: [] loads no model), and the
+// sample camera's clip lies under device.state_dir, which the environment may set.
+// Without a config file (fromFile false) Vigil watches the bundled clip: a file
+// camera, the bundled model, a simulated relay and a rule that pulses it when a person
+// appears.
+func (c *Config) setListDefaults(fromFile bool) {
+	if c.Models == nil {
+		// A config without a models section still has the bundled model, as "default".
+		m := Model{}
+		m.setDefaults()
+		m.Name = "default"
+		c.Models = []Model{m}
+	}
+	if fromFile {
+		return
+	}
+	cam := Camera{}
+	cam.setDefaults()
+	cam.Name, cam.URL, cam.DetectFPS = SampleCamera, "file://"+filepath.ToSlash(sampleClip(c.Device.StateDir)), 10
+	relay := Actuator{}
+	relay.setDefaults()
+	relay.Name, relay.Driver, relay.Safe = "line-stop", "sim", "low"
+	rule := Rule{}
+	rule.setDefaults()
+	rule.Name, rule.Camera, rule.Labels, rule.MinScore = "stop-on-person", SampleCamera, []string{"person"}, 0.5
+	rule.Cooldown, rule.Action = 5*time.Second, Action{Actuator: relay.Name, Pulse: 500 * time.Millisecond}
+	c.Cameras, c.Actuators, c.Rules = []Camera{cam}, []Actuator{relay}, []Rule{rule}
+}
+
+// SampleCamera is the camera Vigil watches without a config file: the bundled clip.
+const SampleCamera = "sample"
+
+// sampleClip is the bundled clip's path under the state directory: the agent extracts
+// the assets to device.state_dir/bundled at start (agent.New), and assets owns where
+// the clip sits among them.
+func sampleClip(stateDir string) string {
+	return filepath.Join(stateDir, "bundled", assets.SampleClip)
+}
+
 // Device identifies this device.
 type Device struct {
 	ID       string `mapstructure:"id" json:"id"`       // default: hostname
@@ -39,10 +108,30 @@ type Device struct {
 	StateDir string `mapstructure:"state_dir" json:"state_dir"`
 }
 
+func (d *Device) setDefaults() {
+	d.ID = defaultDeviceID()
+	d.StateDir = "./var"
+}
+
+var hostnameJunk = regexp.MustCompile(`[^a-z0-9_-]+`)
+
+// defaultDeviceID is the hostname, made fit for an MQTT topic segment.
+func defaultDeviceID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "vigil"
+	}
+	return strings.Trim(hostnameJunk.ReplaceAllString(strings.ToLower(h), "-"), "-")
+}
+
 // Log sets the logger.
 type Log struct {
 	Level  string `mapstructure:"level" json:"level"`   // debug | info | warn | error
 	Format string `mapstructure:"format" json:"format"` // text | json
+}
+
+func (l *Log) setDefaults() {
+	l.Level, l.Format = "info", "text"
 }
 
 // HTTP is the status page and API.
@@ -57,6 +146,11 @@ type HTTP struct {
 	InferConcurrency int      `mapstructure:"infer_concurrency" json:"infer_concurrency"`
 }
 
+func (h *HTTP) setDefaults() {
+	h.Listen = "127.0.0.1:8080"
+	h.InferMaxBytes, h.InferConcurrency = 8<<20, 1
+}
+
 // Camera is one frame source.
 type Camera struct {
 	Name          string        `mapstructure:"name" json:"name"`
@@ -69,6 +163,15 @@ type Camera struct {
 	// StoreFrames false keeps every frame of this camera off the disk (no samples for
 	// retraining; privacy).
 	StoreFrames bool `mapstructure:"store_frames" json:"store_frames"`
+}
+
+func (c *Camera) setDefaults() {
+	c.RTSPTransport = "tcp"
+	c.DetectFPS = 5
+	c.StallTimeout = 10 * time.Second
+	c.Backoff = Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+	c.Model = "default"
+	c.StoreFrames = true
 }
 
 // Backoff bounds the wait between reconnection attempts.
@@ -91,6 +194,10 @@ type Model struct {
 	Shadow Shadow `mapstructure:"shadow" json:"shadow"`
 }
 
+func (m *Model) setDefaults() {
+	m.Device = "CPU"
+}
+
 // Shadow is a candidate model evaluated in the shadow of a running one.
 type Shadow struct {
 	Bundle  string `mapstructure:"bundle" json:"bundle"`   // "" = no shadow
@@ -111,6 +218,10 @@ type Actuator struct {
 	Initial string `mapstructure:"initial" json:"initial"`
 }
 
+func (a *Actuator) setDefaults() {
+	a.Driver, a.Safe = "sim", "low"
+}
+
 // Input is one digital input (an operator's button, an interlock).
 type Input struct {
 	Name   string `mapstructure:"name" json:"name"`
@@ -121,6 +232,11 @@ type Input struct {
 	// as with a button to ground and a pull-up.
 	ActiveLow bool          `mapstructure:"active_low" json:"active_low"`
 	Debounce  time.Duration `mapstructure:"debounce" json:"debounce"`
+}
+
+func (in *Input) setDefaults() {
+	in.Driver = "gpio"
+	in.Debounce = 50 * time.Millisecond
 }
 
 // Rule turns detections on one camera into an action.
@@ -141,6 +257,12 @@ type Rule struct {
 	Interlock string `mapstructure:"interlock" json:"interlock"`
 	Action    Action `mapstructure:"action" json:"action"`
 	OnStall   string `mapstructure:"on_stall" json:"on_stall"` // safe | hold
+}
+
+func (r *Rule) setDefaults() {
+	r.MinScore = 0.5
+	r.Frames = Frames{N: 1, Of: 1}
+	r.OnStall = "safe"
 }
 
 // Frames asks for N matching frames among the last Of.
@@ -176,6 +298,14 @@ type MQTT struct {
 	Inflight          int           `mapstructure:"inflight" json:"inflight"` // messages published and not yet acknowledged
 }
 
+func (m *MQTT) setDefaults() {
+	m.Brokers = []string{"tcp://127.0.0.1:1883"}
+	m.TopicPrefix = "vigil"
+	m.TelemetryInterval, m.KeepAlive = 30*time.Second, 30*time.Second
+	m.Backoff = Backoff{Min: time.Second, Max: time.Minute}
+	m.Inflight = 64
+}
+
 // Outbox is the durable queue of outgoing messages.
 type Outbox struct {
 	MaxBytes      ByteSize      `mapstructure:"max_bytes" json:"max_bytes"`
@@ -183,9 +313,18 @@ type Outbox struct {
 	FsyncInterval time.Duration `mapstructure:"fsync_interval" json:"fsync_interval"`
 }
 
+func (o *Outbox) setDefaults() {
+	o.MaxBytes = 256 << 20
+	o.Fsync, o.FsyncInterval = "interval", 100*time.Millisecond
+}
+
 // Trust lists the keys that may sign model deployments.
 type Trust struct {
 	Keys []string `mapstructure:"keys" json:"keys"`
+}
+
+func (t *Trust) setDefaults() {
+	t.Keys = []string{} // no keys; empty rather than nil, as it always decoded
 }
 
 // Deploy governs models pushed over MQTT (trust.keys says who may sign them).
@@ -205,6 +344,13 @@ type Deploy struct {
 	StallTimeout time.Duration `mapstructure:"stall_timeout" json:"stall_timeout"`
 }
 
+func (d *Deploy) setDefaults() {
+	d.MaxBytes = 512 << 20
+	d.WarmupRuns, d.WarmupBudget = 5, 2*time.Second
+	d.Watch, d.MaxSlowdown = 30*time.Second, 3
+	d.StallTimeout = 2 * time.Minute
+}
+
 // Drift compares what each camera sees (brightness, contrast, sharpness, colour, objects, scores, classes)
 // with a baseline recorded when its model went live (infer/drift).
 type Drift struct {
@@ -217,6 +363,12 @@ type Drift struct {
 	Clear     float64 `mapstructure:"clear" json:"clear"`         // PSI below which it stops
 }
 
+func (d *Drift) setDefaults() {
+	d.Enabled = true
+	d.Every, d.Baseline, d.Window = 5, 600, 600
+	d.Threshold, d.Clear = 0.25, 0.1
+}
+
 // Samples are frames kept for retraining: where the model is unsure, where the camera
 // drifts, or that an operator flags.
 type Samples struct {
@@ -224,6 +376,12 @@ type Samples struct {
 	Near     float64       `mapstructure:"near" json:"near"`           // "unsure": a score under the threshold + near
 	Interval time.Duration `mapstructure:"interval" json:"interval"`   // at most one sample per camera this often
 	Upload   SamplesUpload `mapstructure:"upload" json:"upload"`
+}
+
+func (s *Samples) setDefaults() {
+	s.MaxBytes = 256 << 20
+	s.Near, s.Interval = 0.1, 10*time.Second
+	s.Upload.setDefaults()
 }
 
 // SamplesUpload sends the samples off the device, oldest first, each once.
@@ -240,9 +398,20 @@ type SamplesUpload struct {
 	Backoff Backoff `mapstructure:"backoff" json:"backoff"`
 }
 
+// setDefaults leaves uploading off until a destination is chosen.
+func (u *SamplesUpload) setDefaults() {
+	u.Via = "off"
+	u.ChunkSize = 64 << 10
+	u.Backoff = Backoff{Min: time.Second, Max: 5 * time.Minute}
+}
+
 // Snapshots are the frames saved with rule events.
 type Snapshots struct {
 	MaxBytes ByteSize `mapstructure:"max_bytes" json:"max_bytes"` // 0: none are saved
+}
+
+func (s *Snapshots) setDefaults() {
+	s.MaxBytes = 64 << 20
 }
 
 // Runtimes locates inference runtime libraries; empty means the system's search path.

@@ -4,9 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -34,14 +32,12 @@ func Load(path string) (*Config, error) {
 
 	v := viper.New()
 	v.SetConfigType("yaml")
-	for key, value := range scalarDefaults() {
-		v.SetDefault(key, value)
-	}
-	// A config without a models section still has the bundled model, as "default".
-	v.SetDefault("models", []any{map[string]any{"name": "default"}})
 	v.SetEnvPrefix(EnvPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
+	keys := envKeys()
+	for _, k := range keys {
+		_ = v.BindEnv(k) // fails only without a key
+	}
 
 	if source != "" {
 		f, err := os.Open(source)
@@ -53,48 +49,25 @@ func Load(path string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("config %s: %w", source, err)
 		}
-	} else {
-		for key, value := range sampleDefaults(v.GetString("device.state_dir")) {
-			v.SetDefault(key, value)
-		}
 	}
-
-	// List items get their defaults key by key, before decoding, so an explicit zero
-	// (min_score: 0) stays zero.
 	settings := v.AllSettings()
-	for list, defaults := range itemDefaults {
-		items, _ := settings[list].([]any)
-		for _, item := range items {
-			if m, ok := item.(map[string]any); ok {
-				fillDefaults(m, defaults)
-			}
-		}
-	}
 
 	var cfg Config
-	dc := &mapstructure.DecoderConfig{
-		Result:           &cfg,
-		ErrorUnused:      true,
-		WeaklyTypedInput: true, // environment values arrive as strings
-		DecodeHook:       mapstructure.ComposeDecodeHookFunc(durationHook, byteSizeHook, stringListHook),
-	}
-	dec, err := mapstructure.NewDecoder(dc)
+	cfg.setDefaults()
+	errs, err := decode(settings, &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	var errs Errors
-	if err := dec.Decode(settings); err != nil {
-		errs = append(errs, decodeErrors(err)...)
-	}
+	cfg.setListDefaults(source != "")
 	cfg.Source = source
-	// A key that could not be decoded holds its zero value: say what was wrong with
-	// it once, not again as "0 must be greater than 0".
+	// A value that could not be decoded leaves its field at its default (or zero): say
+	// what was wrong with it once, not again as "missing" or "0 must be greater than 0".
 	for _, e := range cfg.validate() {
 		if !slices.ContainsFunc(errs, func(d Error) bool { return d.Key == e.Key }) {
 			errs = append(errs, e)
 		}
 	}
-	errs = append(errs, unknownEnv(v)...)
+	errs = append(errs, unknownEnv(keys)...)
 	if len(errs) > 0 {
 		errs.sort()
 		return &cfg, errs
@@ -102,142 +75,113 @@ func Load(path string) (*Config, error) {
 	return &cfg, nil
 }
 
-// scalarDefaults are the defaults of every key outside the lists. Setting them also
-// tells viper which VIGIL_ environment variables exist.
-func scalarDefaults() map[string]any {
-	return map[string]any{
-		"device.id":               defaultDeviceID(),
-		"device.group":            "",
-		"device.state_dir":        "./var",
-		"log.level":               "info",
-		"log.format":              "text",
-		"http.listen":             "127.0.0.1:8080",
-		"http.token":              "",
-		"http.read_token":         "",
-		"http.infer_max_bytes":    "8MiB",
-		"http.infer_concurrency":  1,
-		"mqtt.enabled":            false,
-		"mqtt.brokers":            []string{"tcp://127.0.0.1:1883"},
-		"mqtt.username":           "",
-		"mqtt.password":           "",
-		"mqtt.ca_file":            "",
-		"mqtt.cert_file":          "",
-		"mqtt.key_file":           "",
-		"mqtt.server_name":        "",
-		"mqtt.topic_prefix":       "vigil",
-		"mqtt.telemetry_interval": "30s",
-		"mqtt.keepalive":          "30s",
-		"mqtt.backoff.min":        "1s",
-		"mqtt.backoff.max":        "60s",
-		"mqtt.inflight":           64,
-		"outbox.max_bytes":        "256MiB",
-		"outbox.fsync":            "interval",
-		"outbox.fsync_interval":   "100ms",
-		"trust.keys":              []string{},
-		"runtimes.onnxruntime":    "",
-		"snapshots.max_bytes":     "64MiB",
-		"deploy.max_bytes":        "512MiB",
-		"deploy.warmup_runs":      5,
-		"deploy.warmup_budget":    "2s",
-		"deploy.watch":            "30s",
-		"deploy.max_slowdown":     3.0,
-		"deploy.stall_timeout":    "2m",
-		"samples.max_bytes":       "256MiB",
-		"samples.near":            0.1,
-		"samples.interval":        "10s",
-		"drift.enabled":           true,
-		"drift.every":             5,
-		"drift.baseline":          600,
-		"drift.window":            600,
-		"drift.threshold":         0.25,
-		"drift.clear":             0.1,
-		"runtimes.tflite":         "",
-		"runtimes.openvino":       "",
-
-		// Uploading samples (samples.upload) is off until a destination is chosen.
-		"samples.upload.via":         "off",
-		"samples.upload.url":         "",
-		"samples.upload.token":       "",
-		"samples.upload.ca_file":     "",
-		"samples.upload.chunk_size":  "64KiB",
-		"samples.upload.backoff.min": "1s",
-		"samples.upload.backoff.max": "5m",
+// decode reads settings over cfg, which holds its defaults. It returns one Error per
+// value that cannot be read and per key that matches no field.
+func decode(settings map[string]any, cfg *Config) (Errors, error) {
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		Result:           cfg,
+		WeaklyTypedInput: true, // environment values arrive as strings
+		DecodeHook:       mapstructure.ComposeDecodeHookFunc(defaultsHook, durationHook, byteSizeHook, stringListHook),
+	})
+	if err != nil {
+		return nil, err
 	}
-}
-
-// SampleCamera is the camera the embedded defaults watch: the bundled clip.
-const SampleCamera = "sample"
-
-// SampleClip is the bundled clip's path under the state directory, where the agent
-// extracts it at start.
-func SampleClip(stateDir string) string {
-	return filepath.Join(stateDir, "bundled", "footage", "people.mp4")
-}
-
-// sampleDefaults are the lists used when there is no config file at all: the bundled
-// clip as a file camera, the bundled model, a simulated relay and a rule that pulses
-// it when a person appears.
-func sampleDefaults(stateDir string) map[string]any {
-	return map[string]any{
-		"cameras": []any{map[string]any{
-			"name": SampleCamera, "url": "file://" + filepath.ToSlash(SampleClip(stateDir)), "detect_fps": 10,
-		}},
-		"actuators": []any{map[string]any{"name": "line-stop", "driver": "sim", "safe": "low"}},
-		"rules": []any{map[string]any{
-			"name": "stop-on-person", "camera": SampleCamera, "labels": []any{"person"}, "min_score": 0.5,
-			"cooldown": "5s", "action": map[string]any{"actuator": "line-stop", "pulse": "500ms"},
-		}},
+	var errs Errors
+	if err := dec.Decode(settings); err != nil {
+		errs = decodeErrors(err)
 	}
+	unknown, err := unknownKeys(settings)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range unknown {
+		errs = append(errs, Error{Key: k, Msg: "unknown key"})
+	}
+	return errs, nil
 }
 
-// itemDefaults fill keys missing from each item of a list.
-var itemDefaults = map[string]map[string]any{
-	"cameras": {
-		"rtsp_transport": "tcp", "detect_fps": 5, "stall_timeout": "10s", "model": "default", "store_frames": true,
-		"backoff": map[string]any{"min": "500ms", "max": "30s"},
-	},
-	"models":    {"device": "CPU"},
-	"actuators": {"driver": "sim", "safe": "low"},
-	"inputs":    {"driver": "gpio", "debounce": "50ms"},
-	"rules": {
-		"min_score": 0.5, "frames": map[string]any{"n": 1, "of": 1}, "on_stall": "safe",
-	},
+// defaulter is a config type that fills in its own defaults.
+type defaulter interface{ setDefaults() }
+
+// defaultsHook starts every mapping the decoder reads into a type with defaults from
+// those defaults, before the mapping's keys are decoded over them: a key left out keeps
+// its default, and one that is there wins even when it is zero (min_score: 0). This is
+// how list items, which the decoder creates as it reads them, get theirs; a section is
+// reset to the defaults Config.setDefaults already gave it, which changes nothing.
+func defaultsHook(from, to reflect.Value) (any, error) {
+	if from.Kind() == reflect.Map && to.CanAddr() {
+		if d, ok := to.Addr().Interface().(defaulter); ok {
+			to.SetZero()
+			d.setDefaults()
+		}
+	}
+	return from.Interface(), nil
 }
 
-func fillDefaults(item, defaults map[string]any) {
-	for k, dv := range defaults {
-		cur, ok := item[k]
-		if !ok || cur == nil {
-			if m, isMap := dv.(map[string]any); isMap {
-				dv = copyMap(m)
-			}
-			item[k] = dv
+// unknownKeys lists the keys in settings that match no field, by path
+// (cameras[1].nmae), from the decoder's own metadata (Metadata.Unused). It decodes
+// again, into a throwaway Config and through shapeHook, so that nothing can fail:
+// mapstructure records a mapping's unused keys only when everything inside the mapping
+// decoded, and a misspelled key beside a bad value must still be reported.
+func unknownKeys(settings map[string]any) ([]string, error) {
+	var md mapstructure.Metadata
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		Result:           new(Config),
+		Metadata:         &md,
+		WeaklyTypedInput: true,
+		DecodeHook:       shapeHook,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := dec.Decode(settings); err != nil {
+		return nil, fmt.Errorf("find unknown keys: %w", err)
+	}
+	return md.Unused, nil
+}
+
+// shapeHook keeps the keys of the settings and drops their values: a mapping stays a
+// mapping (and anything else where one belongs becomes an empty one), a list stays a
+// list, and a value becomes the zero of the field it is decoded into.
+func shapeHook(from, to reflect.Value) (any, error) {
+	switch to.Kind() {
+	case reflect.Struct, reflect.Map:
+		if from.Kind() == reflect.Map {
+			return from.Interface(), nil
+		}
+		return map[string]any{}, nil
+	case reflect.Slice, reflect.Array:
+		return from.Interface(), nil
+	}
+	return reflect.Zero(to.Type()).Interface(), nil
+}
+
+// envKeys are the keys an environment variable can set: every key outside the lists,
+// read from Config's mapstructure tags, so a key added to a section can be overridden
+// (and its VIGIL_ variable is known) without being listed anywhere else.
+func envKeys() []string {
+	return fieldKeys(reflect.TypeFor[Config](), "")
+}
+
+func fieldKeys(t reflect.Type, prefix string) []string {
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := f.Tag.Get("mapstructure")
+		if name == "-" {
 			continue
 		}
-		if sub, isMap := dv.(map[string]any); isMap {
-			if m, ok := cur.(map[string]any); ok {
-				fillDefaults(m, sub)
-			}
+		key := joinKey(prefix, name)
+		switch {
+		case f.Type.Kind() == reflect.Struct:
+			keys = append(keys, fieldKeys(f.Type, key)...)
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() != reflect.String:
+			// A list of items (cameras, rules, ...): one variable cannot say which item.
+		default:
+			keys = append(keys, key) // a value, or a list of strings ("a,b")
 		}
 	}
-}
-
-func copyMap(m map[string]any) map[string]any {
-	c := make(map[string]any, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
-}
-
-var hostnameJunk = regexp.MustCompile(`[^a-z0-9_-]+`)
-
-func defaultDeviceID() string {
-	h, err := os.Hostname()
-	if err != nil || h == "" {
-		return "vigil"
-	}
-	return strings.Trim(hostnameJunk.ReplaceAllString(strings.ToLower(h), "-"), "-")
+	return keys
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))
@@ -319,12 +263,6 @@ func fromDecodeError(de *mapstructure.DecodeError) Errors {
 	var parseErr *mapstructure.ParseError
 	var typeErr *mapstructure.UnconvertibleTypeError
 	switch {
-	case strings.HasPrefix(inner.Error(), "has invalid keys: "):
-		var out Errors
-		for _, k := range strings.Split(strings.TrimPrefix(inner.Error(), "has invalid keys: "), ", ") {
-			out = append(out, Error{Key: joinKey(de.Name(), k), Msg: "unknown key"})
-		}
-		return out
 	case errors.As(inner, &parseErr):
 		return Errors{{Key: de.Name(), Msg: fmt.Sprintf("cannot read %q as %s", fmt.Sprint(parseErr.Value), typeName(parseErr.Expected.Type()))}}
 	case errors.As(inner, &typeErr):
@@ -364,9 +302,9 @@ func joinKey(parent, key string) string {
 
 // unknownEnv reports VIGIL_ variables that match no key: a typo in a unit file's
 // Environment= would otherwise be ignored without a word.
-func unknownEnv(v *viper.Viper) Errors {
+func unknownEnv(keys []string) Errors {
 	known := map[string]bool{}
-	for _, k := range v.AllKeys() {
+	for _, k := range keys {
 		known[EnvPrefix+"_"+strings.ToUpper(strings.ReplaceAll(k, ".", "_"))] = true
 	}
 	var errs Errors
