@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // Names of cameras, models, actuators, inputs and rules appear in URLs, metrics and
@@ -128,14 +129,7 @@ func (c *CameraURL) setOption(key, val string) error {
 
 // Redact hides the password in a URL, for logs, status and events.
 func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
+	return redact.URL(raw)
 }
 
 // validate checks what decoding cannot: ranges, choices, references between sections

@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vigil-edge/vigil/internal/mqttbarrier"
+	"github.com/vigil-edge/vigil/internal/redact"
 	"github.com/vigil-edge/vigil/sync/deploy"
 )
 
@@ -306,7 +306,7 @@ func connect(ctx context.Context, opts Options, reconnect bool) (*watcher, error
 		o.SetTLSConfig(opts.TLS)
 	}
 	w.client = paho.NewClient(o)
-	broker := redact(opts.Broker)
+	broker := redact.URL(opts.Broker)
 	tok := w.client.Connect()
 	if !tok.WaitTimeout(opTimeout) {
 		w.client.Disconnect(0)
@@ -407,13 +407,4 @@ func Watch(ctx context.Context, opts Options, update func([]Device)) error {
 			update(now)
 		}
 	}
-}
-
-// redact hides a broker URL's password.
-func redact(broker string) string {
-	u, err := url.Parse(broker)
-	if err != nil || u.User == nil {
-		return broker
-	}
-	return u.Redacted()
 }

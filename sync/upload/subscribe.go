@@ -6,11 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // DefaultClientID is the receiver's MQTT client id: fixed, so its session (and the
@@ -82,7 +83,7 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 				opts.Subscribed(filter)
 			}
 			if !first {
-				logger.Info("connected again to receive what was not stored", "broker", redactURL(opts.Broker))
+				logger.Info("connected again to receive what was not stored", "broker", redact.URL(opts.Broker))
 			}
 			select {
 			case <-ctx.Done():
@@ -142,7 +143,7 @@ func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, 
 		SetDefaultPublishHandler(handle).
 		SetAutoReconnect(true).SetMaxReconnectInterval(10 * time.Second).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			logger.Warn("broker connection lost; reconnecting", "broker", redactURL(opts.Broker), "err", err)
+			logger.Warn("broker connection lost; reconnecting", "broker", redact.URL(opts.Broker), "err", err)
 		}).
 		SetOnConnectHandler(func(c paho.Client) {
 			if connected.Swap(true) {
@@ -151,7 +152,7 @@ func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, 
 					logger.Error("subscribe after reconnect failed", "err", err)
 					return
 				}
-				logger.Info("reconnected", "broker", redactURL(opts.Broker))
+				logger.Info("reconnected", "broker", redact.URL(opts.Broker))
 			}
 		})
 	if opts.TLS != nil {
@@ -161,14 +162,14 @@ func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, 
 	tok := c.Connect()
 	if !tok.WaitTimeout(subscribeTimeout) {
 		c.Disconnect(0)
-		return nil, fmt.Errorf("connect to %s: no answer in %v", redactURL(opts.Broker), subscribeTimeout)
+		return nil, fmt.Errorf("connect to %s: no answer in %v", redact.URL(opts.Broker), subscribeTimeout)
 	}
 	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", redactURL(opts.Broker), err)
+		return nil, fmt.Errorf("connect to %s: %w", redact.URL(opts.Broker), err)
 	}
 	if err := subscribe(c, filter, handle); err != nil {
 		c.Disconnect(0)
-		return nil, fmt.Errorf("%s: %w", redactURL(opts.Broker), err)
+		return nil, fmt.Errorf("%s: %w", redact.URL(opts.Broker), err)
 	}
 	return c, nil
 }
@@ -190,14 +191,4 @@ func subscribe(c paho.Client, filter string, h paho.MessageHandler) error {
 		}
 	}
 	return nil
-}
-
-// redactURL hides a password in a broker URL.
-func redactURL(broker string) string {
-	if i := strings.Index(broker, "@"); i >= 0 {
-		if j := strings.Index(broker, "://"); j >= 0 && j < i {
-			return broker[:j+3] + "xxxxx" + broker[i:]
-		}
-	}
-	return broker
 }

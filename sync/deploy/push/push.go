@@ -29,6 +29,7 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/internal/backoff"
 	"github.com/vigil-edge/vigil/internal/mqttbarrier"
+	"github.com/vigil-edge/vigil/internal/redact"
 	"github.com/vigil-edge/vigil/sync/deploy"
 )
 
@@ -627,10 +628,10 @@ func (s *session) connect() error {
 	c := paho.NewClient(o)
 	tok := c.Connect()
 	if !tok.WaitTimeout(opTimeout) {
-		return fmt.Errorf("connect to %s: no answer in %v", redact(s.opts.Broker), opTimeout)
+		return fmt.Errorf("connect to %s: no answer in %v", redact.URL(s.opts.Broker), opTimeout)
 	}
 	if err := tok.Error(); err != nil {
-		return fmt.Errorf("connect to %s: %w", redact(s.opts.Broker), err)
+		return fmt.Errorf("connect to %s: %w", redact.URL(s.opts.Broker), err)
 	}
 	for filter, h := range s.subscriptions() {
 		tok := c.Subscribe(filter, 1, h)
@@ -642,7 +643,7 @@ func (s *session) connect() error {
 		}
 		if err != nil {
 			c.Disconnect(0)
-			return fmt.Errorf("subscribe %s on %s: %w", filter, redact(s.opts.Broker), err)
+			return fmt.Errorf("subscribe %s on %s: %w", filter, redact.URL(s.opts.Broker), err)
 		}
 	}
 	s.client = c
@@ -674,15 +675,6 @@ func (s *session) reconnect(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-func redact(broker string) string {
-	if i := strings.Index(broker, "@"); i >= 0 {
-		if j := strings.Index(broker, "://"); j >= 0 && j < i {
-			return broker[:j+3] + "xxxxx" + broker[i:]
-		}
-	}
-	return broker
 }
 
 // discover waits until the subscriptions made on connect have delivered their
