@@ -73,18 +73,18 @@ func fleetStatus(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(pos) > 0:
 		return usageErr("unexpected argument %q", pos[0])
-	case bf.broker == "":
+	case bf.broker.URL == "":
 		return usageErr("--broker is required")
 	case *interval <= 0:
 		return usageErr("--interval %v must be greater than 0", *interval)
 	}
-	tlsConfig, err := bf.resolve()
+	broker, err := bf.resolve()
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil fleet status: %v\n", err)
 		return exitUsage
 	}
 	opts := fleet.Options{
-		Broker: bf.broker, Username: bf.username, Password: bf.password, TLS: tlsConfig,
+		Broker: broker.URL, Username: broker.Username, Password: broker.Password, TLS: broker.TLS,
 		TopicPrefix: bf.topicPrefix, Group: *group, Interval: *interval,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

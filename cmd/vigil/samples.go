@@ -85,7 +85,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		return usageErr("unexpected argument %q", pos[0])
 	case *out == "":
 		return usageErr("--out is required")
-	case bf.broker == "" && *listen == "":
+	case bf.broker.URL == "" && *listen == "":
 		return usageErr("--broker or --listen is required")
 	case *clientID == "":
 		return usageErr("--client-id must not be empty")
@@ -93,7 +93,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 	if *token == "" {
 		*token = os.Getenv("VIGIL_SAMPLES_TOKEN")
 	}
-	tlsConfig, err := bf.resolve()
+	broker, err := bf.resolve()
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil samples receive: %v\n", err)
 		return exitUsage
@@ -151,7 +151,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 			srv.Shutdown(shut)
 		}()
 	}
-	if bf.broker != "" {
+	if broker.URL != "" {
 		// Chunks are on disk before they are acknowledged, so a receiver stopped or
 		// killed in the middle of a file picks them up at its next start. A device
 		// id never starts with '.', so the spool is no device's directory.
@@ -165,7 +165,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 			say(stdout, "%d chunks of %d files taken from %s\n", st.Recovered, st.Pending, spool)
 		}
 		opts := upload.SubscribeOptions{
-			Broker: bf.broker, ClientID: *clientID, Username: bf.username, Password: bf.password, TLS: tlsConfig,
+			Broker: broker.URL, ClientID: *clientID, Username: broker.Username, Password: broker.Password, TLS: broker.TLS,
 			Prefix: bf.topicPrefix, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
 			Subscribed: func(filter string) {
 				say(stdout, "subscribed to %s as %s (persistent session)\n", filter, *clientID)
