@@ -46,22 +46,6 @@ used, 2 on usage errors. The token may also come from $VIGIL_SAMPLES_TOKEN.
 Flags:
 `
 
-// samplesCmd runs `vigil samples SUBCOMMAND`.
-func samplesCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "receive":
-			return samplesReceive(args[1:], stdout, stderr)
-		case "-h", "--help", "help":
-			fmt.Fprint(stdout, samplesUsage)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "vigil samples: unknown subcommand %q\n\n", args[0])
-	}
-	fmt.Fprint(stderr, samplesUsage)
-	return exitUsage
-}
-
 func samplesReceive(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("samples receive", flag.ContinueOnError)
 	fs.SetOutput(stderr)
