@@ -1,6 +1,11 @@
-// Command vigil is the Vigil edge vision agent: `vigil run` starts the daemon,
-// `vigil check-config` validates a config, `vigil version` prints the version.
-// This file only parses flags, loads the config and hands over to package agent.
+// Command vigil is the Vigil edge vision agent and the operator's tools around it.
+// `vigil run` starts the daemon; check-config, safe and bench read the same config;
+// `vigil model inspect|eval|sign|pack|push` and `vigil keygen` make, check and deliver
+// model bundles; `vigil fleet status` and `vigil samples receive` read what the
+// devices send to the broker. commands.go holds the command table, which dispatches
+// and prints the usage; each command parses its flags and hands over to the package
+// that does the work (agent, infer/modelfile, sync/deploy, sync/deploy/push,
+// sync/fleet, sync/upload). This file has the agent's own commands.
 package main
 
 import (
