@@ -2,8 +2,9 @@
 // status, vigil samples receive) to the devices' broker: one set of broker settings
 // (Broker), one connect sequence (Connect: connect, subscribe, wait for every SUBACK,
 // each bounded), one way to name the broker in an error (its password masked). The
-// devices' own link, sync/mqttlink, is persistent and supervised and dials by itself.
-// Only sync/deploy/push, sync/fleet and sync/upload import it.
+// devices' own link, sync/mqttlink, is persistent and supervised and dials by itself;
+// it shares only Wait. sync/deploy/push, sync/fleet and sync/upload connect through
+// it; sync/mqttlink and internal/mqttbarrier use Wait.
 package mqttdial
 
 import (
@@ -68,7 +69,7 @@ type Subscription struct {
 // disconnected and the error names the broker, its password masked.
 func Connect(ctx context.Context, b Broker, o *paho.ClientOptions, subs ...Subscription) (paho.Client, error) {
 	c := paho.NewClient(o)
-	if err := wait(ctx, c.Connect(), b.timeout()); err != nil {
+	if err := Wait(ctx, c.Connect(), b.timeout()); err != nil {
 		c.Disconnect(0)
 		return nil, fmt.Errorf("connect to %s: %w", b.Name(), err)
 	}
@@ -85,7 +86,7 @@ func Connect(ctx context.Context, b Broker, o *paho.ClientOptions, subs ...Subsc
 func Subscribe(ctx context.Context, b Broker, c paho.Client, subs ...Subscription) error {
 	for _, s := range subs {
 		tok := c.Subscribe(s.Filter, 1, s.Handler)
-		err := wait(ctx, tok, b.timeout())
+		err := Wait(ctx, tok, b.timeout())
 		if st, ok := tok.(*paho.SubscribeToken); err == nil && ok {
 			// A SUBACK's failure code is not an error to paho.
 			for _, q := range st.Result() {
@@ -101,8 +102,9 @@ func Subscribe(ctx context.Context, b Broker, c paho.Client, subs ...Subscriptio
 	return nil
 }
 
-// wait waits for tok at most timeout, or until ctx ends.
-func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
+// Wait waits for tok at most timeout, or until ctx ends, and returns its error. It is
+// the one token wait of the tree: the device's link and the barrier use it too.
+func Wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -111,6 +113,6 @@ func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-t.C:
-		return fmt.Errorf("no answer in %v", timeout)
+		return fmt.Errorf("no answer from the broker in %v", timeout)
 	}
 }

@@ -75,7 +75,7 @@ func TestConnectNoAnswer(t *testing.T) {
 	defer ln.Close()
 	broker := mqttdial.Broker{URL: "tcp://" + ln.Addr().String(), ClientID: "op", Timeout: 200 * time.Millisecond}
 	_, err = mqttdial.Connect(context.Background(), broker, broker.ClientOptions())
-	if err == nil || !strings.Contains(err.Error(), "no answer in 200ms") {
+	if err == nil || !strings.Contains(err.Error(), "no answer from the broker in 200ms") {
 		t.Errorf("silent broker: %v", err)
 	}
 

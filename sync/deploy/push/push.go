@@ -749,7 +749,7 @@ func levelAfterPrefix(prefix, topic string) string {
 // messages make a repeat harmless).
 func (s *session) publish(ctx context.Context, topic string, payload []byte) error {
 	for {
-		err := waitToken(ctx, s.client.Publish(topic, 1, true, payload))
+		err := mqttdial.Wait(ctx, s.client.Publish(topic, 1, true, payload), opTimeout)
 		if err == nil {
 			return nil
 		}
@@ -759,20 +759,6 @@ func (s *session) publish(ctx context.Context, topic string, payload []byte) err
 		if err := s.reconnect(ctx); err != nil {
 			return fmt.Errorf("publish %s: %w", topic, err)
 		}
-	}
-}
-
-// waitToken waits for a paho token, at most opTimeout.
-func waitToken(ctx context.Context, tok paho.Token) error {
-	t := time.NewTimer(opTimeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		return tok.Error()
-	case <-t.C:
-		return fmt.Errorf("no answer from the broker in %v", opTimeout)
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -786,7 +772,7 @@ func (s *session) publishChunks(ctx context.Context, archive *os.File, m *deploy
 	var inflight []pending
 	var sent int64
 	settle := func(p pending) error {
-		if err := waitToken(ctx, p.tok); err != nil {
+		if err := mqttdial.Wait(ctx, p.tok, opTimeout); err != nil {
 			// The connection broke: publish it again, waiting for its acknowledgement.
 			if err := s.publish(ctx, topics[p.i], p.data); err != nil {
 				return fmt.Errorf("publish chunk %d: %w", p.i, err)
