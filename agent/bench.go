@@ -19,8 +19,10 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // ErrUnknownCamera is returned by Bench when BenchOptions.Camera names no camera of
@@ -161,7 +163,7 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 		cc = cfg.Cameras[i]
 	}
 
-	rep.Camera, rep.Source, rep.Model, rep.Seconds = cc.Name, config.Redact(cc.URL), cc.Model, opts.Duration.Seconds()
+	rep.Camera, rep.Source, rep.Model, rep.Seconds = cc.Name, redact.URL(cc.URL), cc.Model, opts.Duration.Seconds()
 
 	state, err := os.MkdirTemp("", "vigil-bench-")
 	if err != nil {
@@ -308,7 +310,7 @@ func benchConfig(cfg *config.Config, cc config.Camera, dir string) (*config.Conf
 	}
 	// Every frame goes to the detector: the pacer's interval becomes 1 ns.
 	cc.DetectFPS = 1e9
-	u, err := config.ParseCameraURL(cc.URL)
+	u, err := camurl.Parse(cc.URL)
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/capture/rtsptest"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
@@ -178,7 +179,7 @@ func TestBenchConfig(t *testing.T) {
 		if bc.Device.StateDir != dir || bc.Actuators != nil || bc.Rules != nil || bc.MQTT.Enabled {
 			t.Errorf("%s: state %s, actuators %v, rules %v, mqtt %v: want %s and no outputs", tc.cam, bc.Device.StateDir, bc.Actuators, bc.Rules, bc.MQTT.Enabled, dir)
 		}
-		if u, err := config.ParseCameraURL(bc.Cameras[0].URL); err != nil || (u.Kind == "file" && (u.Realtime || !u.Loop)) {
+		if u, err := camurl.Parse(bc.Cameras[0].URL); err != nil || (u.Kind == "file" && (u.Realtime || !u.Loop)) {
 			t.Errorf("%s: %s -> %+v, %v", tc.cam, bc.Cameras[0].URL, u, err)
 		}
 	}

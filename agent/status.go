@@ -5,12 +5,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/agent/rules"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer/drift"
+	"github.com/vigil-edge/vigil/internal/redact"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -111,7 +111,7 @@ func (a *Agent) Status(withHistory bool) Status {
 	st.Ready, _ = p.readiness()
 	for _, cam := range p.cameras {
 		st.Cameras = append(st.Cameras, CameraStatus{
-			Status: cam.cap.Status(), URL: config.Redact(cam.cfg().URL), Model: cam.cfg().Model, Detect: cam.stats.status(),
+			Status: cam.cap.Status(), URL: redact.URL(cam.cfg().URL), Model: cam.cfg().Model, Detect: cam.stats.status(),
 			Drift: driftStatus(cam),
 		})
 	}

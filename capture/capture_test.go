@@ -12,22 +12,13 @@ import (
 
 	"go.uber.org/goleak"
 	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var clip = filepath.Join("..", "assets", "footage", "people.mp4")
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 func TestFileSourceReadsAndLoops(t *testing.T) {
 	src, err := OpenFile(clip, true, false)
@@ -168,7 +159,7 @@ func TestDeadCameraIsRetried(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- cam.Run(ctx) }()
-	waitFor(t, "several retries", func() bool { return cam.Status().Reconnects >= 5 })
+	testkit.WaitFor(t, 10*time.Second, "several retries", func() bool { return cam.Status().Reconnects >= 5 })
 	st := cam.Status()
 	if !strings.Contains(st.LastError, "no such file") || (st.State != StateBackoff && st.State != StateConnecting) {
 		t.Errorf("status %+v", st)

@@ -16,6 +16,8 @@ import (
 	"github.com/bluenviron/gortsplib/v4/pkg/base"
 	"github.com/bluenviron/gortsplib/v4/pkg/liberrors"
 	"gocv.io/x/gocv"
+
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // DefaultRTSPTimeout is an rtsp camera's open and read timeout when its Spec leaves
@@ -75,7 +77,7 @@ func parseRTSPSpec(s Spec) (rtspConfig, error) {
 		return rtspConfig{}, fmt.Errorf("rtsp camera URL does not parse: %v", err)
 	}
 	if u.Scheme != "rtsp" && u.Scheme != "rtsps" || u.Host == "" {
-		return rtspConfig{}, fmt.Errorf("rtsp camera URL %s: want rtsp://[user:password@]host[:port]/path", u.Redacted())
+		return rtspConfig{}, fmt.Errorf("rtsp camera URL %s: want rtsp://[user:password@]host[:port]/path", redact.URL(u.String()))
 	}
 	c := rtspConfig{url: u, transport: strings.ToLower(s.Transport), open: s.OpenTimeout, read: s.ReadTimeout}
 	switch c.transport {
@@ -83,10 +85,10 @@ func parseRTSPSpec(s Spec) (rtspConfig, error) {
 		c.transport = "tcp"
 	case "tcp", "udp":
 	default:
-		return rtspConfig{}, fmt.Errorf("rtsp camera %s: transport %q: want tcp or udp", u.Redacted(), s.Transport)
+		return rtspConfig{}, fmt.Errorf("rtsp camera %s: transport %q: want tcp or udp", redact.URL(u.String()), s.Transport)
 	}
 	if c.open < 0 || c.read < 0 {
-		return rtspConfig{}, fmt.Errorf("rtsp camera %s: negative timeout (open %v, read %v)", u.Redacted(), c.open, c.read)
+		return rtspConfig{}, fmt.Errorf("rtsp camera %s: negative timeout (open %v, read %v)", redact.URL(u.String()), c.open, c.read)
 	}
 	if c.open == 0 {
 		c.open = DefaultRTSPTimeout
@@ -95,7 +97,7 @@ func parseRTSPSpec(s Spec) (rtspConfig, error) {
 		c.read = DefaultRTSPTimeout
 	}
 	if c.socketTimeout() < time.Millisecond {
-		return rtspConfig{}, fmt.Errorf("rtsp camera %s: timeouts under 1ms (open %v, read %v)", u.Redacted(), c.open, c.read)
+		return rtspConfig{}, fmt.Errorf("rtsp camera %s: timeouts under 1ms (open %v, read %v)", redact.URL(u.String()), c.open, c.read)
 	}
 	return c, nil
 }
@@ -108,7 +110,7 @@ func openRTSP(ctx context.Context, s Spec) (Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := c.url.Redacted()
+	name := redact.URL(c.url.String())
 	start := time.Now()
 	vc, err := openFFmpegWithOptions(ctx, s.Target, c.ffmpegOptions)
 	if err != nil {
@@ -182,7 +184,7 @@ func diagnoseRTSP(ctx context.Context, c rtspConfig) string {
 		},
 	}
 	if err := client.Start(u.Scheme, u.Host); err != nil {
-		return fmt.Sprintf("OpenCV could not open the stream (%s)", redactErr(err, c.url))
+		return fmt.Sprintf("OpenCV could not open the stream (%s)", redact.Error(err, c.url))
 	}
 	defer client.Close()
 	_, _, err = client.Describe(u)
@@ -206,19 +208,5 @@ func diagnoseRTSP(ctx context.Context, c rtspConfig) string {
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Sprintf("no answer from %s within %v (open timeout)", c.url.Host, timeout)
 	}
-	return fmt.Sprintf("cannot reach the camera: %s", redactErr(err, c.url))
-}
-
-// redactErr is err's message with the URL's password, if any, replaced.
-func redactErr(err error, u *url.URL) string {
-	msg := err.Error()
-	if u.User == nil {
-		return msg
-	}
-	if pw, ok := u.User.Password(); ok && pw != "" {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		msg = strings.ReplaceAll(msg, url.QueryEscape(pw), "xxxxx")
-		msg = strings.ReplaceAll(msg, url.PathEscape(pw), "xxxxx")
-	}
-	return msg
+	return fmt.Sprintf("cannot reach the camera: %s", redact.Error(err, c.url))
 }

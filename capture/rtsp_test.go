@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/capture/rtsptest"
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"gocv.io/x/gocv"
 )
 
@@ -92,9 +93,9 @@ func TestRTSPCameraReconnects(t *testing.T) {
 	spec := Spec{Kind: "rtsp", Target: srv.URL("stream"), ReadTimeout: 3 * time.Second}
 	cam, _ := runRTSPCamera(t, "rtsp", spec, 2*time.Second, 200*time.Millisecond)
 
-	waitFor(t, "streaming", func() bool { st := cam.Status(); return st.State == StateStreaming && st.Frames >= 5 })
+	testkit.WaitFor(t, 10*time.Second, "streaming", func() bool { st := cam.Status(); return st.State == StateStreaming && st.Frames >= 5 })
 	srv.Stop()
-	waitFor(t, "backoff after the server died", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "backoff after the server died", func() bool {
 		st := cam.Status()
 		return st.State == StateBackoff && st.LastError != "" && st.Reconnects > 0
 	})
@@ -105,7 +106,7 @@ func TestRTSPCameraReconnects(t *testing.T) {
 	}
 	frames := st.Frames
 	srv.Restart()
-	waitFor(t, "streaming after restart", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "streaming after restart", func() bool {
 		st := cam.Status()
 		return st.State == StateStreaming && st.Frames >= frames+5
 	})
@@ -122,10 +123,10 @@ func TestRTSPStallTimesOut(t *testing.T) {
 	var errs []string
 	cam, _ := runRTSPCamera(t, "stall", spec, 300*time.Millisecond, 100*time.Millisecond)
 
-	waitFor(t, "streaming", func() bool { st := cam.Status(); return st.State == StateStreaming && st.Frames >= 5 })
+	testkit.WaitFor(t, 10*time.Second, "streaming", func() bool { st := cam.Status(); return st.State == StateStreaming && st.Frames >= 5 })
 	srv.Pause()
-	waitFor(t, "stalled", func() bool { return cam.Status().State == StateStalled })
-	waitFor(t, "the read timeout", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "stalled", func() bool { return cam.Status().State == StateStalled })
+	testkit.WaitFor(t, 10*time.Second, "the read timeout", func() bool {
 		st := cam.Status()
 		if st.LastError != "" {
 			errs = append(errs, st.LastError)
@@ -134,7 +135,7 @@ func TestRTSPStallTimesOut(t *testing.T) {
 	})
 	frames := cam.Status().Frames
 	srv.Resume()
-	waitFor(t, "streaming after resume", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "streaming after resume", func() bool {
 		st := cam.Status()
 		return st.State == StateStreaming && st.Frames >= frames+5
 	})

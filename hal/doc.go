@@ -4,7 +4,7 @@
 // imports it.
 //
 // The root package holds the contracts and the one implementation of their logic:
-// Output (Actuator: safe level at start and on Close, pulses, a visible fault state),
+// Output (an actuator: safe level at start and on Close, pulses, a visible fault state),
 // Input (debounce, fault state) and the Retrying wrappers that open a line lazily so a
 // GPIO adapter plugged in after start begins to work. Drivers only move or read a line:
 // hal/sim keeps it in memory, hal/gpio reaches the Linux GPIO character device through

@@ -9,3 +9,10 @@ func RetryingAt(driver string, open func() (Line, error), now func() time.Time) 
 
 // RetryInterval is how often a failing line is retried.
 const RetryInterval = retryInterval
+
+// Fault returns the error of the last failed drive, or nil while the line works.
+func (o *Output) Fault() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.lastErr
+}

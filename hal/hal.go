@@ -36,19 +36,6 @@ func ParseLevel(s string) (Level, error) {
 	return Low, fmt.Errorf("level %q is neither low nor high", s)
 }
 
-// Actuator is a named output. Set and Pulse never block for the pulse's length.
-type Actuator interface {
-	Name() string
-	// Set drives the output to level and cancels a pulse in progress.
-	Set(level Level, reason string) error
-	// Pulse drives the output to the other level than its normal one for d, then back to
-	// it. A pulse during a pulse extends it.
-	Pulse(d time.Duration, reason string) error
-	// Safe drives the configured safe level.
-	Safe(reason string) error
-	State() State
-}
-
 // State is what the status page shows of an actuator.
 type State struct {
 	Name   string `json:"name"`
@@ -79,7 +66,8 @@ type Line interface {
 	Close() error
 }
 
-// Output implements Actuator on a driver's Line.
+// Output is a named actuator on a driver's Line: Set and Pulse never block for the
+// pulse's length; Safe drives the configured safe level.
 type Output struct {
 	name   string
 	line   Line
@@ -154,6 +142,7 @@ func (o *Output) Set(level Level, reason string) error {
 }
 
 // Pulse drives the other level than the normal one for d, then the normal level again.
+// A pulse during a pulse extends it to whichever ends later.
 func (o *Output) Pulse(d time.Duration, reason string) error {
 	if d <= 0 {
 		return fmt.Errorf("actuator %s: pulse of %v", o.name, d)
@@ -259,13 +248,6 @@ func (o *Output) State() State {
 		s.LastError = o.lastErr.Error()
 	}
 	return s
-}
-
-// Fault returns the error of the last failed drive, or nil while the line works.
-func (o *Output) Fault() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.lastErr
 }
 
 // Close drives the safe level, then releases the line. A second Close returns nil.

@@ -12,21 +12,10 @@ import (
 
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 func newOutput(t *testing.T, safe hal.Level) (*hal.Output, *sim.Line) {
 	t.Helper()
@@ -78,7 +67,7 @@ func TestPulse(t *testing.T) {
 	if st := o.State(); st.State != "high" {
 		t.Fatalf("during pulse: %+v", st)
 	}
-	waitFor(t, "the pulse to end", func() bool { return o.State().State == "low" })
+	testkit.WaitFor(t, 5*time.Second, "the pulse to end", func() bool { return o.State().State == "low" })
 	h := line.History()
 	if len(h) != 3 || h[1].Level != "high" || h[2].Level != "low" {
 		t.Fatalf("history %v", h)
@@ -110,7 +99,7 @@ func TestPulseFromNormalLevel(t *testing.T) {
 	if st := o.State(); st.State != "low" {
 		t.Fatalf("during the pulse: %+v", st)
 	}
-	waitFor(t, "the pulse to end at the normal level", func() bool { return o.State().State == "high" })
+	testkit.WaitFor(t, 5*time.Second, "the pulse to end at the normal level", func() bool { return o.State().State == "high" })
 	if got := levels(line); strings.Join(got, ",") != "low,high,low,high" {
 		t.Errorf("history %v", got)
 	}
@@ -122,7 +111,7 @@ func TestPulseExtendsAndSetCancels(t *testing.T) {
 	o.Pulse(200*time.Millisecond, "second")
 	o.Pulse(10*time.Millisecond, "shorter, must not cut the second short")
 	start := time.Now()
-	waitFor(t, "the extended pulse to end", func() bool { return o.State().State == "low" })
+	testkit.WaitFor(t, 5*time.Second, "the extended pulse to end", func() bool { return o.State().State == "low" })
 	if el := time.Since(start); el < 150*time.Millisecond {
 		t.Errorf("extended pulse ended after %v", el)
 	}
@@ -247,9 +236,9 @@ func TestPulseEndRetriedUntilSafe(t *testing.T) {
 			t.Fatal("could not make a line fail within a pulse")
 		}
 	}
-	waitFor(t, "the failed pulse end to show as a fault", func() bool { return o.State().State == hal.StateFault })
+	testkit.WaitFor(t, 5*time.Second, "the failed pulse end to show as a fault", func() bool { return o.State().State == hal.StateFault })
 	line.Fail(nil)
-	waitFor(t, "the retried pulse end to drive safe", func() bool { return o.State().State == "low" })
+	testkit.WaitFor(t, 5*time.Second, "the retried pulse end to drive safe", func() bool { return o.State().State == "low" })
 	h := levels(line)
 	if h[len(h)-1] != "low" || o.State().LastReason != "pulse end" {
 		t.Fatalf("history %v, state %+v", h, o.State())

@@ -9,27 +9,8 @@ import (
 
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
-
-// fakeClock is the clock debounce windows are measured on; only the test moves it.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 type change struct {
 	name  string
@@ -49,7 +30,7 @@ type inputRig struct {
 	t       *testing.T
 	line    *sim.Input
 	in      *hal.Input
-	clock   *fakeClock
+	clock   *testkit.Clock
 	changes chan change
 }
 
@@ -57,7 +38,7 @@ type inputRig struct {
 // returns) when the test ends.
 func startInput(t *testing.T, debounce time.Duration, line hal.InputLine) *inputRig {
 	t.Helper()
-	r := &inputRig{t: t, clock: newFakeClock(), changes: make(chan change, 100)}
+	r := &inputRig{t: t, clock: testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)), changes: make(chan change, 100)}
 	switch s := line.(type) {
 	case *sim.Input:
 		r.line = s
@@ -90,7 +71,7 @@ func startInput(t *testing.T, debounce time.Duration, line hal.InputLine) *input
 func (r *inputRig) set(level hal.Level) {
 	r.t.Helper()
 	r.line.Set(level)
-	waitFor(r.t, "Run to read "+level.String(), r.line.Sampled)
+	testkit.WaitFor(r.t, 5*time.Second, "Run to read "+level.String(), r.line.Sampled)
 }
 
 // settle waits until Run has completed two more reads, so whatever the clock now says
@@ -98,7 +79,7 @@ func (r *inputRig) set(level hal.Level) {
 func (r *inputRig) settle() {
 	r.t.Helper()
 	n := r.line.Reads()
-	waitFor(r.t, "two more reads", func() bool { return r.line.Reads() >= n+2 })
+	testkit.WaitFor(r.t, 5*time.Second, "two more reads", func() bool { return r.line.Reads() >= n+2 })
 }
 
 // nextChange waits for one OnChange call.
@@ -144,14 +125,14 @@ func testInputCleanPress(t *testing.T, line hal.InputLine) {
 		t.Fatal("a press was accepted before it had been stable for the debounce window")
 	}
 	r.clock.Advance(window)
-	waitFor(t, "the press to be accepted", func() bool { return r.in.Level() == hal.High })
+	testkit.WaitFor(t, 5*time.Second, "the press to be accepted", func() bool { return r.in.Level() == hal.High })
 	if c := r.nextChange(); c != (change{"ack", hal.High}) {
 		t.Fatalf("OnChange %+v", c)
 	}
 
 	r.set(hal.Low)
 	r.clock.Advance(window)
-	waitFor(t, "the release to be accepted", func() bool { return r.in.Level() == hal.Low })
+	testkit.WaitFor(t, 5*time.Second, "the release to be accepted", func() bool { return r.in.Level() == hal.Low })
 	if c := r.nextChange(); c != (change{"ack", hal.Low}) {
 		t.Fatalf("OnChange %+v", c)
 	}
@@ -201,7 +182,7 @@ func TestInputPressHeldLongerIsAccepted(t *testing.T) {
 		t.Fatal("the window did not restart after a bounce inside it")
 	}
 	r.clock.Advance(40 * time.Millisecond) // 60ms since the bounce
-	waitFor(t, "the held press to be accepted", func() bool { return r.in.Level() == hal.High })
+	testkit.WaitFor(t, 5*time.Second, "the held press to be accepted", func() bool { return r.in.Level() == hal.High })
 	if c := r.nextChange(); c.level != hal.High {
 		t.Fatalf("OnChange %+v", c)
 	}
@@ -215,7 +196,7 @@ func TestInputWithoutDebounceTakesEveryChange(t *testing.T) {
 	r := startInput(t, 0, sim.NewInput())
 	for i, level := range []hal.Level{hal.High, hal.Low, hal.High} {
 		r.line.Set(level)
-		waitFor(t, "change "+level.String(), func() bool { return r.in.Level() == level })
+		testkit.WaitFor(t, 5*time.Second, "change "+level.String(), func() bool { return r.in.Level() == level })
 		if c := r.nextChange(); c.level != level {
 			t.Fatalf("change %d: OnChange %+v", i, c)
 		}
@@ -245,20 +226,20 @@ func TestInputFault(t *testing.T) {
 		t.Fatalf("state %+v", st)
 	}
 	line.Fail(nil)
-	waitFor(t, "the input to be readable", func() bool { return r.in.State().State == "low" })
+	testkit.WaitFor(t, 5*time.Second, "the input to be readable", func() bool { return r.in.State().State == "low" })
 	if st := r.in.State(); st.LastError != "" || st.Changes != 0 {
 		t.Fatalf("state %+v", st)
 	}
 
 	line.Set(hal.High)
-	waitFor(t, "the press", func() bool { return r.in.Level() == hal.High })
+	testkit.WaitFor(t, 5*time.Second, "the press", func() bool { return r.in.Level() == hal.High })
 	line.Fail(errGone)
-	waitFor(t, "the fault", func() bool { return r.in.State().State == hal.StateFault })
+	testkit.WaitFor(t, 5*time.Second, "the fault", func() bool { return r.in.State().State == hal.StateFault })
 	if r.in.Level() != hal.High {
 		t.Fatal("a fault changed the level")
 	}
 	line.Fail(nil)
-	waitFor(t, "the recovery", func() bool { return r.in.State().State == "high" })
+	testkit.WaitFor(t, 5*time.Second, "the recovery", func() bool { return r.in.State().State == "high" })
 }
 
 func TestInputOnRetryingLine(t *testing.T) {
@@ -284,7 +265,7 @@ func TestInputOnRetryingLine(t *testing.T) {
 	plug = line
 	mu.Unlock()
 	// Retried at most once a second: this takes a second of real time.
-	waitFor(t, "the plugged-in line to be read", func() bool { return r.in.State().State == "high" })
+	testkit.WaitFor(t, 5*time.Second, "the plugged-in line to be read", func() bool { return r.in.State().State == "high" })
 	line.Set(hal.Low)
-	waitFor(t, "a change on the plugged-in line", func() bool { return r.in.Level() == hal.Low })
+	testkit.WaitFor(t, 5*time.Second, "a change on the plugged-in line", func() bool { return r.in.Level() == hal.Low })
 }

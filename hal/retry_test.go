@@ -8,6 +8,7 @@ import (
 
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // opener stands in for a driver's open: it fails until plugged.
@@ -26,7 +27,7 @@ func (o *opener) open() (hal.Line, error) {
 }
 
 func TestRetryingOpensAtMostOnceASecond(t *testing.T) {
-	clock := newFakeClock()
+	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	op := &opener{line: sim.New(nil)}
 	line := hal.RetryingAt("gpio", op.open, clock.Now)
 	if line.Driver() != "gpio" {
@@ -65,7 +66,7 @@ func TestRetryingOpensAtMostOnceASecond(t *testing.T) {
 // An actuator on a chip that is missing at start is in fault, and works once the chip
 // is there and a command comes.
 func TestOutputOnRetryingLine(t *testing.T) {
-	clock := newFakeClock()
+	clock := testkit.NewClock(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	op := &opener{line: sim.New(nil)}
 	o, err := hal.NewOutput("weld-pause", hal.RetryingAt("gpio", op.open, clock.Now), hal.OutputOptions{Safe: hal.High})
 	if o == nil || err == nil || !strings.Contains(err.Error(), "gpiochip1") {

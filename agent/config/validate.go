@@ -15,6 +15,7 @@ import (
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // Names of cameras, models, actuators, inputs and rules appear in URLs, metrics and
@@ -420,7 +421,7 @@ func (v *validation) samples(s Samples, mqttEnabled bool) {
 		if pu, err := url.Parse(u.URL); u.URL == "" {
 			v.bad("samples.upload.url", "missing: the HTTP(S) endpoint samples are PUT to")
 		} else if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.RawQuery != "" || pu.Fragment != "" {
-			v.bad("samples.upload.url", "%q is not a URL like https://host/samples", camurl.Redact(u.URL))
+			v.bad("samples.upload.url", "%q is not a URL like https://host/samples", redact.URL(u.URL))
 		}
 		v.fileExists("samples.upload.ca_file", u.CAFile)
 	case "mqtt":

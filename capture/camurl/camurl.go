@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // URL is a camera's url split into its kind and target.
@@ -29,7 +31,7 @@ func Parse(raw string) (URL, error) {
 	switch u.Scheme {
 	case "rtsp", "rtsps":
 		if u.Host == "" {
-			return URL{}, fmt.Errorf("%s has no host", Redact(raw))
+			return URL{}, fmt.Errorf("%s has no host", redact.URL(raw))
 		}
 		return URL{Kind: "rtsp", Target: raw}, nil
 	case "file", "v4l2":
@@ -106,16 +108,4 @@ func (c *URL) setOption(key, val string) error {
 		return fmt.Errorf("unknown option %q (file URLs take loop and realtime; v4l2 URLs take width, height, fps and format; pattern URLs take width, height and fps)", key)
 	}
 	return nil
-}
-
-// Redact hides the password in a URL, for logs, status and events.
-func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
 }

@@ -220,7 +220,7 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return parseExit(err)
 	}
-	o.Broker, o.TopicPrefix = bf.broker, bf.topicPrefix
+	o.Broker, o.TopicPrefix = bf.broker.URL, bf.topicPrefix
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "vigil model push: "+format+"\n\n", a...)
 		fs.Usage()
@@ -253,11 +253,12 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if err := o.CheckStaged(); err != nil {
 		return usageErr("%s", strings.TrimPrefix(err.Error(), "push: "))
 	}
-	if o.TLS, err = bf.resolve(); err != nil {
+	broker, err := bf.resolve()
+	if err != nil {
 		fmt.Fprintf(stderr, "vigil model push: %v\n", err)
 		return exitUsage
 	}
-	o.Username, o.Password = bf.username, bf.password
+	o.Username, o.Password, o.TLS = broker.Username, broker.Password, broker.TLS
 	bundle := ""
 	if len(pos) == 1 {
 		bundle = pos[0]

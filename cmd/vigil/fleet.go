@@ -13,11 +13,9 @@ import (
 	"github.com/vigil-edge/vigil/sync/fleet"
 )
 
-const fleetCommands = `Usage: vigil fleet status --broker URL [--group NAME] [--json] [--watch] [flags]
+const fleetStatusUsage = `Usage: vigil fleet status --broker URL [--group NAME] [--json] [--watch] [flags]
 
-`
-
-const fleetStatusUsage = `Shows every device from its retained <prefix>/<device>/status and models/state on
+Shows every device from its retained <prefix>/<device>/status and models/state on
 the broker: state (online, or offline with why and since when), group, agent version,
 models (name:version), cameras streaming, last model deployment (phase, version, id),
 outbox backlog (messages not yet delivered, and the age of the oldest) and the highest
@@ -36,22 +34,6 @@ $VIGIL_MQTT_USERNAME).
 Flags:
 `
 
-// fleetCmd runs `vigil fleet SUBCOMMAND`.
-func fleetCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "status":
-			return fleetStatus(args[1:], stdout, stderr)
-		case "-h", "--help", "help":
-			fmt.Fprint(stdout, fleetCommands+fleetStatusUsage)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "vigil fleet: unknown subcommand %q\n\n", args[0])
-	}
-	fmt.Fprint(stderr, fleetCommands)
-	return exitUsage
-}
-
 func fleetStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("fleet status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -60,7 +42,7 @@ func fleetStatus(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	watch := fs.Bool("watch", false, "keep the view live until Ctrl-C")
 	interval := fs.Duration("interval", time.Second, "with --watch: the least time between two updates")
-	fs.Usage = func() { fmt.Fprint(stderr, fleetCommands+fleetStatusUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(stderr, fleetStatusUsage); fs.PrintDefaults() }
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return parseExit(err)
@@ -73,18 +55,18 @@ func fleetStatus(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(pos) > 0:
 		return usageErr("unexpected argument %q", pos[0])
-	case bf.broker == "":
+	case bf.broker.URL == "":
 		return usageErr("--broker is required")
 	case *interval <= 0:
 		return usageErr("--interval %v must be greater than 0", *interval)
 	}
-	tlsConfig, err := bf.resolve()
+	broker, err := bf.resolve()
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil fleet status: %v\n", err)
 		return exitUsage
 	}
 	opts := fleet.Options{
-		Broker: bf.broker, Username: bf.username, Password: bf.password, TLS: tlsConfig,
+		Broker: broker.URL, Username: broker.Username, Password: broker.Password, TLS: broker.TLS,
 		TopicPrefix: bf.topicPrefix, Group: *group, Interval: *interval,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

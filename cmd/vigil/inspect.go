@@ -15,7 +15,7 @@ import (
 	"github.com/vigil-edge/vigil/infer/modelfile"
 )
 
-const modelUsage = `Usage: vigil model inspect FILE|BUNDLE_DIR [--json]
+const inspectUsage = `Usage: vigil model inspect FILE|BUNDLE_DIR [--json]
 
 Shows a model file's format, opset or schema version, producer, inputs and outputs
 (element types, shapes, quantisation) and operators, read from the file itself (ONNX or
@@ -26,34 +26,6 @@ model.yaml key), 2 on usage errors.
 
 Flags:
 `
-
-const modelCommands = `vigil model inspect|eval|sign|pack|push: see 'vigil model SUBCOMMAND --help'.
-
-`
-
-// modelCmd runs `vigil model SUBCOMMAND`.
-func modelCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "inspect":
-			return inspectModel(args[1:], stdout, stderr)
-		case "sign":
-			return signModel(args[1:], stdout, stderr)
-		case "eval":
-			return evalModel(args[1:], stdout, stderr)
-		case "pack":
-			return packModel(args[1:], stdout, stderr)
-		case "push":
-			return pushModel(args[1:], stdout, stderr)
-		case "-h", "--help", "help":
-			fmt.Fprint(stdout, modelCommands+modelUsage)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "vigil model: unknown subcommand %q\n\n", args[0])
-	}
-	fmt.Fprint(stderr, modelCommands+modelUsage)
-	return exitUsage
-}
 
 // inspectReport is what --json prints.
 type inspectReport struct {
@@ -72,7 +44,7 @@ func inspectModel(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print a JSON report (for scripts) instead of tables")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, modelUsage)
+		fmt.Fprint(stderr, inspectUsage)
 		fs.PrintDefaults()
 	}
 	// The flag package stops at the first argument that is not a flag; take the path

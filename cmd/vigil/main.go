@@ -1,6 +1,11 @@
-// Command vigil is the Vigil edge vision agent: `vigil run` starts the daemon,
-// `vigil check-config` validates a config, `vigil version` prints the version.
-// This file only parses flags, loads the config and hands over to package agent.
+// Command vigil is the Vigil edge vision agent and the operator's tools around it.
+// `vigil run` starts the daemon; check-config, safe and bench read the same config;
+// `vigil model inspect|eval|sign|pack|push` and `vigil keygen` make, check and deliver
+// model bundles; `vigil fleet status` and `vigil samples receive` read what the
+// devices send to the broker. commands.go holds the command table, which dispatches
+// and prints the usage; each command parses its flags and hands over to the package
+// that does the work (agent, infer/modelfile, sync/deploy, sync/deploy/push,
+// sync/fleet, sync/upload). This file has the agent's own commands.
 package main
 
 import (
@@ -12,7 +17,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
 	"strings"
 	"syscall"
 
@@ -33,63 +37,6 @@ const (
 	exitFailed = 1 // the agent stopped with an error
 	exitUsage  = 2 // bad flags or a bad config
 )
-
-const usage = `Vigil: an edge vision agent. Cameras in, detections through rules, actuators out,
-events kept in a durable outbox; status page and metrics on HTTP.
-
-Usage:
-  vigil <command> [flags]
-
-Commands:
-  run            run the agent (embedded defaults when there is no config file)
-  check-config   validate a config file and print every problem
-  safe           drive every actuator to its safe level and exit (systemd ExecStopPost=)
-  bench          measure decode, inference and pipeline rates on a camera
-  model inspect  show a model file's or bundle's inputs, outputs and operators
-  model sign     check a model bundle and sign it (signature.json)
-  model push     push a signed bundle to a device or group over MQTT and wait for it
-  model pack     write a signed bundle's archive, to serve for 'model push --via url'
-  keygen         make an Ed25519 key pair for signing model bundles
-  fleet status   every device's status, models, deployment and backlog from the broker
-  samples receive  receive the samples devices upload (MQTT or HTTP) into a directory
-  version        print the version
-
-Run 'vigil <command> --help' for a command's flags.
-`
-
-func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return exitUsage
-	}
-	cmd, rest := args[0], args[1:]
-	switch cmd {
-	case "run":
-		return runAgent(rest, stdout, stderr)
-	case "check-config":
-		return checkConfig(rest, stdout, stderr)
-	case "safe":
-		return driveSafe(rest, stdout, stderr)
-	case "bench":
-		return bench(rest, stdout, stderr)
-	case "model":
-		return modelCmd(rest, stdout, stderr)
-	case "keygen":
-		return keygen(rest, stdout, stderr)
-	case "fleet":
-		return fleetCmd(rest, stdout, stderr)
-	case "samples":
-		return samplesCmd(rest, stdout, stderr)
-	case "version":
-		fmt.Fprintf(stdout, "vigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-		return exitOK
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "vigil: unknown command %q\n\n%s", cmd, usage)
-	return exitUsage
-}
 
 func newFlags(name, synopsis string, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)

@@ -46,22 +46,6 @@ used, 2 on usage errors. The token may also come from $VIGIL_SAMPLES_TOKEN.
 Flags:
 `
 
-// samplesCmd runs `vigil samples SUBCOMMAND`.
-func samplesCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "receive":
-			return samplesReceive(args[1:], stdout, stderr)
-		case "-h", "--help", "help":
-			fmt.Fprint(stdout, samplesUsage)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "vigil samples: unknown subcommand %q\n\n", args[0])
-	}
-	fmt.Fprint(stderr, samplesUsage)
-	return exitUsage
-}
-
 func samplesReceive(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("samples receive", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -85,7 +69,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		return usageErr("unexpected argument %q", pos[0])
 	case *out == "":
 		return usageErr("--out is required")
-	case bf.broker == "" && *listen == "":
+	case bf.broker.URL == "" && *listen == "":
 		return usageErr("--broker or --listen is required")
 	case *clientID == "":
 		return usageErr("--client-id must not be empty")
@@ -93,7 +77,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 	if *token == "" {
 		*token = os.Getenv("VIGIL_SAMPLES_TOKEN")
 	}
-	tlsConfig, err := bf.resolve()
+	broker, err := bf.resolve()
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil samples receive: %v\n", err)
 		return exitUsage
@@ -151,7 +135,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 			srv.Shutdown(shut)
 		}()
 	}
-	if bf.broker != "" {
+	if broker.URL != "" {
 		// Chunks are on disk before they are acknowledged, so a receiver stopped or
 		// killed in the middle of a file picks them up at its next start. A device
 		// id never starts with '.', so the spool is no device's directory.
@@ -165,7 +149,7 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 			say(stdout, "%d chunks of %d files taken from %s\n", st.Recovered, st.Pending, spool)
 		}
 		opts := upload.SubscribeOptions{
-			Broker: bf.broker, ClientID: *clientID, Username: bf.username, Password: bf.password, TLS: tlsConfig,
+			Broker: broker.URL, ClientID: *clientID, Username: broker.Username, Password: broker.Password, TLS: broker.TLS,
 			Prefix: bf.topicPrefix, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
 			Subscribed: func(filter string) {
 				say(stdout, "subscribed to %s as %s (persistent session)\n", filter, *clientID)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/mqttlink/linktest"
@@ -158,7 +159,7 @@ func (d *deviceSamples) sameFiles(t *testing.T, out, device string) {
 	for _, n := range d.list() {
 		files = append(files, n, strings.TrimSuffix(n, ".jpg")+".json")
 	}
-	waitUntil(t, 30*time.Second, "every file received byte for byte", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "every file received byte for byte", func() bool {
 		for _, f := range files {
 			want, _ := os.ReadFile(filepath.Join(d.dir, f))
 			got, err := os.ReadFile(filepath.Join(out, device, f))
@@ -171,17 +172,6 @@ func (d *deviceSamples) sameFiles(t *testing.T, out, device string) {
 	entries, _ := os.ReadDir(filepath.Join(out, device))
 	if len(entries) != len(files) {
 		t.Errorf("%d files in %s, want %d (no temporary file left)", len(entries), filepath.Join(out, device), len(files))
-	}
-}
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -204,7 +194,7 @@ func TestSamplesReceiveOverMQTT(t *testing.T) {
 	dev.add(t, "door-20250101T120000.000Z-1", 100_000) // 7 chunks
 	dev.add(t, "door-20250101T120001.000Z-2", 40_000)
 	u := dev.upload(t, sender)
-	waitUntil(t, 30*time.Second, "two samples uploaded", func() bool { return u.Stats().Uploaded == 2 })
+	testkit.WaitFor(t, 30*time.Second, "two samples uploaded", func() bool { return u.Stats().Uploaded == 2 })
 	dev.sameFiles(t, out, "gate-7")
 	if line := rx.expect("gate-7/door-20250101T120000.000Z-1.jpg"); line != "gate-7/door-20250101T120000.000Z-1.jpg 100000 bytes (mqtt, 7 chunks)" {
 		t.Errorf("line %q", line)
@@ -213,7 +203,7 @@ func TestSamplesReceiveOverMQTT(t *testing.T) {
 	// Stopped: the broker queues the next sample for the session.
 	rx.stop()
 	dev.add(t, "door-20250101T120002.000Z-3", 50_000)
-	waitUntil(t, 30*time.Second, "the third sample acknowledged by the broker", func() bool { return u.Stats().Uploaded == 3 })
+	testkit.WaitFor(t, 30*time.Second, "the third sample acknowledged by the broker", func() bool { return u.Stats().Uploaded == 3 })
 	if _, err := os.Stat(filepath.Join(out, "gate-7", "door-20250101T120002.000Z-3.jpg")); err == nil {
 		t.Fatal("received while the receiver was stopped?")
 	}
@@ -238,7 +228,7 @@ func TestSamplesReceiveOverHTTP(t *testing.T) {
 	dev.add(t, "door-20250101T120000.000Z-1", 100_000)
 	dev.add(t, "door-20250101T120001.000Z-2", 3_000)
 	u := dev.upload(t, sender)
-	waitUntil(t, 30*time.Second, "two samples uploaded", func() bool { return u.Stats().Uploaded == 2 })
+	testkit.WaitFor(t, 30*time.Second, "two samples uploaded", func() bool { return u.Stats().Uploaded == 2 })
 	dev.sameFiles(t, out, "gate-8")
 	if line := rx.expect("gate-8/door-20250101T120000.000Z-1.jpg"); line != "gate-8/door-20250101T120000.000Z-1.jpg 100000 bytes (http)" {
 		t.Errorf("line %q", line)
@@ -251,7 +241,7 @@ func TestSamplesReceiveOverHTTP(t *testing.T) {
 	intruder := &deviceSamples{dir: t.TempDir(), notify: make(chan struct{}, 1)}
 	intruder.add(t, "door-20250101T120000.000Z-1", 1000)
 	iu := intruder.upload(t, bad)
-	waitUntil(t, 30*time.Second, "the wrong token refused", func() bool { return strings.Contains(iu.Stats().LastError, "401") })
+	testkit.WaitFor(t, 30*time.Second, "the wrong token refused", func() bool { return strings.Contains(iu.Stats().LastError, "401") })
 	if _, err := os.Stat(filepath.Join(out, "intruder")); err == nil {
 		t.Error("a device with the wrong token wrote to --out")
 	}
@@ -279,7 +269,7 @@ func TestSamplesReceiveKilledMidFile(t *testing.T) {
 	u := dev.upload(t, sender)
 
 	spoolDir := filepath.Join(out, ".partial", "gate-9", "door-20250101T120000.000Z-1.jpg")
-	waitUntil(t, 30*time.Second, "chunks in the receiver's spool", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "chunks in the receiver's spool", func() bool {
 		entries, _ := os.ReadDir(spoolDir)
 		return len(entries) >= 3
 	})
@@ -288,7 +278,7 @@ func TestSamplesReceiveKilledMidFile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, "gate-9", "door-20250101T120000.000Z-1.jpg")); err == nil {
 		t.Fatal("the JPEG was whole before the kill: the test proves nothing")
 	}
-	waitUntil(t, 60*time.Second, "the sample acknowledged by the broker", func() bool { return u.Stats().Uploaded == 1 })
+	testkit.WaitFor(t, 60*time.Second, "the sample acknowledged by the broker", func() bool { return u.Stats().Uploaded == 1 })
 
 	rx = startReceiver(t, "--out", out, "--broker", b.URL, "--client-id", "rx-kill")
 	if line := rx.expect("chunks of 1 files taken from"); !strings.Contains(line, filepath.Join(out, ".partial")) {
@@ -296,7 +286,7 @@ func TestSamplesReceiveKilledMidFile(t *testing.T) {
 	}
 	rx.expect("gate-9/door-20250101T120000.000Z-1.jpg 300000 bytes (mqtt, 293 chunks)")
 	dev.sameFiles(t, out, "gate-9")
-	waitUntil(t, 30*time.Second, "the spool emptied", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the spool emptied", func() bool {
 		entries, err := os.ReadDir(filepath.Join(out, ".partial"))
 		return err == nil && len(entries) == 0
 	})

@@ -31,13 +31,6 @@ const (
 	PullDown     = gpio.PullDown
 )
 
-// NewOutputLine adapts a periph output pin to hal.Line. With activeLow, logical high
-// drives the pin electrically low and logical low drives it high. Close releases the
-// pin if it can be released (a gpioioctl line), without driving it.
-func NewOutputLine(pin gpio.PinOut, activeLow bool) hal.Line {
-	return &outputLine{pin: pin, activeLow: activeLow, where: "line " + pin.Name()}
-}
-
 type outputLine struct {
 	pin       gpio.PinOut
 	activeLow bool
@@ -54,13 +47,6 @@ func (l *outputLine) Out(level hal.Level) error {
 }
 
 func (l *outputLine) Close() error { return release(l.pin) }
-
-// NewInputLine configures a periph pin as an input with pull and edge detection on both
-// edges, and adapts it to hal.InputLine. With activeLow, an electrically low pin reads
-// as logical high.
-func NewInputLine(pin gpio.PinIn, activeLow bool, pull Pull) (hal.InputLine, error) {
-	return newInputLine(pin, activeLow, pull, "line "+pin.Name())
-}
 
 func newInputLine(pin gpio.PinIn, activeLow bool, pull Pull, where string) (hal.InputLine, error) {
 	if err := pin.In(pull, gpio.BothEdges); err != nil {

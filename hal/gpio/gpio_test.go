@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,20 +15,10 @@ import (
 	"periph.io/x/conn/v3/gpio/gpiotest"
 
 	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 func pinLevel(p *gpiotest.Pin) gpio.Level {
 	p.Lock()
@@ -139,23 +128,6 @@ func (p *countingPin) Read() gpio.Level {
 	return p.Pin.Read()
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // A button to ground on an active-low pin with a pull-up, debounced by hal.Input, with
 // edges delivered through gpiotest's channel.
 func TestInputDebouncedThroughHal(t *testing.T) {
@@ -165,7 +137,7 @@ func TestInputDebouncedThroughHal(t *testing.T) {
 		t.Fatal(err)
 	}
 	const window = 50 * time.Millisecond
-	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	clock := testkit.NewClock(time.Unix(1e9, 0))
 	changes := make(chan hal.Level, 10)
 	in := hal.NewInput("ack", line, hal.InputOptions{
 		Debounce: window, Now: clock.Now, MaxWait: 2 * time.Millisecond,
@@ -196,7 +168,7 @@ func TestInputDebouncedThroughHal(t *testing.T) {
 		t.Fatal("accepted before the debounce window")
 	}
 	clock.Advance(window)
-	waitFor(t, "the press", func() bool { return in.Level() == hal.High })
+	testkit.WaitFor(t, 5*time.Second, "the press", func() bool { return in.Level() == hal.High })
 
 	edge(gpio.High) // bounce: released for 10ms
 	clock.Advance(10 * time.Millisecond)
@@ -209,7 +181,7 @@ func TestInputDebouncedThroughHal(t *testing.T) {
 
 	edge(gpio.High) // released for good
 	clock.Advance(window)
-	waitFor(t, "the release", func() bool { return in.Level() == hal.Low })
+	testkit.WaitFor(t, 5*time.Second, "the release", func() bool { return in.Level() == hal.Low })
 	settle(t, &pin.reads)
 
 	close(changes)
@@ -228,7 +200,7 @@ func TestInputDebouncedThroughHal(t *testing.T) {
 func settle(t *testing.T, reads *atomic.Int64) {
 	t.Helper()
 	n := reads.Load()
-	waitFor(t, "two more reads", func() bool { return reads.Load() >= n+2 })
+	testkit.WaitFor(t, 5*time.Second, "two more reads", func() bool { return reads.Load() >= n+2 })
 }
 
 // busyPin fails like a gpioioctl line another process holds: gpioioctl flattens the

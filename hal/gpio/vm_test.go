@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // loopChip is the label of the fake chip the VM loads.
@@ -149,7 +150,7 @@ func TestVMPulseAndDebounceThroughInput(t *testing.T) {
 	if err := o.Pulse(300*time.Millisecond, "test"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the pulse's press and release", func() bool { return len(seen.get()) >= 2 })
+	testkit.WaitFor(t, 5*time.Second, "the pulse's press and release", func() bool { return len(seen.get()) >= 2 })
 	if got := seen.get(); len(got) != 2 || got[0] != hal.High || got[1] != hal.Low {
 		t.Fatalf("changes %v, want [high low]: the glitch must not count and the pulse must count once", got)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/vigil-edge/vigil/agent"
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/assets"
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
 	"github.com/vigil-edge/vigil/sync/fleet"
@@ -205,7 +206,7 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 		go func() { d.done <- d.agent.Run(ctx) }()
 	}
 	rep.StartS = time.Since(start).Seconds()
-	waitFor(t, time.Minute+time.Duration(n)*50*time.Millisecond, "every device online", func() bool { return cloud.online() == n })
+	testkit.WaitFor(t, time.Minute+time.Duration(n)*50*time.Millisecond, "every device online", func() bool { return cloud.online() == n })
 	rep.OnlineS = time.Since(start).Seconds()
 	for _, d := range devices {
 		if m := d.agent.Status(false).Models; len(m) != 1 || m[0].State != "loaded" || m[0].Version != "1.0.0" {
@@ -531,7 +532,7 @@ func startWindow(sys *SysMonitor, pid int, tracker *Tracker) *window {
 func (w *window) end(t *testing.T, sys *SysMonitor) Traffic {
 	// Wait for the broker's next $SYS publication, so the counters cover the window.
 	now := time.Now()
-	waitFor(t, 10*time.Second, "the broker's $SYS counters", func() bool { return sys.Updated("messages/sent", now) })
+	testkit.WaitFor(t, 10*time.Second, "the broker's $SYS counters", func() bool { return sys.Updated("messages/sent", now) })
 	s := sys.Sample()
 	agents, _ := ReadProc(0)
 	brk, _ := ReadProc(w.pid)
@@ -556,17 +557,6 @@ func memNow() (heap, rss int64, fds, goroutines int) {
 	p, _ := ReadProc(0)
 	ents, _ := os.ReadDir("/proc/self/fd")
 	return int64(ms.HeapInuse), p.RSS, len(ents), runtime.NumGoroutine()
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // tail is the last n lines of a file.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 )
 
 // Wait subscribes to topic (a topic of the caller's own, e.g. <prefix>/<tool>/<client
@@ -28,11 +30,11 @@ func Wait(ctx context.Context, c paho.Client, topic string, timeout time.Duratio
 		default:
 		}
 	})
-	if err := waitToken(ctx, tok, timeout); err != nil {
+	if err := mqttdial.Wait(ctx, tok, timeout); err != nil {
 		return fmt.Errorf("subscribe %s: %w", topic, err)
 	}
 	defer c.Unsubscribe(topic)
-	if err := waitToken(ctx, c.Publish(topic, 1, false, []byte("sync")), timeout); err != nil {
+	if err := mqttdial.Wait(ctx, c.Publish(topic, 1, false, []byte("sync")), timeout); err != nil {
 		return fmt.Errorf("publish to %s: %w", topic, err)
 	}
 	t := time.NewTimer(timeout)
@@ -44,17 +46,4 @@ func Wait(ctx context.Context, c paho.Client, topic string, timeout time.Duratio
 		return ctx.Err()
 	}
 	return nil
-}
-
-func waitToken(ctx context.Context, tok paho.Token, timeout time.Duration) error {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		return tok.Error()
-	case <-t.C:
-		return fmt.Errorf("no answer from the broker in %v", timeout)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -152,22 +152,18 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// ErrUnsafeArchive is wrapped by Unpack's errors about an archive's content (as
+// ErrUnsafeArchive is wrapped by unpack's errors about an archive's content (as
 // opposed to I/O errors on the device).
 var ErrUnsafeArchive = errors.New("unsafe bundle archive")
 
-// Unpack extracts an archive made by Pack into dest, which must not exist. It refuses
+// unpack extracts an archive made by Pack into dest, which must not exist. It refuses
 // absolute paths, "..", entries that are not regular files or directories (symlinks,
 // hard links, devices), duplicate entries, more than lim.MaxFiles entries and more
 // than lim.MaxBytes of file data. It unpacks into dest+".tmp" and renames that to dest
-// only when everything succeeded, so dest is either the whole bundle or absent.
-// Files get mode 0644 and directories 0755 whatever the archive says.
-func Unpack(archive io.Reader, dest string, lim Limits) error {
-	return unpack(archive, dest, lim, nil)
-}
-
-// unpack is Unpack with a check run after the archive was read to its end and before
-// the rename (Store.Install verifies the archive's digest there).
+// only when everything succeeded and check (when set), run after the archive was read
+// to its end, returned nil (Store.Install verifies the archive's digest there); so
+// dest is either the whole bundle or absent. Files get mode 0644 and directories 0755
+// whatever the archive says.
 func unpack(archive io.Reader, dest string, lim Limits, check func() error) (err error) {
 	lim = lim.withDefaults()
 	if _, err := os.Lstat(dest); err == nil {

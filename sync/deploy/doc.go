@@ -1,8 +1,10 @@
 // Package deploy is the pure-Go half of remote model push: the deployment manifest,
-// bundle archives and their Ed25519 signatures, chunk assembly with on-disk resume,
-// and the store of installed bundles on a device. It imports only infer and
-// infer/modelfile (never paho, gocv or a runtime); the agent (subscribing, phases,
-// warm-up, swap) and sync/deploy/push (the operator's side, with paho) use it.
+// the topics, the device's reported State, bundle archives and their Ed25519
+// signatures, chunk assembly with on-disk resume, and the store of installed bundles
+// on a device. It imports only the standard library (never paho, gocv or a runtime).
+// The agent (subscribing, phases, warm-up, swap), sync/deploy/push (the operator's
+// side, with paho), sync/fleet (reading devices' State) and cmd/vigil (model sign,
+// pack and keygen) import it.
 //
 // # Signing
 //
@@ -56,7 +58,8 @@
 // staging, warming, then active, or rejected / rolled_back with the reason in
 // "error". In order: ParseManifest with the configured Limits; Store.Seen (a
 // deployment id already seen, or a manifest issued no later than the last one applied
-// to that model, is ignored); Store.Record(received); Verify; CheckSpace; OpenTransfer
+// to that model, is ignored); Store.Record(received); Verify; FreeBytes (room for the
+// archive and the unpacked bundle); OpenTransfer
 // and Put each chunk; Transfer.Assemble (size and SHA-256); Store.Install (which
 // checks them again, then unpacks safely and atomically); warm-up; Store.Activate;
 // Store.Record(active). A manifest with action "rollback" makes the device return to
@@ -69,6 +72,4 @@
 // Store.ClearShadow, then the watch window) and ends in "active"; "discard" drops it
 // (Store.ClearShadow) and ends in "discarded". Either is "rejected" on a device with no
 // pushed candidate.
-//
-// Only agent/ and sync/deploy/push import this package.
 package deploy

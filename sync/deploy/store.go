@@ -32,7 +32,7 @@ type Store struct {
 	// interleave, and they are rare (a deployment's few phase changes).
 	mu sync.Mutex
 	// pending holds bundle dirs installed and not yet activated or discarded, which
-	// Prune must leave alone.
+	// prune must leave alone.
 	pending map[string]bool
 }
 
@@ -86,9 +86,9 @@ func (s *Store) modelDir(model string) (string, error) {
 
 // Install unpacks archive to root/<model>/<version>-<deployment>/ and returns that
 // directory. The archive's size and SHA-256 are checked against m before the
-// directory appears (an error wrapping ErrDigestMismatch otherwise), and Unpack's
+// directory appears (an error wrapping ErrDigestMismatch otherwise), and unpack's
 // rules and the store's limits apply. It does not activate the bundle; until
-// Activate or Discard, Prune leaves it alone.
+// Activate or Discard, pruning leaves it alone.
 func (s *Store) Install(model string, m *Manifest, archive io.Reader) (bundleDir string, err error) {
 	dir, err := s.modelDir(model)
 	if err != nil {
@@ -421,14 +421,9 @@ func (s *Store) Discard(model, bundleDir string) error {
 	return nil
 }
 
-// Prune removes the model's bundle directories other than the active, the previous
-// and pending installs, and leftovers of interrupted installs.
-func (s *Store) Prune(model string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.prune(model)
-}
-
+// prune removes the model's bundle directories other than the active, the previous
+// and pending installs, and leftovers of interrupted installs. Activate, SetShadow and
+// ClearShadow call it with s.mu held.
 func (s *Store) prune(model string) error {
 	st, err := s.read(model)
 	if err != nil {

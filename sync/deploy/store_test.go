@@ -348,12 +348,6 @@ func TestFreeBytes(t *testing.T) {
 	if free == 0 {
 		t.Error("FreeBytes = 0 on the test's temporary directory")
 	}
-	if err := CheckSpace(t.TempDir(), 1<<62); err == nil || !strings.Contains(err.Error(), "not enough disk space") {
-		t.Errorf("CheckSpace for 4 EiB: %v", err)
-	}
-	if err := CheckSpace(t.TempDir(), 1024); err != nil {
-		t.Errorf("CheckSpace for 1 KiB: %v", err)
-	}
 	if _, err := FreeBytes(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("FreeBytes of a missing path: no error")
 	}

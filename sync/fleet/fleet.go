@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vigil-edge/vigil/internal/mqttbarrier"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/sync/deploy"
 )
 
@@ -289,62 +289,35 @@ type watcher struct {
 // session is clean), which brings every retained message again.
 func connect(ctx context.Context, opts Options, reconnect bool) (*watcher, error) {
 	w := &watcher{opts: opts, view: newView(opts.TopicPrefix, opts.Now)}
+	b := mqttdial.Broker{URL: opts.Broker, Username: opts.Username, Password: opts.Password, TLS: opts.TLS, ClientID: opts.ClientID, Timeout: opTimeout}
 	var connected atomic.Bool
-	o := paho.NewClientOptions().AddBroker(opts.Broker).SetClientID(opts.ClientID).
-		SetUsername(opts.Username).SetPassword(opts.Password).
-		SetCleanSession(true).SetConnectTimeout(opTimeout).SetKeepAlive(30 * time.Second).
+	o := b.ClientOptions().SetCleanSession(true).
 		SetOrderMatters(true). // the barrier needs messages in order
 		SetAutoReconnect(reconnect).SetMaxReconnectInterval(10 * time.Second).
 		SetOnConnectHandler(func(c paho.Client) {
 			if connected.Swap(true) {
 				// A reconnect: subscribe again; failures show as a stale view, and
 				// the next reconnect tries again.
-				w.subscribe(c)
+				mqttdial.Subscribe(context.Background(), b, c, w.subscriptions()...)
 			}
 		})
-	if opts.TLS != nil {
-		o.SetTLSConfig(opts.TLS)
+	c, err := mqttdial.Connect(ctx, b, o, w.subscriptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
 	}
-	w.client = paho.NewClient(o)
-	broker := redact(opts.Broker)
-	tok := w.client.Connect()
-	if !tok.WaitTimeout(opTimeout) {
-		w.client.Disconnect(0)
-		return nil, fmt.Errorf("fleet: connect to %s: no answer in %v", broker, opTimeout)
-	}
-	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("fleet: connect to %s: %w", broker, err)
-	}
-	fail := func(err error) (*watcher, error) {
-		w.client.Disconnect(0)
-		return nil, fmt.Errorf("fleet: %s: %w", broker, err)
-	}
-	if err := w.subscribe(w.client); err != nil {
-		return fail(err)
-	}
+	w.client = c
 	barrier := opts.TopicPrefix + "/fleet/" + opts.ClientID + "/barrier"
 	if err := mqttbarrier.Wait(ctx, w.client, barrier, barrierWait); err != nil {
-		return fail(err)
+		w.client.Disconnect(0)
+		return nil, fmt.Errorf("fleet: %s: %w", b.Name(), err)
 	}
 	return w, nil
 }
 
-// subscribe subscribes to every status and models/state, waiting for the SUBACKs.
-func (w *watcher) subscribe(c paho.Client) error {
+// subscriptions are every status and models/state.
+func (w *watcher) subscriptions() []mqttdial.Subscription {
 	p := w.opts.TopicPrefix
-	for _, s := range []struct {
-		filter string
-		h      paho.MessageHandler
-	}{{p + "/+/status", w.view.onStatus}, {p + "/+/models/state", w.view.onState}} {
-		tok := c.Subscribe(s.filter, 1, s.h)
-		if !tok.WaitTimeout(opTimeout) {
-			return fmt.Errorf("subscribe %s: no answer in %v", s.filter, opTimeout)
-		}
-		if err := tok.Error(); err != nil {
-			return fmt.Errorf("subscribe %s: %w", s.filter, err)
-		}
-	}
-	return nil
+	return []mqttdial.Subscription{{Filter: p + "/+/status", Handler: w.view.onStatus}, {Filter: p + "/+/models/state", Handler: w.view.onState}}
 }
 
 // Snapshot connects, reads every device's retained messages and returns the devices,
@@ -407,13 +380,4 @@ func Watch(ctx context.Context, opts Options, update func([]Device)) error {
 			update(now)
 		}
 	}
-}
-
-// redact hides a broker URL's password.
-func redact(broker string) string {
-	u, err := url.Parse(broker)
-	if err != nil || u.User == nil {
-		return broker
-	}
-	return u.Redacted()
 }

@@ -12,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/goleak"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/fleet"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
@@ -179,7 +180,7 @@ func TestWatch(t *testing.T) {
 	pub := publisher(t, b.URL)
 	pub("vigil/other/status", `{"state":"online","device":"other","group":"line-b","version":"1.4.0"}`)
 	// gate-a online before the watch starts.
-	waitFor(t, func() bool {
+	testkit.WaitFor(t, 20*time.Second, "gate-a online in a snapshot", func() bool {
 		d, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: b.URL, Group: "line-a"})
 		return err == nil && len(d) == 1 && d[0].State == "online"
 	})
@@ -203,29 +204,29 @@ func TestWatch(t *testing.T) {
 		}
 		return byName(updates[len(updates)-1])
 	}
-	waitFor(t, func() bool { return latest() != nil })
+	testkit.WaitFor(t, 20*time.Second, "the first update", func() bool { return latest() != nil })
 	if m := latest(); len(m) != 1 || m["gate-a"].State != "online" {
 		t.Fatalf("first update: %+v", m)
 	}
 
 	device(t, b.URL, "gate-b", "line-a", "1.5.0")
-	waitFor(t, func() bool { return latest()["gate-b"].State == "online" })
+	testkit.WaitFor(t, 20*time.Second, "gate-b online", func() bool { return latest()["gate-b"].State == "online" })
 	stopA()
-	waitFor(t, func() bool { return latest()["gate-a"].State == "offline" })
+	testkit.WaitFor(t, 20*time.Second, "gate-a offline", func() bool { return latest()["gate-a"].State == "offline" })
 	if a := latest()["gate-a"]; a.Version != "1.4.0" || a.Reason != "stopped" || a.Since == nil || time.Since(*a.Since) > time.Minute {
 		t.Errorf("gate-a after its stop: %+v", a)
 	}
 	pub("vigil/gate-b/models/state", `{"deployment":"d-9","model":"default","version":"0.2.0","phase":"active","progress":1}`)
-	waitFor(t, func() bool { d := latest()["gate-b"].Deployment; return d != nil && d.Phase == "active" })
+	testkit.WaitFor(t, 20*time.Second, "gate-b's deployment active", func() bool { d := latest()["gate-b"].Deployment; return d != nil && d.Phase == "active" })
 	pub("vigil/other/status", `{"state":"offline","device":"other","group":"line-b"}`)
 	// A last will seen arriving: offline since about now.
 	pub("vigil/gate-c/status", `{"state":"offline","device":"gate-c","group":"line-a","version":"1.4.0","reason":"lost"}`)
-	waitFor(t, func() bool { return latest()["gate-c"].State == "offline" })
+	testkit.WaitFor(t, 20*time.Second, "gate-c offline", func() bool { return latest()["gate-c"].State == "offline" })
 	if c := latest()["gate-c"]; c.Since == nil || time.Since(*c.Since) > time.Minute || c.Reason != "lost" {
 		t.Errorf("a will seen arriving: %+v", c)
 	}
 	pub("vigil/gate-b/models/state", `{"deployment":"d-10","model":"default","version":"0.3.0","phase":"downloading","progress":0.5}`)
-	waitFor(t, func() bool { d := latest()["gate-b"].Deployment; return d != nil && d.ID == "d-10" })
+	testkit.WaitFor(t, 20*time.Second, "deployment d-10", func() bool { d := latest()["gate-b"].Deployment; return d != nil && d.ID == "d-10" })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -236,16 +237,5 @@ func TestWatch(t *testing.T) {
 		if _, ok := byName(u)["other"]; ok {
 			t.Errorf("update %d shows a device of another group", i)
 		}
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out after 20s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

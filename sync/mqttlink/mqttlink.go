@@ -24,6 +24,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vigil-edge/vigil/internal/backoff"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
+	"github.com/vigil-edge/vigil/internal/redact"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -405,7 +407,7 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 		SetBinaryWill(l.Topic("status"), willJSON, 1, true).
 		SetConnectionAttemptHandler(func(broker *url.URL, cfg *tls.Config) *tls.Config {
 			l.mu.Lock()
-			l.attempted = redact(broker)
+			l.attempted = redact.URL(broker.String())
 			l.mu.Unlock()
 			return cfg
 		}).
@@ -421,14 +423,18 @@ func (l *Link) session(ctx context.Context, failures *int) error {
 	client := paho.NewClient(o)
 	tok := client.Connect()
 	// paho tries the brokers one after another, each for up to ConnectTimeout.
-	if err := wait(ctx, tok, time.Duration(len(l.opts.Brokers))*l.opts.ConnectTimeout+time.Second); err != nil {
+	if err := mqttdial.Wait(ctx, tok, time.Duration(len(l.opts.Brokers))*l.opts.ConnectTimeout+time.Second); err != nil {
 		client.Disconnect(0)
 		if len(l.opts.Brokers) > 1 {
-			return fmt.Errorf("connect (tried %s): %w", strings.Join(redactAll(l.opts.Brokers), ", "), err)
+			tried := make([]string, len(l.opts.Brokers))
+			for i, b := range l.opts.Brokers {
+				tried[i] = redact.URL(b)
+			}
+			return fmt.Errorf("connect (tried %s): %w", strings.Join(tried, ", "), err)
 		}
-		return fmt.Errorf("connect to %s: %w", redactAll(l.opts.Brokers)[0], err)
+		return fmt.Errorf("connect to %s: %w", redact.URL(l.opts.Brokers[0]), err)
 	}
-	if err := wait(ctx, client.Publish(l.Topic("status"), 1, true, onlineJSON), l.opts.ConnectTimeout); err != nil {
+	if err := mqttdial.Wait(ctx, client.Publish(l.Topic("status"), 1, true, onlineJSON), l.opts.ConnectTimeout); err != nil {
 		client.Disconnect(0)
 		return fmt.Errorf("publish online status: %w", err)
 	}
@@ -572,42 +578,6 @@ func (l *Link) drain(ctx context.Context, client paho.Client, lost <-chan error,
 	}
 }
 
-// wait waits for a token, the context, or a timeout.
-func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		return tok.Error()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return fmt.Errorf("no answer within %v", timeout)
-	}
-}
-
-func redactAll(brokers []string) []string {
-	out := make([]string, len(brokers))
-	for i, b := range brokers {
-		u, err := url.Parse(b)
-		if err != nil {
-			out[i] = b
-			continue
-		}
-		out[i] = redact(u)
-	}
-	return out
-}
-
-func redact(u *url.URL) string {
-	if u == nil {
-		return ""
-	}
-	c := *u
-	c.User = nil
-	return c.String()
-}
-
 // ErrNotConnected is Publish's error while the link is between sessions.
 var ErrNotConnected = errors.New("mqtt: not connected")
 
@@ -627,7 +597,7 @@ func (l *Link) Publish(ctx context.Context, suffix string, payload []byte, qos b
 		return ErrNotConnected
 	}
 	topic := l.Topic(suffix)
-	if err := wait(ctx, client.Publish(topic, qos, false, payload), publishTimeout); err != nil {
+	if err := mqttdial.Wait(ctx, client.Publish(topic, qos, false, payload), publishTimeout); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	return nil

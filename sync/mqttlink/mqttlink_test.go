@@ -17,6 +17,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/goleak"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -25,17 +26,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const device = "dev-1"
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func newOutbox(t testing.TB) *outbox.Outbox {
 	t.Helper()
@@ -132,23 +122,23 @@ func TestBacklogAfterOutageArrivesInOrder(t *testing.T) {
 	sub := b.Subscribe(t, "cloud", "vigil/"+device+"/+")
 	ob := newOutbox(t)
 	l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, Window: 128})
-	waitFor(t, 10*time.Second, "the link to connect", func() bool { return l.State().State == mqttlink.StateConnected })
+	testkit.WaitFor(t, 10*time.Second, "the link to connect", func() bool { return l.State().State == mqttlink.StateConnected })
 
 	b.StopGraceful()
-	waitFor(t, 10*time.Second, "the link to notice the outage", func() bool { return l.State().State != mqttlink.StateConnected })
+	testkit.WaitFor(t, 10*time.Second, "the link to notice the outage", func() bool { return l.State().State != mqttlink.StateConnected })
 	const n = 10000
 	enqueue(t, ob, n)
 	if d := ob.Stats().Depth; d != n {
 		t.Fatalf("outbox depth %d during the outage, want %d", d, n)
 	}
 	b.Restart()
-	waitFor(t, 60*time.Second, "all messages at the subscriber", delivered(sub, n))
+	testkit.WaitFor(t, 60*time.Second, "all messages at the subscriber", delivered(sub, n))
 	dups, inversions := checkAll(t, sub.Seqs(), n)
 	if inversions != 0 {
 		t.Errorf("%d messages arrived out of seq order", inversions)
 	}
 	t.Logf("%d duplicates", dups)
-	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return ob.Stats().Depth == 0 })
+	testkit.WaitFor(t, 10*time.Second, "the outbox to drain", func() bool { return ob.Stats().Depth == 0 })
 	st := l.State()
 	if st.Acked < n || st.Connects < 2 {
 		t.Errorf("link state %+v", st)
@@ -176,17 +166,17 @@ func TestBrokerRestartMidDrain(t *testing.T) {
 	const n = 20000
 	enqueue(t, ob, n)
 	l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, Window: 64})
-	waitFor(t, 30*time.Second, "the drain to be under way", func() bool { return l.State().Acked > 1000 })
+	testkit.WaitFor(t, 30*time.Second, "the drain to be under way", func() bool { return l.State().Acked > 1000 })
 	b.StopGraceful()
-	waitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
+	testkit.WaitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
 	if depth := ob.Stats().Depth; depth == 0 || depth == n {
 		t.Logf("outbox depth at the outage: %d", depth)
 	}
 	b.Restart()
-	waitFor(t, 60*time.Second, "all messages at the subscriber", delivered(sub, n))
+	testkit.WaitFor(t, 60*time.Second, "all messages at the subscriber", delivered(sub, n))
 	dups, _ := checkAll(t, sub.Seqs(), n)
 	t.Logf("%d duplicates after a broker restart mid-drain", dups)
-	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return ob.Stats().Depth == 0 })
+	testkit.WaitFor(t, 10*time.Second, "the outbox to drain", func() bool { return ob.Stats().Depth == 0 })
 }
 
 func TestRetainedStatus(t *testing.T) {
@@ -207,7 +197,7 @@ func TestRetainedStatus(t *testing.T) {
 		json.Unmarshal(msgs[len(msgs)-1].Payload, &m)
 		return m
 	}
-	waitFor(t, 10*time.Second, "the online status", func() bool { return status()["state"] == "online" })
+	testkit.WaitFor(t, 10*time.Second, "the online status", func() bool { return status()["state"] == "online" })
 	if s := status(); s["version"] != "1.2.3" || s["device"] != device {
 		t.Errorf("online status %v", s)
 	}
@@ -215,10 +205,10 @@ func TestRetainedStatus(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the offline status", func() bool { return status()["state"] == "offline" })
+	testkit.WaitFor(t, 10*time.Second, "the offline status", func() bool { return status()["state"] == "offline" })
 	// Retained: a subscriber that comes later still sees it.
 	late := b.Subscribe(t, "late", "vigil/"+device+"/status")
-	waitFor(t, 10*time.Second, "the retained status", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the retained status", func() bool {
 		m := late.Messages()
 		return len(m) == 1 && m[0].Retained && strings.Contains(string(m[0].Payload), "offline")
 	})
@@ -229,7 +219,7 @@ func TestWrongPasswordIsReportedAndNothingIsLost(t *testing.T) {
 	ob := newOutbox(t)
 	enqueue(t, ob, 10)
 	l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, Username: "vigil", Password: "wrong"})
-	waitFor(t, 10*time.Second, "a failed attempt", func() bool { return l.State().LastError != "" })
+	testkit.WaitFor(t, 10*time.Second, "a failed attempt", func() bool { return l.State().LastError != "" })
 	st := l.State()
 	if !strings.Contains(st.LastError, "not Authorized") || st.State == mqttlink.StateConnected {
 		t.Errorf("state with a wrong password: %+v", st)
@@ -240,7 +230,7 @@ func TestWrongPasswordIsReportedAndNothingIsLost(t *testing.T) {
 	// The right password delivers them.
 	ok := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, Username: "vigil", Password: "right"})
 	_ = ok
-	waitFor(t, 10*time.Second, "the backlog to drain with the right password", func() bool { return ob.Stats().Depth == 0 })
+	testkit.WaitFor(t, 10*time.Second, "the backlog to drain with the right password", func() bool { return ob.Stats().Depth == 0 })
 }
 
 func TestTLS(t *testing.T) {
@@ -258,7 +248,7 @@ func TestTLS(t *testing.T) {
 		ob := newOutbox(t)
 		enqueue(t, ob, 5)
 		l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, TLS: pool(brokertest.WriteOtherCA(t))})
-		waitFor(t, 10*time.Second, "a failed attempt", func() bool { return l.State().LastError != "" })
+		testkit.WaitFor(t, 10*time.Second, "a failed attempt", func() bool { return l.State().LastError != "" })
 		if st := l.State(); !strings.Contains(st.LastError, "certificate") || st.State == mqttlink.StateConnected {
 			t.Errorf("state with the wrong CA: %+v", st)
 		}
@@ -271,7 +261,7 @@ func TestTLS(t *testing.T) {
 		ob := newOutbox(t)
 		enqueue(t, ob, 50)
 		startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}, TLS: pool(b.CAFile)})
-		waitFor(t, 10*time.Second, "delivery over TLS", delivered(sub, 50))
+		testkit.WaitFor(t, 10*time.Second, "delivery over TLS", delivered(sub, 50))
 	})
 }
 
@@ -284,7 +274,7 @@ func TestFailover(t *testing.T) {
 	ob := newOutbox(t)
 	enqueue(t, ob, 20)
 	l := startLink(t, ob, mqttlink.Options{Brokers: []string{deadURL, b.URL}})
-	waitFor(t, 15*time.Second, "the backlog to drain through the second broker", func() bool { return ob.Stats().Depth == 0 })
+	testkit.WaitFor(t, 15*time.Second, "the backlog to drain through the second broker", func() bool { return ob.Stats().Depth == 0 })
 	if st := l.State(); st.Broker != b.URL {
 		t.Errorf("connected to %q, want %q", st.Broker, b.URL)
 	}
@@ -298,7 +288,7 @@ func BenchmarkDrain(b *testing.B) {
 			enqueue(b, ob, b.N)
 			start := time.Now()
 			startLink(b, ob, mqttlink.Options{Brokers: []string{broker.URL}, Window: window})
-			waitFor(b, 10*time.Minute, "the drain", func() bool { return ob.Stats().Depth == 0 })
+			testkit.WaitFor(b, 10*time.Minute, "the drain", func() bool { return ob.Stats().Depth == 0 })
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
 	}
@@ -331,7 +321,7 @@ func TestFailoverPastASilentBroker(t *testing.T) {
 	ob := newOutbox(t)
 	enqueue(t, ob, 5)
 	l := startLink(t, ob, mqttlink.Options{Brokers: []string{"tcp://" + silent.Addr().String(), b.URL}})
-	waitFor(t, 30*time.Second, "delivery through the second broker", func() bool { return ob.Stats().Depth == 0 })
+	testkit.WaitFor(t, 30*time.Second, "delivery through the second broker", func() bool { return ob.Stats().Depth == 0 })
 	if st := l.State(); st.Broker != b.URL {
 		t.Errorf("connected to %q, want %q", st.Broker, b.URL)
 	}
@@ -346,7 +336,7 @@ func TestRefusedMessageIsNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := startLink(t, ob, mqttlink.Options{Brokers: []string{b.URL}})
-	waitFor(t, 20*time.Second, "the refused message to be named", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the refused message to be named", func() bool {
 		return strings.Contains(l.State().LastError, "oldest unacknowledged: seq 1")
 	})
 	if d := ob.Stats().Depth; d != 1 {
@@ -389,21 +379,21 @@ func TestSubscribeAndRetainAcrossReconnect(t *testing.T) {
 	l.Retain("models/state", []byte(`{"phase":"active"}`))
 
 	publishRetained(t, b.URL, "vigil/"+device+"/models/deploy", "m1")
-	waitFor(t, 10*time.Second, "the manifest", received(1))
+	testkit.WaitFor(t, 10*time.Second, "the manifest", received(1))
 	state := b.Subscribe(t, "cloud", "vigil/"+device+"/models/state")
-	waitFor(t, 10*time.Second, "the retained model state", func() bool { return len(state.Messages()) == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the retained model state", func() bool { return len(state.Messages()) == 1 })
 
 	b.Stop() // a broker without persistence forgets subscriptions and retained messages
-	waitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
+	testkit.WaitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
 	b.Restart()
-	waitFor(t, 30*time.Second, "the link to reconnect", func() bool { return l.State().Connects >= 2 })
+	testkit.WaitFor(t, 30*time.Second, "the link to reconnect", func() bool { return l.State().Connects >= 2 })
 	later := b.Subscribe(t, "cloud-2", "vigil/"+device+"/models/state")
-	waitFor(t, 10*time.Second, "the model state published again", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the model state published again", func() bool {
 		m := later.Messages()
 		return len(m) == 1 && m[0].Retained && string(m[0].Payload) == `{"phase":"active"}`
 	})
 	publishRetained(t, b.URL, "vigil/"+device+"/models/deploy", "m2")
-	waitFor(t, 10*time.Second, "a manifest after the reconnect", received(2))
+	testkit.WaitFor(t, 10*time.Second, "a manifest after the reconnect", received(2))
 	mu.Lock()
 	defer mu.Unlock()
 	if got[0] != "vigil/"+device+"/models/deploy=m1" || got[len(got)-1] != "vigil/"+device+"/models/deploy=m2" {

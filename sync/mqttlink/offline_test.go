@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 )
@@ -119,10 +120,10 @@ func TestOfflineStatusKeepsIdentity(t *testing.T) {
 	go func() { done <- l.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	waitFor(t, 10*time.Second, "the online status", func() bool { return lastStatus(sub)["state"] == "online" })
+	testkit.WaitFor(t, 10*time.Second, "the online status", func() bool { return lastStatus(sub)["state"] == "online" })
 	// The network goes: the broker publishes the will.
 	p.cut()
-	waitFor(t, 10*time.Second, "the last will", func() bool { return lastStatus(sub)["state"] == "offline" })
+	testkit.WaitFor(t, 10*time.Second, "the last will", func() bool { return lastStatus(sub)["state"] == "offline" })
 	will := lastStatus(sub)
 	if will["device"] != device || will["group"] != "line-a" || will["version"] != "1.2.3" || will["reason"] != "lost" {
 		t.Errorf("last will %v", will)
@@ -131,7 +132,7 @@ func TestOfflineStatusKeepsIdentity(t *testing.T) {
 		t.Errorf("the will has a since, fixed when it could not be known: %v", will)
 	}
 	// The link reconnects through the proxy, then stops cleanly.
-	waitFor(t, 10*time.Second, "online again", func() bool { return lastStatus(sub)["state"] == "online" })
+	testkit.WaitFor(t, 10*time.Second, "online again", func() bool { return lastStatus(sub)["state"] == "online" })
 	// A status kept by Retain just before the stop must not outlive it.
 	l.Retain("status", []byte(`{"state":"online","device":"`+device+`","version":"1.2.3"}`))
 	cancel()
@@ -139,7 +140,7 @@ func TestOfflineStatusKeepsIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	done <- nil // for the deferred receive
-	waitFor(t, 10*time.Second, "the clean offline status", func() bool { return lastStatus(sub)["state"] == "offline" })
+	testkit.WaitFor(t, 10*time.Second, "the clean offline status", func() bool { return lastStatus(sub)["state"] == "offline" })
 	off := lastStatus(sub)
 	since, _ := off["since"].(string)
 	if ts, err := time.Parse(time.RFC3339, since); err != nil || time.Since(ts) > time.Minute || off["reason"] != "stopped" ||
@@ -147,7 +148,7 @@ func TestOfflineStatusKeepsIdentity(t *testing.T) {
 		t.Errorf("clean offline status %v", off)
 	}
 	late := b.Subscribe(t, "late", "vigil/"+device+"/status")
-	waitFor(t, 10*time.Second, "the retained offline status", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the retained offline status", func() bool {
 		m := late.Messages()
 		return len(m) == 1 && m[0].Retained && strings.Contains(string(m[0].Payload), `"reason":"stopped"`)
 	})
@@ -172,26 +173,26 @@ func TestRetainedStatusRefresh(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, 10*time.Second, "the online status", func() bool { return lastStatus(sub)["gen"] == 1.0 })
+	testkit.WaitFor(t, 10*time.Second, "the online status", func() bool { return lastStatus(sub)["gen"] == 1.0 })
 	l.Retain("status", []byte(`{"state":"online","device":"dev-1","gen":2}`))
-	waitFor(t, 10*time.Second, "the refreshed status", func() bool { return lastStatus(sub)["gen"] == 2.0 })
+	testkit.WaitFor(t, 10*time.Second, "the refreshed status", func() bool { return lastStatus(sub)["gen"] == 2.0 })
 
 	mu.Lock()
 	gen = 3
 	mu.Unlock()
 	b.Stop()
-	waitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
+	testkit.WaitFor(t, 10*time.Second, "the link to notice", func() bool { return l.State().State != mqttlink.StateConnected })
 	b.Restart()
-	waitFor(t, 30*time.Second, "the link to reconnect", func() bool { return l.State().Connects >= 2 })
+	testkit.WaitFor(t, 30*time.Second, "the link to reconnect", func() bool { return l.State().Connects >= 2 })
 	late := b.Subscribe(t, "late", "vigil/"+device+"/status")
-	waitFor(t, 10*time.Second, "the retained status after the reconnect", func() bool { return lastStatus(late)["gen"] != nil })
+	testkit.WaitFor(t, 10*time.Second, "the retained status after the reconnect", func() bool { return lastStatus(late)["gen"] != nil })
 	// Publish something after, so the last status at the broker is settled when it
 	// comes back (the link publishes in order).
 	l.Retain("models/state", []byte(`{}`))
 	state := b.Subscribe(t, "late-2", "vigil/"+device+"/models/state")
-	waitFor(t, 10*time.Second, "the marker", func() bool { return len(state.Messages()) == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the marker", func() bool { return len(state.Messages()) == 1 })
 	again := b.Subscribe(t, "late-3", "vigil/"+device+"/status")
-	waitFor(t, 10*time.Second, "the status", func() bool { return lastStatus(again) != nil })
+	testkit.WaitFor(t, 10*time.Second, "the status", func() bool { return lastStatus(again) != nil })
 	if g := lastStatus(again)["gen"]; g != 3.0 {
 		t.Errorf("retained status after a reconnect has gen %v, want the fresh 3 (not the kept 2)", g)
 	}
@@ -205,22 +206,22 @@ func TestLostSubscribeAndRetainAreRenewed(t *testing.T) {
 	p := startProxy(t, strings.TrimPrefix(b.URL, "tcp://"))
 	l := startLink(t, newOutbox(t), mqttlink.Options{Brokers: []string{"tcp://" + p.ln.Addr().String()},
 		AckTimeout: 300 * time.Millisecond, KeepAlive: time.Minute})
-	waitFor(t, 10*time.Second, "the link to connect", func() bool { return l.State().State == mqttlink.StateConnected })
+	testkit.WaitFor(t, 10*time.Second, "the link to connect", func() bool { return l.State().State == mqttlink.StateConnected })
 
 	var got atomic.Int32
 	p.swallowing.Store(true)
 	l.Subscribe("vigil/"+device+"/models/deploy", func(string, []byte) { got.Add(1) })
 	l.Retain("models/state", []byte(`{"phase":"active"}`))
 	// Lost, they time out and are sent again (and lost again, while this lasts).
-	waitFor(t, 15*time.Second, "the subscription and the publish to be sent again", func() bool { return l.State().Renewals >= 2 })
+	testkit.WaitFor(t, 15*time.Second, "the subscription and the publish to be sent again", func() bool { return l.State().Renewals >= 2 })
 	p.swallowing.Store(false)
 	state := b.Subscribe(t, "cloud", "vigil/"+device+"/models/state")
-	waitFor(t, 10*time.Second, "the retained model state", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the retained model state", func() bool {
 		m := state.Messages()
 		return len(m) == 1 && string(m[0].Payload) == `{"phase":"active"}`
 	})
 	publishRetained(t, b.URL, "vigil/"+device+"/models/deploy", "m1")
-	waitFor(t, 10*time.Second, "a message on the renewed subscription", func() bool { return got.Load() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "a message on the renewed subscription", func() bool { return got.Load() == 1 })
 	if st := l.State(); st.Connects != 1 {
 		t.Errorf("the link reconnected (%d connects): the renewal should not need it", st.Connects)
 	}

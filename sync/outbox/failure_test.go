@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // faultyDisk makes record writes fail on demand. A full disk or an I/O error cannot
@@ -84,7 +87,7 @@ func TestWriteFailure(t *testing.T) {
 				results <- enqueueResult{env, err}
 			}()
 		}
-		waitFor(t, "all messages pending and the write error reported", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "all messages pending and the write error reported", func() bool {
 			st := o.Stats()
 			return st.Pending == maxPending && st.LastError != ""
 		})
@@ -115,7 +118,7 @@ func TestWriteFailure(t *testing.T) {
 		}
 
 		// Several retries, one log line for the streak.
-		waitFor(t, "at least 3 write attempts", func() bool { return d.attempts.Load() >= 3 })
+		testkit.WaitFor(t, 10*time.Second, "at least 3 write attempts", func() bool { return d.attempts.Load() >= 3 })
 		if n := strings.Count(logs.String(), "cannot write to the outbox"); n != 1 {
 			t.Errorf("%d 'cannot write' log lines after %d attempts, want 1:\n%s", n, d.attempts.Load(), logs)
 		}
@@ -186,7 +189,7 @@ func TestEnqueueContextCancel(t *testing.T) {
 		env, err := o.Enqueue(ctx, "fault", ClassEvent, "camera stalled")
 		results <- enqueueResult{env, err}
 	}()
-	waitFor(t, "the message to be pending", func() bool { return o.Stats().Pending == 1 && d.attempts.Load() > 0 })
+	testkit.WaitFor(t, 10*time.Second, "the message to be pending", func() bool { return o.Stats().Pending == 1 && d.attempts.Load() > 0 })
 	cancel()
 	r := <-results
 	if !errors.Is(r.err, context.Canceled) || !strings.Contains(r.err.Error(), "will still be written") {
@@ -199,7 +202,7 @@ func TestEnqueueContextCancel(t *testing.T) {
 	d.heal()
 	// Nobody waits for it any more: it becomes readable once the syncer covers it.
 	var got []Envelope
-	waitFor(t, "the cancelled message to be readable", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the cancelled message to be readable", func() bool {
 		got = peekAll(t, o)
 		return len(got) > 0
 	})
@@ -221,7 +224,7 @@ func TestCloseWithUnwritableDisk(t *testing.T) {
 				results <- enqueueResult{env, err}
 			}()
 		}
-		waitFor(t, "two pending messages", func() bool { return o.Stats().Pending == 2 })
+		testkit.WaitFor(t, 10*time.Second, "two pending messages", func() bool { return o.Stats().Pending == 2 })
 
 		err := o.Close()
 		if err == nil || !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "2 messages (seq 1..2) are lost") {

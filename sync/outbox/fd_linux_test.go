@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // deletedOpen lists the files under dir that this process still holds open although
@@ -33,7 +36,7 @@ func deletedOpen(t *testing.T, dir string) []string {
 func waitNoDeletedOpen(t *testing.T, dir string) {
 	t.Helper()
 	var open []string
-	waitFor(t, "no deleted segment held open", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "no deleted segment held open", func() bool {
 		open = deletedOpen(t, dir)
 		return len(open) == 0
 	})

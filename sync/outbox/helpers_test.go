@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // policies lists every fsync policy: each suite test runs once per policy, so both
@@ -91,26 +93,11 @@ func openTest(t *testing.T, opts Options) *Outbox {
 	return o
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	const timeout = 10 * time.Second
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
-
 // waitWritten waits until nothing is pending, i.e. everything enqueued so far is in
 // a segment file.
 func waitWritten(t *testing.T, o *Outbox) {
 	t.Helper()
-	waitFor(t, "pending messages to be written", func() bool { return o.Stats().Pending == 0 })
+	testkit.WaitFor(t, 10*time.Second, "pending messages to be written", func() bool { return o.Stats().Pending == 0 })
 }
 
 // captureLog returns a logger writing text lines into the returned buffer.

@@ -8,6 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // fillEvents enqueues n events and closes the outbox; it returns their envelopes.
@@ -286,7 +289,7 @@ func TestCorruptMiddle(t *testing.T) {
 			t.Errorf("the corruption is not logged with the segment:\n%s", logs)
 		}
 		var fault []Envelope
-		waitFor(t, "the fault event", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the fault event", func() bool {
 			fault, _ = o.Peek(n, 10)
 			return len(fault) == 1
 		})

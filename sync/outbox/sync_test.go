@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // A failing or slow fdatasync cannot be produced on a real disk in an ordinary test,
@@ -124,7 +126,7 @@ func TestSealSyncFailure(t *testing.T) {
 				r.env.Seq, fails.Load())
 		}
 	}
-	waitFor(t, "the sealed segment's fdatasync to fail and be retried", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the sealed segment's fdatasync to fail and be retried", func() bool {
 		for {
 			select {
 			case r := <-results:
@@ -148,7 +150,7 @@ func TestSealSyncFailure(t *testing.T) {
 	}
 
 	failing.Store(false)
-	waitFor(t, "the Enqueue that rolled to return", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the Enqueue that rolled to return", func() bool {
 		for {
 			select {
 			case r := <-results:
@@ -162,7 +164,7 @@ func TestSealSyncFailure(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, "LastError to clear", func() bool { return o.Stats().LastError == "" })
+	testkit.WaitFor(t, 10*time.Second, "LastError to clear", func() bool { return o.Stats().LastError == "" })
 }
 
 // TestPeekOnlySynced: under always, Peek returns a record and Notify announces it
@@ -194,7 +196,7 @@ func TestPeekOnlySynced(t *testing.T) {
 			env, err := o.Enqueue(context.Background(), "detection", ClassEvent, "held")
 			results <- enqueueResult{env, err}
 		}()
-		waitFor(t, "the record written and its fdatasync held", func() bool { return o.Stats().Depth == 1 && g.held.Load() > 0 })
+		testkit.WaitFor(t, 10*time.Second, "the record written and its fdatasync held", func() bool { return o.Stats().Depth == 1 && g.held.Load() > 0 })
 
 		got, err := o.Peek(0, 10)
 		if err != nil {

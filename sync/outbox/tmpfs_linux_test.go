@@ -9,6 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // mountTmpfs mounts a tmpfs of size bytes on a fresh directory and unmounts it when
@@ -96,7 +99,7 @@ func TestFullFilesystem(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "pending events written after space returned", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "pending events written after space returned", func() bool {
 		st := o.Stats()
 		return st.Pending == 0 && st.LastError == ""
 	})

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/upload"
 )
 
@@ -79,19 +80,6 @@ func feed(t *testing.T, r *upload.Receiver, msgs []msg) []*upload.File {
 		}
 	}
 	return out
-}
-
-// clock is a clock the test moves.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
 }
 
 func TestReceiverInOrderAndOutOfOrder(t *testing.T) {
@@ -254,17 +242,17 @@ func TestReceiverRefusesUnsafeNames(t *testing.T) {
 // Chunks whose manifest never comes are dropped after MaxAge without progress, and
 // files are dropped, least recently progressed first, beyond MaxPending.
 func TestReceiverBounds(t *testing.T) {
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	r := newReceiver(t, "vigil", upload.ReceiverOptions{MaxAge: time.Minute, MaxPending: 25_000, MaxFile: 20_000, Now: clk.now})
+	clk := testkit.NewClock(time.Unix(1_700_000_000, 0))
+	r := newReceiver(t, "vigil", upload.ReceiverOptions{MaxAge: time.Minute, MaxPending: 25_000, MaxFile: 20_000, Now: clk.Now})
 	a := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 4096)
 	b := sent(t, "dev-1", "b.jpg", randomBytes(10_000), 4096)
 	feed(t, r, a[:2])
-	clk.add(50 * time.Second)
+	clk.Advance(50 * time.Second)
 	feed(t, r, b[:1])
 	if st := r.Stats(); st.Pending != 2 || st.Bytes != 3*4096 {
 		t.Fatalf("stats %+v", st)
 	}
-	clk.add(20 * time.Second) // a: 70s without a chunk; b: 20s
+	clk.Advance(20 * time.Second) // a: 70s without a chunk; b: 20s
 	feed(t, r, b[1:2])
 	if st := r.Stats(); st.Pending != 1 || st.Expired != 1 || st.Bytes != 2*4096 {
 		t.Errorf("after a minute: stats %+v, want a expired", st)
@@ -281,9 +269,9 @@ func TestReceiverBounds(t *testing.T) {
 	c := sent(t, "dev-1", "c.jpg", randomBytes(12_000), 4096)
 	d := sent(t, "dev-2", "d.jpg", randomBytes(12_000), 4096)
 	feed(t, r, c[:3])
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	feed(t, r, d[:3]) // 24 000 held, then 4096 more
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	if _, err := r.Add("vigil/dev-3/samples/e.jpg/0", randomBytes(4096)); err != nil {
 		t.Fatal(err)
 	}
@@ -345,16 +333,8 @@ func TestHandler(t *testing.T) {
 	defer srv.Close()
 	put := func(path, token string, body []byte) int {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPut, srv.URL+path, bytes.NewReader(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := testkit.Request(t, http.MethodPut, srv.URL+path, token, body)
+		return code
 	}
 	body := randomBytes(1000)
 	for _, c := range []struct {
@@ -500,8 +480,8 @@ func TestReceiverSpoolRestart(t *testing.T) {
 // spool files, and a restart with a smaller budget trims what it finds.
 func TestReceiverSpoolBounds(t *testing.T) {
 	spool := t.TempDir()
-	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	opts := upload.ReceiverOptions{Spool: spool, MaxAge: time.Minute, MaxPending: 24_000, Now: clk.now}
+	clk := testkit.NewClock(time.Unix(1_700_000_000, 0))
+	opts := upload.ReceiverOptions{Spool: spool, MaxAge: time.Minute, MaxPending: 24_000, Now: clk.Now}
 	r := newReceiver(t, "vigil", opts)
 	a := sent(t, "dev-1", "a.jpg", randomBytes(10_000), 4096)
 	feed(t, r, a[:3])
@@ -529,9 +509,9 @@ func TestReceiverSpoolBounds(t *testing.T) {
 	b := sent(t, "dev-1", "b.jpg", randomBytes(10_000), 4096)
 	c := sent(t, "dev-2", "c.jpg", randomBytes(10_000), 4096)
 	feed(t, r, b[:2])
-	clk.add(50 * time.Second)
+	clk.Advance(50 * time.Second)
 	feed(t, r, c[:1])
-	clk.add(20 * time.Second) // b: 70s without a chunk
+	clk.Advance(20 * time.Second) // b: 70s without a chunk
 	feed(t, r, c[1:2])
 	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-2/c.jpg/0 dev-2/c.jpg/1]" {
 		t.Errorf("after b expired: %v", got)
@@ -541,9 +521,9 @@ func TestReceiverSpoolBounds(t *testing.T) {
 	}
 	// Budget: c (8192) + d (12 000) + e (4096) > 24 000: c, the least recent, goes.
 	d := sent(t, "dev-1", "d.jpg", randomBytes(12_000), 4096)
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	feed(t, r, d[:3])
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	feed(t, r, []msg{{"vigil/dev-3/samples/e.jpg/0", randomBytes(4096)}})
 	if got := spoolFiles(t, spool); fmt.Sprint(got) != "[dev-1/d.jpg/0 dev-1/d.jpg/1 dev-1/d.jpg/2 dev-3/e.jpg/0]" {
 		t.Errorf("over budget: %v", got)

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vigil-edge/vigil/internal/redact"
 )
 
 // Sender sends one file of a sample. An error means the file did not arrive and is
@@ -76,7 +78,7 @@ func (h *HTTP) Send(ctx context.Context, file string, data []byte) error {
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("put %s: %w", file, redactErr(err, h.base))
+		return fmt.Errorf("put %s: %w", file, redact.Error(err, h.base))
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
@@ -92,18 +94,6 @@ func (h *HTTP) Send(ctx context.Context, file string, data []byte) error {
 
 // CloseIdleConnections closes the connections kept for the next PUT.
 func (h *HTTP) CloseIdleConnections() { h.client.CloseIdleConnections() }
-
-// redactErr keeps a password in the endpoint's URL out of error messages.
-func redactErr(err error, u *url.URL) error {
-	if _, has := u.User.Password(); !has {
-		return err
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return errors.New("request failed")
-}
 
 func contentType(file string) string {
 	switch {

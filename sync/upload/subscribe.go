@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 )
 
 // DefaultClientID is the receiver's MQTT client id: fixed, so its session (and the
@@ -71,7 +71,7 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 	filter := opts.Prefix + "/+/samples/#"
 	for first := true; ; first = false {
 		stalled := make(chan error, 1)
-		c, err := connectReceiver(opts, filter, logger, r, got, stalled)
+		c, err := connectReceiver(ctx, opts, filter, logger, r, got, stalled)
 		if err != nil {
 			if first {
 				return err
@@ -82,7 +82,7 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 				opts.Subscribed(filter)
 			}
 			if !first {
-				logger.Info("connected again to receive what was not stored", "broker", redactURL(opts.Broker))
+				logger.Info("connected again to receive what was not stored", "broker", opts.broker().Name())
 			}
 			select {
 			case <-ctx.Done():
@@ -105,7 +105,7 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 // connectReceiver connects a client with the persistent session and subscribes.
 // Its handler acknowledges each message itself; on the first message that cannot be
 // stored it sends the reason on stalled and acknowledges nothing more.
-func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, r *Receiver, got func(*File, error) error, stalled chan<- error) (paho.Client, error) {
+func connectReceiver(ctx context.Context, opts SubscribeOptions, filter string, logger *slog.Logger, r *Receiver, got func(*File, error) error, stalled chan<- error) (paho.Client, error) {
 	var stop atomic.Bool
 	handle := func(_ paho.Client, m paho.Message) {
 		if stop.Load() {
@@ -132,9 +132,9 @@ func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, 
 		m.Ack()
 	}
 	var connected atomic.Bool
-	o := paho.NewClientOptions().AddBroker(opts.Broker).SetClientID(opts.ClientID).
-		SetUsername(opts.Username).SetPassword(opts.Password).
-		SetCleanSession(false).SetConnectTimeout(subscribeTimeout).SetKeepAlive(30 * time.Second).
+	broker := opts.broker()
+	sub := mqttdial.Subscription{Filter: filter, Handler: handle}
+	o := broker.ClientOptions().SetCleanSession(false).
 		SetOrderMatters(true). // a file's chunks in order, and acknowledged after got
 		SetAutoAckDisabled(true).
 		// What the broker queued for the session comes as soon as it connects, before a
@@ -142,62 +142,26 @@ func connectReceiver(opts SubscribeOptions, filter string, logger *slog.Logger, 
 		SetDefaultPublishHandler(handle).
 		SetAutoReconnect(true).SetMaxReconnectInterval(10 * time.Second).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			logger.Warn("broker connection lost; reconnecting", "broker", redactURL(opts.Broker), "err", err)
+			logger.Warn("broker connection lost; reconnecting", "broker", broker.Name(), "err", err)
 		}).
 		SetOnConnectHandler(func(c paho.Client) {
 			if connected.Swap(true) {
 				// The broker may have lost the session: subscribe again.
-				if err := subscribe(c, filter, handle); err != nil {
+				if err := mqttdial.Subscribe(context.Background(), broker, c, sub); err != nil {
 					logger.Error("subscribe after reconnect failed", "err", err)
 					return
 				}
-				logger.Info("reconnected", "broker", redactURL(opts.Broker))
+				logger.Info("reconnected", "broker", broker.Name())
 			}
 		})
-	if opts.TLS != nil {
-		o.SetTLSConfig(opts.TLS)
-	}
-	c := paho.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(subscribeTimeout) {
-		c.Disconnect(0)
-		return nil, fmt.Errorf("connect to %s: no answer in %v", redactURL(opts.Broker), subscribeTimeout)
-	}
-	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", redactURL(opts.Broker), err)
-	}
-	if err := subscribe(c, filter, handle); err != nil {
-		c.Disconnect(0)
-		return nil, fmt.Errorf("%s: %w", redactURL(opts.Broker), err)
+	c, err := mqttdial.Connect(ctx, broker, o, sub)
+	if err != nil {
+		return nil, err
 	}
 	return c, nil
 }
 
-func subscribe(c paho.Client, filter string, h paho.MessageHandler) error {
-	tok := c.Subscribe(filter, 1, h)
-	if !tok.WaitTimeout(subscribeTimeout) {
-		return fmt.Errorf("subscribe %s: no answer in %v", filter, subscribeTimeout)
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("subscribe %s: %w", filter, err)
-	}
-	// A SUBACK's failure code (0x80) is not an error to paho.
-	if st, ok := tok.(*paho.SubscribeToken); ok {
-		for _, q := range st.Result() {
-			if q == 0x80 {
-				return errors.New("subscribe " + filter + ": refused by the broker (ACL?)")
-			}
-		}
-	}
-	return nil
-}
-
-// redactURL hides a password in a broker URL.
-func redactURL(broker string) string {
-	if i := strings.Index(broker, "@"); i >= 0 {
-		if j := strings.Index(broker, "://"); j >= 0 && j < i {
-			return broker[:j+3] + "xxxxx" + broker[i:]
-		}
-	}
-	return broker
+// broker is where the receiver connects.
+func (o SubscribeOptions) broker() mqttdial.Broker {
+	return mqttdial.Broker{URL: o.Broker, Username: o.Username, Password: o.Password, TLS: o.TLS, ClientID: o.ClientID, Timeout: subscribeTimeout}
 }

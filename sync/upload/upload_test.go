@@ -6,9 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/mqttlink/linktest"
@@ -26,17 +24,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // samples is a samples directory as the agent's store keeps it.
 type samples struct {
@@ -118,55 +105,6 @@ func run(t *testing.T, s *samples, target upload.Target) (*upload.Uploader, func
 	return u, stop
 }
 
-// endpoint is a real HTTP server that stores what is PUT to it, after failing the
-// first `fail` requests with 503.
-type endpoint struct {
-	*httptest.Server
-	mu       sync.Mutex
-	fail     int
-	refused  int
-	got      map[string][]byte // by path
-	times    map[string]int    // 2xx answers by path
-	order    []string
-	badToken int
-}
-
-func newEndpoint(t *testing.T, fail int) *endpoint {
-	e := &endpoint{fail: fail, got: map[string][]byte{}, times: map[string]int{}}
-	e.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if r.Header.Get("Authorization") != "Bearer t0k" {
-			e.badToken++
-			http.Error(w, "no token", http.StatusUnauthorized)
-			return
-		}
-		if r.Method != http.MethodPut || err != nil {
-			http.Error(w, "PUT only", http.StatusMethodNotAllowed)
-			return
-		}
-		if e.fail > 0 {
-			e.fail--
-			e.refused++
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-			return
-		}
-		e.got[r.URL.Path] = body
-		e.times[r.URL.Path]++
-		e.order = append(e.order, r.URL.Path)
-		w.WriteHeader(http.StatusCreated)
-	}))
-	t.Cleanup(e.Close)
-	return e
-}
-
-func (e *endpoint) snapshot() (got map[string][]byte, times map[string]int, order []string, refused int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.got, e.times, slices.Clone(e.order), e.refused
-}
-
 func httpTarget(t *testing.T, url string) upload.Target {
 	s, err := upload.NewHTTP(upload.HTTPOptions{URL: url + "/in", Device: "dev-1", Token: "t0k"})
 	if err != nil {
@@ -183,26 +121,27 @@ func TestHTTPEndpointDownThenUp(t *testing.T) {
 	for i := range 3 {
 		s.add(t, fmt.Sprintf("door-%d", i), 40_000+i)
 	}
-	e := newEndpoint(t, 5)
+	e := testkit.NewPutServer(t, "t0k", 5)
 	u, stop := run(t, s, httpTarget(t, e.URL))
-	waitFor(t, 10*time.Second, "three samples uploaded", func() bool { return u.Stats().Uploaded == 3 })
+	testkit.WaitFor(t, 10*time.Second, "three samples uploaded", func() bool { return u.Stats().Uploaded == 3 })
 	st := u.Stats()
 	if st.Failed < 1 || st.Pending != 0 || st.LastError != "" {
 		t.Errorf("stats after the outage %+v: want failures counted, nothing pending, the error cleared", st)
 	}
 	s.add(t, "door-3", 1000)
-	waitFor(t, 10*time.Second, "the new sample uploaded", func() bool { return u.Stats().Uploaded == 4 })
+	testkit.WaitFor(t, 10*time.Second, "the new sample uploaded", func() bool { return u.Stats().Uploaded == 4 })
 	stop()
 
 	// Restart: a new uploader over the same directory.
 	s.add(t, "door-4", 2000)
 	u, stop = run(t, s, httpTarget(t, e.URL))
-	waitFor(t, 10*time.Second, "the sample saved while stopped", func() bool { return u.Stats().Uploaded == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the sample saved while stopped", func() bool { return u.Stats().Uploaded == 1 })
 	stop()
 
-	got, times, order, refused := e.snapshot()
-	if refused != 5 {
-		t.Errorf("%d requests refused, want 5", refused)
+	rec := e.Received()
+	got, times, order := rec.Bodies, rec.Times, rec.Order
+	if rec.Refused != 5 {
+		t.Errorf("%d requests refused, want 5", rec.Refused)
 	}
 	var want []string
 	for i := range 5 {
@@ -230,21 +169,19 @@ func TestRemovedSampleIsSkipped(t *testing.T) {
 	for i := range 3 {
 		s.add(t, fmt.Sprintf("door-%d", i), 5000)
 	}
-	e := newEndpoint(t, 1<<30)
+	e := testkit.NewPutServer(t, "t0k", -1)
 	u, _ := run(t, s, httpTarget(t, e.URL))
-	waitFor(t, 10*time.Second, "a failed attempt", func() bool { return u.Stats().Failed > 0 })
+	testkit.WaitFor(t, 10*time.Second, "a failed attempt", func() bool { return u.Stats().Failed > 0 })
 	if st := u.Stats(); st.Pending != 3 || !strings.Contains(st.LastError, "503") {
 		t.Errorf("stats while down %+v", st)
 	}
 	s.remove("door-0")
-	e.mu.Lock()
-	e.fail = 0
-	e.mu.Unlock()
-	waitFor(t, 10*time.Second, "the two others uploaded", func() bool { return u.Stats().Uploaded == 2 })
+	e.SetFail(0)
+	testkit.WaitFor(t, 10*time.Second, "the two others uploaded", func() bool { return u.Stats().Uploaded == 2 })
 	if st := u.Stats(); st.Skipped != 1 || st.Pending != 0 {
 		t.Errorf("stats %+v: want 1 skipped, 0 pending", st)
 	}
-	if _, times, _, _ := e.snapshot(); times["/in/dev-1/door-0.jpg"] != 0 || times["/in/dev-1/door-2.json"] != 1 {
+	if times := e.Received().Times; times["/in/dev-1/door-0.jpg"] != 0 || times["/in/dev-1/door-2.json"] != 1 {
 		t.Errorf("received %v", times)
 	}
 }
@@ -254,7 +191,7 @@ func TestOffSendsNothing(t *testing.T) {
 	s := newSamples(t)
 	s.add(t, "door-0", 100)
 	u, _ := run(t, s, upload.Target{})
-	waitFor(t, 10*time.Second, "the sample counted as pending", func() bool { return u.Stats().Pending == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the sample counted as pending", func() bool { return u.Stats().Pending == 1 })
 	if st := u.Stats(); st.Uploaded != 0 || st.Failed != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -275,11 +212,11 @@ func TestMQTTChunksReassemble(t *testing.T) {
 	}
 	// Started before the link connects: the first attempts fail and are retried.
 	u, stop := run(t, s, upload.Target{Sender: sender, BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
-	waitFor(t, 20*time.Second, "the sample uploaded", func() bool { return u.Stats().Uploaded == 1 })
+	testkit.WaitFor(t, 20*time.Second, "the sample uploaded", func() bool { return u.Stats().Uploaded == 1 })
 	stop()
 
 	var files map[string]*upload.File
-	waitFor(t, 10*time.Second, "both files received", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "both files received", func() bool {
 		files = receiveAll(t, sub.Messages())
 		return len(files) == 2
 	})

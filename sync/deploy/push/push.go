@@ -29,6 +29,7 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/internal/backoff"
 	"github.com/vigil-edge/vigil/internal/mqttbarrier"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/sync/deploy"
 )
 
@@ -235,7 +236,7 @@ func Push(ctx context.Context, bundleDir string, opts Options) (*Result, error) 
 	res := &Result{Deployment: b.m.Deployment, Success: b.success}
 
 	s := newSession(opts, target, b.m.Deployment)
-	if err := s.connect(); err != nil {
+	if err := s.connect(ctx); err != nil {
 		return nil, fmt.Errorf("push: %w", err)
 	}
 	defer func() { s.client.Disconnect(250) }()
@@ -590,17 +591,21 @@ func (s *session) notify() {
 
 // subscriptions are the session's topic filters and their handlers; they are
 // subscribed on every (re)connect.
-func (s *session) subscriptions() map[string]paho.MessageHandler {
+func (s *session) subscriptions() []mqttdial.Subscription {
 	p := s.opts.TopicPrefix
-	subs := map[string]paho.MessageHandler{}
 	if s.target.Group != "" {
-		subs[p+"/+/status"] = s.onStatus
-		subs[p+"/+/models/state"] = s.onState
-	} else {
-		subs[deploy.StateTopic(p, s.target.Device)] = s.onState
-		subs[deploy.StatusTopic(p, s.target.Device)] = s.onStatus
+		return []mqttdial.Subscription{{Filter: p + "/+/status", Handler: s.onStatus}, {Filter: p + "/+/models/state", Handler: s.onState}}
 	}
-	return subs
+	return []mqttdial.Subscription{
+		{Filter: deploy.StateTopic(p, s.target.Device), Handler: s.onState},
+		{Filter: deploy.StatusTopic(p, s.target.Device), Handler: s.onStatus},
+	}
+}
+
+// broker is where the session connects.
+func (s *session) broker() mqttdial.Broker {
+	o := s.opts
+	return mqttdial.Broker{URL: o.Broker, Username: o.Username, Password: o.Password, TLS: o.TLS, ClientID: o.ClientID, Timeout: opTimeout}
 }
 
 // connect makes a new connection and subscribes, waiting for the broker's SUBACKs
@@ -610,40 +615,18 @@ func (s *session) subscriptions() map[string]paho.MessageHandler {
 // messages after its own reconnect races with its writer (eclipse-paho/paho.mqtt.golang
 // issue 703), and a fresh client loses nothing here since every publish is retried
 // until acknowledged.
-func (s *session) connect() error {
-	o := paho.NewClientOptions().AddBroker(s.opts.Broker).SetClientID(s.opts.ClientID).
-		SetUsername(s.opts.Username).SetPassword(s.opts.Password).
-		SetCleanSession(true).SetConnectTimeout(opTimeout).SetKeepAlive(30 * time.Second).
-		SetAutoReconnect(false).
+func (s *session) connect(ctx context.Context) error {
+	b := s.broker()
+	o := b.ClientOptions().SetCleanSession(true).SetAutoReconnect(false).
 		SetConnectionLostHandler(func(paho.Client, error) {
 			select {
 			case s.lost <- struct{}{}:
 			default: // one is already waiting
 			}
 		})
-	if s.opts.TLS != nil {
-		o.SetTLSConfig(s.opts.TLS)
-	}
-	c := paho.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(opTimeout) {
-		return fmt.Errorf("connect to %s: no answer in %v", redact(s.opts.Broker), opTimeout)
-	}
-	if err := tok.Error(); err != nil {
-		return fmt.Errorf("connect to %s: %w", redact(s.opts.Broker), err)
-	}
-	for filter, h := range s.subscriptions() {
-		tok := c.Subscribe(filter, 1, h)
-		var err error
-		if !tok.WaitTimeout(opTimeout) {
-			err = fmt.Errorf("no answer in %v", opTimeout)
-		} else {
-			err = tok.Error()
-		}
-		if err != nil {
-			c.Disconnect(0)
-			return fmt.Errorf("subscribe %s on %s: %w", filter, redact(s.opts.Broker), err)
-		}
+	c, err := mqttdial.Connect(ctx, b, o, s.subscriptions()...)
+	if err != nil {
+		return err
 	}
 	s.client = c
 	return nil
@@ -658,7 +641,7 @@ func (s *session) reconnect(ctx context.Context) error {
 	}
 	s.client.Disconnect(0)
 	for failures := 0; ; failures++ {
-		err := s.connect()
+		err := s.connect(ctx)
 		if err == nil {
 			select {
 			case s.reconnected <- struct{}{}:
@@ -674,15 +657,6 @@ func (s *session) reconnect(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-func redact(broker string) string {
-	if i := strings.Index(broker, "@"); i >= 0 {
-		if j := strings.Index(broker, "://"); j >= 0 && j < i {
-			return broker[:j+3] + "xxxxx" + broker[i:]
-		}
-	}
-	return broker
 }
 
 // discover waits until the subscriptions made on connect have delivered their
@@ -775,7 +749,7 @@ func levelAfterPrefix(prefix, topic string) string {
 // messages make a repeat harmless).
 func (s *session) publish(ctx context.Context, topic string, payload []byte) error {
 	for {
-		err := waitToken(ctx, s.client.Publish(topic, 1, true, payload))
+		err := mqttdial.Wait(ctx, s.client.Publish(topic, 1, true, payload), opTimeout)
 		if err == nil {
 			return nil
 		}
@@ -785,20 +759,6 @@ func (s *session) publish(ctx context.Context, topic string, payload []byte) err
 		if err := s.reconnect(ctx); err != nil {
 			return fmt.Errorf("publish %s: %w", topic, err)
 		}
-	}
-}
-
-// waitToken waits for a paho token, at most opTimeout.
-func waitToken(ctx context.Context, tok paho.Token) error {
-	t := time.NewTimer(opTimeout)
-	defer t.Stop()
-	select {
-	case <-tok.Done():
-		return tok.Error()
-	case <-t.C:
-		return fmt.Errorf("no answer from the broker in %v", opTimeout)
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -812,7 +772,7 @@ func (s *session) publishChunks(ctx context.Context, archive *os.File, m *deploy
 	var inflight []pending
 	var sent int64
 	settle := func(p pending) error {
-		if err := waitToken(ctx, p.tok); err != nil {
+		if err := mqttdial.Wait(ctx, p.tok, opTimeout); err != nil {
 			// The connection broke: publish it again, waiting for its acknowledgement.
 			if err := s.publish(ctx, topics[p.i], p.data); err != nil {
 				return fmt.Errorf("publish chunk %d: %w", p.i, err)

@@ -113,7 +113,7 @@ func DryRun(ctx context.Context, bundleDir string, opts Options) (*Plan, error) 
 	}
 	defer b.close()
 	s := newSession(opts, deploy.Target{Device: opts.Device, Group: opts.Group}, b.m.Deployment)
-	if err := s.connect(); err != nil {
+	if err := s.connect(ctx); err != nil {
 		return nil, fmt.Errorf("push: %w", err)
 	}
 	defer func() { s.client.Disconnect(250) }()
@@ -329,7 +329,7 @@ func pushStaged(ctx context.Context, bundleDir string, opts Options) (*Result, e
 	defer b.close()
 	group := deploy.Target{Group: opts.Group}
 	s := newSession(opts, group, b.m.Deployment)
-	if err := s.connect(); err != nil {
+	if err := s.connect(ctx); err != nil {
 		return nil, fmt.Errorf("push: %w", err)
 	}
 	defer func() { s.client.Disconnect(250) }()
