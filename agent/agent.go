@@ -23,6 +23,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/assets"
+	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/gpio"
 	"github.com/vigil-edge/vigil/infer"
@@ -57,9 +58,9 @@ type Agent struct {
 	outbox     *outbox.Outbox
 	store      *deploy.Store // models installed by deployments
 	backends   *infer.Registry
-	bundled    string // where the embedded files were extracted
-	snapshots  *snapshotStore
-	samples    *snapshotStore // frames kept for retraining (samples.go)
+	bundled    string        // where the embedded files were extracted
+	snapshots  *stills.Store // frames that made rules fire, matches drawn
+	samples    *stills.Store // frames kept for retraining, as captured (samples.go)
 	uploader   *sampleUploader
 	events     *eventLog
 	metrics    *metrics
@@ -135,9 +136,8 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	if a.store, err = deploy.OpenStore(filepath.Join(state, "models"), deploy.Limits{MaxBytes: int64(cfg.Deploy.MaxBytes)}); err != nil {
 		return a, fmt.Errorf("open the model store: %w", err)
 	}
-	a.snapshots = newSnapshotStore(filepath.Join(state, "snapshots"), int64(cfg.Snapshots.MaxBytes), logger)
-	a.samples = newSnapshotStore(filepath.Join(state, "samples"), int64(cfg.Samples.MaxBytes), logger)
-	a.samples.clean = true
+	a.snapshots = stills.NewStore(filepath.Join(state, "snapshots"), int64(cfg.Snapshots.MaxBytes), false, logger)
+	a.samples = stills.NewStore(filepath.Join(state, "samples"), int64(cfg.Samples.MaxBytes), true, logger)
 
 	// The parts, built as a reload builds them. A model that cannot load is reported on
 	// the status page and in /readyz; its cameras keep streaming without detection and

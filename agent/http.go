@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
 )
 
@@ -86,7 +87,7 @@ func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
 		if cam.cfg().Name != name {
 			continue
 		}
-		jpeg, taken := cam.snap.get()
+		jpeg, taken := cam.snap.Get()
 		if jpeg == nil {
 			writeError(w, http.StatusServiceUnavailable, "camera %s has no frame yet", name)
 			return
@@ -244,8 +245,8 @@ func (a *Agent) savedSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveStored serves a file of a snapshot store (a frame, or a sample's sidecar).
-func serveStored(w http.ResponseWriter, r *http.Request, s *snapshotStore) {
-	path := s.path(r.PathValue("file"))
+func serveStored(w http.ResponseWriter, r *http.Request, s *stills.Store) {
+	path := s.Path(r.PathValue("file"))
 	if path == "" {
 		writeError(w, http.StatusNotFound, "no file named %q", r.PathValue("file"))
 		return

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -13,6 +12,8 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/eval"
+	"github.com/vigil-edge/vigil/infer/shadow"
+	"github.com/vigil-edge/vigil/internal/window"
 	"github.com/vigil-edge/vigil/sync/deploy/deployer"
 )
 
@@ -100,9 +101,7 @@ func (h modelHandle) SetShadow(c deployer.Candidate, deployment string) {
 		return
 	}
 	l := c.(*loaded)
-	sh := newShadow(l.detector, l.dir, h.m.cfg.Shadow.Every)
-	sh.deployment = deployment
-	h.a.setShadow(h.m, sh)
+	h.a.setShadow(h.m, shadow.New(l.detector, l.dir, h.m.cfg.Shadow.Every, deployment))
 }
 
 // frameSize is the size of the frames the model's first streaming camera delivers, or
@@ -197,9 +196,8 @@ func (l *loaded) release() {
 // runStats are a loaded bundle's own inference times and failures, so that a swapped-in
 // model is judged against the one it replaced.
 type runStats struct {
-	mu      sync.Mutex // guards the fields below
-	times   []time.Duration
-	pos     int
+	mu      sync.Mutex   // guards the fields below
+	times   *window.Ring // nil until the first inference
 	errs    int
 	lastErr string
 }
@@ -212,23 +210,19 @@ func (s *runStats) record(d time.Duration, err error) {
 		s.lastErr = err.Error()
 		return
 	}
-	if len(s.times) < statsWindow {
-		s.times = append(s.times, d)
-	} else {
-		s.times[s.pos] = d
-		s.pos = (s.pos + 1) % statsWindow
+	if s.times == nil {
+		s.times = window.NewRing(statsWindow)
 	}
+	s.times.Add(d)
 }
 
 func (s *runStats) p50() (time.Duration, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.times) == 0 {
+	if s.times == nil {
 		return 0, 0
 	}
-	t := slices.Clone(s.times)
-	slices.Sort(t)
-	return t[len(t)/2], len(t)
+	return s.times.Quantiles(0.5)[0], s.times.Len()
 }
 
 func (s *runStats) errors() (int, string) {

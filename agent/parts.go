@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer/detector"
+	"github.com/vigil-edge/vigil/infer/shadow"
 	"github.com/vigil-edge/vigil/sync/deploy/deployer"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 )
@@ -96,7 +97,7 @@ type input struct {
 type model struct {
 	// shadow is the candidate run beside it: pushed by a shadow deployment, else
 	// models[].shadow; nil without either. setShadow changes it.
-	shadow     atomic.Pointer[shadow]
+	shadow     atomic.Pointer[shadow.Shadow]
 	name       string
 	cfg        config.Model
 	configured string                 // the bundle directory the config names (or the bundled one)
@@ -300,18 +301,18 @@ func (a *Agent) startCamera(cam *camera) {
 // startShadow runs a model's shadow, if it has one.
 func (a *Agent) startShadow(m *model) {
 	if sh := m.shadow.Load(); sh != nil {
-		sh.start(a.spawn("shadow of "+m.name, sh.Run))
+		sh.Started(a.spawn("shadow of "+m.name, sh.Run))
 	}
 }
 
 // setShadow makes sh (nil: none) the model's shadow, running it when the agent runs,
 // and stops and closes the one it replaces.
-func (a *Agent) setShadow(m *model, sh *shadow) {
+func (a *Agent) setShadow(m *model, sh *shadow.Shadow) {
 	if sh != nil && a.groupCtx != nil {
-		sh.start(a.spawn("shadow of "+m.name, sh.Run))
+		sh.Started(a.spawn("shadow of "+m.name, sh.Run))
 	}
 	if old := m.shadow.Swap(sh); old != nil {
-		old.shutdown()
+		old.Shutdown()
 	}
 }
 

@@ -4,25 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"image"
-	"image/color"
 	"log/slog"
 	"maps"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"gocv.io/x/gocv"
-
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/agent/rules"
 	"github.com/vigil-edge/vigil/capture"
+	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/drift"
 	"github.com/vigil-edge/vigil/internal/rate"
+	"github.com/vigil-edge/vigil/internal/window"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -34,7 +31,7 @@ type camera struct {
 	mod    atomic.Pointer[model]
 	cap    *capture.Camera
 	logger *slog.Logger
-	snap   *snapshot
+	snap   *stills.Live
 	stats  *detectStats
 	// safed: failSafe drove this camera's rule outputs safe and they are not restored.
 	safed atomic.Bool
@@ -164,10 +161,10 @@ func (a *Agent) process(ctx context.Context, cam *camera, f capture.Frame) {
 		a.maybeSample(cam, f, run, dets)
 		// After the actions: the candidate must never delay an actuator.
 		if sh := mod.shadow.Load(); sh != nil {
-			sh.offer(f.Mat, dets, timing.Infer)
+			sh.Offer(f.Mat, dets, timing.Infer)
 		}
 	}
-	cam.snap.update(f, dets)
+	cam.snap.Update(f, dets)
 }
 
 // act carries out what a rule decided and records it as an event. The actuator moves
@@ -235,7 +232,7 @@ func (a *Agent) act(ctx context.Context, p *parts, cam *camera, f capture.Frame,
 	if name != "" {
 		body.LatencyMS.Actuate = ms(actuated)
 	}
-	body.Snapshot, body.SnapshotError = a.snapshots.save(cam.cfg().Name, f, fire.Matches)
+	body.Snapshot, body.SnapshotError = a.snapshots.Save(cam.cfg().Name, f, fire.Matches)
 	env := a.recordEvent(ctx, "detection", body)
 	cam.logger.Info("rule fired", "rule", fire.Rule, "actuator", name, "seq", env.Seq,
 		"detect_ms", body.LatencyMS.Detect, "actuate_ms", body.LatencyMS.Actuate)
@@ -294,75 +291,6 @@ type latencyMS struct {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// snapshot keeps the newest frame of a camera as JPEG with its detections drawn. JPEG
-// encoding costs a few milliseconds, so it is done only while someone is looking (a
-// request in the last few seconds) and otherwise at most every few seconds.
-type snapshot struct {
-	mu        sync.Mutex // guards the fields below
-	jpeg      []byte
-	taken     time.Time
-	wanted    time.Time
-	encodedAt time.Time
-}
-
-const (
-	snapshotWatchWindow = 5 * time.Second
-	snapshotIdleEvery   = 3 * time.Second
-)
-
-func (s *snapshot) update(f capture.Frame, dets []infer.Detection) {
-	s.mu.Lock()
-	now := time.Now()
-	due := now.Sub(s.wanted) < snapshotWatchWindow || now.Sub(s.encodedAt) >= snapshotIdleEvery
-	if due {
-		s.encodedAt = now
-	}
-	s.mu.Unlock()
-	if !due {
-		return
-	}
-	drawDetections(&f.Mat, dets)
-	buf, err := gocv.IMEncodeWithParams(gocv.JPEGFileExt, f.Mat, []int{gocv.IMWriteJpegQuality, 80})
-	if err != nil {
-		return
-	}
-	b := slices.Clone(buf.GetBytes())
-	buf.Close()
-	if len(b) == 0 {
-		return // OpenCV reports encoding failures only as an empty buffer
-	}
-	s.mu.Lock()
-	s.jpeg, s.taken = b, f.Time
-	s.mu.Unlock()
-}
-
-// get returns the newest JPEG and marks the snapshot as watched.
-func (s *snapshot) get() ([]byte, time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.wanted = time.Now()
-	return s.jpeg, s.taken
-}
-
-var (
-	boxColor  = color.RGBA{R: 255, G: 200, B: 0, A: 255}
-	textColor = color.RGBA{A: 255}
-)
-
-// drawDetections draws boxes and labels onto the frame (which the caller owns and is
-// about to drop, so drawing in place costs no copy).
-func drawDetections(m *gocv.Mat, dets []infer.Detection) {
-	for _, d := range dets {
-		r := image.Rect(int(d.Box[0]), int(d.Box[1]), int(d.Box[2]), int(d.Box[3]))
-		gocv.Rectangle(m, r, boxColor, 2)
-		label := fmt.Sprintf("%s %.2f", d.Label, d.Score)
-		size := gocv.GetTextSize(label, gocv.FontHersheySimplex, 0.5, 1)
-		top := max(r.Min.Y-size.Y-6, 0)
-		gocv.Rectangle(m, image.Rect(r.Min.X, top, r.Min.X+size.X+6, top+size.Y+6), boxColor, -1)
-		gocv.PutText(m, label, image.Pt(r.Min.X+3, top+size.Y+2), gocv.FontHersheySimplex, 0.5, textColor, 1)
-	}
-}
 
 // detectStats are a camera's detection figures for the status page.
 type detectStats struct {
@@ -451,14 +379,11 @@ func (s *detectStats) status() detectStatus {
 	return st
 }
 
+// percentiles are the median and 99th percentile of ds, in milliseconds to two
+// decimals, as the status page shows them.
 func percentiles(ds []time.Duration) (p50, p99 float64) {
-	if len(ds) == 0 {
-		return 0, 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	at := func(q float64) float64 { return round(ms(s[int(q*float64(len(s)-1))]), 2) }
-	return at(0.5), at(0.99)
+	q := window.Quantiles(ds, 0.5, 0.99)
+	return round(ms(q[0]), 2), round(ms(q[1]), 2)
 }
 
 func round(v float64, digits int) float64 {

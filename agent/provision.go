@@ -12,6 +12,7 @@ import (
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/capture/camurl"
+	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/gpio"
 	"github.com/vigil-edge/vigil/hal/sim"
@@ -19,6 +20,7 @@ import (
 	"github.com/vigil-edge/vigil/infer/backends"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/drift"
+	"github.com/vigil-edge/vigil/infer/shadow"
 )
 
 // provision builds the parts cfg describes, reusing from old (nil at start) every part
@@ -37,7 +39,7 @@ func (a *Agent) provision(cfg *config.Config, old *parts) (np *parts, ch *change
 			for _, m := range ch.models {
 				retire(m.running.Load())
 				if sh := m.shadow.Load(); sh != nil {
-					sh.shutdown()
+					sh.Shutdown()
 				}
 			}
 		}
@@ -161,7 +163,7 @@ func (a *Agent) provision(cfg *config.Config, old *parts) (np *parts, ch *change
 			np.ruleStats[r.Name] = st
 			continue
 		}
-		np.ruleStats[r.Name] = &ruleStats{}
+		np.ruleStats[r.Name] = newRuleStats()
 		if !first {
 			ch.changed = append(ch.changed, "rule "+r.Name)
 		}
@@ -329,7 +331,7 @@ func (a *Agent) newModel(mc config.Model) *model {
 }
 
 // configShadow loads the candidate models[].shadow names, or returns nil.
-func (a *Agent) configShadow(mc config.Model) *shadow {
+func (a *Agent) configShadow(mc config.Model) *shadow.Shadow {
 	sc := mc.Shadow
 	if sc.Bundle == "" {
 		return nil
@@ -340,7 +342,7 @@ func (a *Agent) configShadow(mc config.Model) *shadow {
 // loadShadow loads the bundle in dir as mc's shadow with the runtime settings of rt;
 // deployment names the push that installed it ("" for the config's). A bundle that
 // does not load is logged and nil returned: the model runs on without a shadow.
-func (a *Agent) loadShadow(mc config.Model, dir string, rt config.Model, deployment string) *shadow {
+func (a *Agent) loadShadow(mc config.Model, dir string, rt config.Model, deployment string) *shadow.Shadow {
 	det, backend, err := loadModel(a.backends, dir, rt)
 	if err != nil {
 		a.logger.Error("shadow model not loaded", "model", mc.Name, "shadow", dir, "deployment", deployment, "err", err)
@@ -348,9 +350,7 @@ func (a *Agent) loadShadow(mc config.Model, dir string, rt config.Model, deploym
 	}
 	a.logger.Info("shadow model loaded", "model", mc.Name, "bundle", det.Manifest().Name, "version", det.Manifest().Version,
 		"backend", backend, "deployment", deployment)
-	sh := newShadow(det, dir, mc.Shadow.Every)
-	sh.deployment = deployment
-	return sh
+	return shadow.New(det, dir, mc.Shadow.Every, deployment)
 }
 
 // newCamera makes a camera of cfg on model m; startCamera runs it.
@@ -368,7 +368,7 @@ func (a *Agent) newCamera(cfg *config.Config, cc config.Camera, m *model) (*came
 		}),
 		drift:  newDriftMonitor(cfg.Drift),
 		logger: logger.With("component", "pipeline", "camera", cc.Name),
-		snap:   &snapshot{},
+		snap:   &stills.Live{},
 		stats:  newDetectStats(),
 	}
 	cam.conf.Store(&cc)

@@ -68,7 +68,7 @@ func (a *Agent) maybeSample(cam *camera, f capture.Frame, run *loaded, dets []in
 		Camera: cam.cfg().Name, Frame: f.Seq, Time: f.Time.UTC(), Reason: reason,
 		Model: man.Name, Version: man.Version, Detections: dets,
 	}, "", "  ")
-	name, problem := a.samples.saveWith(cam.cfg().Name, f, dets, side)
+	name, problem := a.samples.SaveWith(cam.cfg().Name, f, dets, side)
 	if name == "" {
 		if problem != "" {
 			cam.logger.Warn("sample not kept", "reason", reason, "problem", problem)
@@ -97,7 +97,7 @@ type sampleUploader struct {
 func (a *Agent) newUploader() *sampleUploader {
 	u := &sampleUploader{}
 	u.Uploader = upload.New(upload.Options{
-		Dir: a.samples.dir, List: a.samples.list, Notify: a.samples.saved, Target: func() upload.Target { return a.uploadTarget(u) },
+		Dir: a.samples.Dir(), List: a.samples.List, Notify: a.samples.Saved(), Target: func() upload.Target { return a.uploadTarget(u) },
 		Logger: a.logBase,
 	})
 	return u
@@ -171,7 +171,7 @@ type SamplesStatus struct {
 func (a *Agent) samplesStatus() SamplesStatus {
 	st := SamplesStatus{Upload: a.parts().cfg.Samples.Upload.Via}
 	if a.samples != nil {
-		st.Stored, st.Bytes = a.samples.usage()
+		st.Stored, st.Bytes = a.samples.Usage()
 	}
 	if a.uploader != nil {
 		st.Stats = a.uploader.Stats()

@@ -10,7 +10,9 @@ import (
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer/drift"
+	"github.com/vigil-edge/vigil/infer/shadow"
 	"github.com/vigil-edge/vigil/internal/redact"
+	"github.com/vigil-edge/vigil/internal/window"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -97,6 +99,9 @@ type OutboxStatus struct {
 	LastError string `json:"last_error,omitempty"`
 }
 
+// ShadowStatus is what the status shows of a model's shadow (infer/shadow).
+type ShadowStatus = shadow.Status
+
 // Status assembles the agent's status. withHistory adds the sim actuators' transitions.
 func (a *Agent) Status(withHistory bool) Status {
 	p := a.parts()
@@ -132,7 +137,7 @@ func (a *Agent) Status(withHistory bool) Status {
 			}
 		}
 		if sh := m.shadow.Load(); sh != nil {
-			ms.Shadow = sh.status(name)
+			ms.Shadow = sh.Status(name)
 		}
 		st.Models = append(st.Models, ms)
 	}
@@ -245,10 +250,13 @@ func mustJSON(v any) []byte {
 type ruleStats struct {
 	mu      sync.Mutex // guards the fields below
 	firings uint64
-	latency []time.Duration // ring of the last statsWindow capture-to-actuator times
-	added   []time.Duration // the same firings' time after detection
-	pos     int
+	latency *window.Ring // the last statsWindow capture-to-actuator times
+	added   *window.Ring // the same firings' time after detection
 	last    time.Duration
+}
+
+func newRuleStats() *ruleStats {
+	return &ruleStats{latency: window.NewRing(statsWindow), added: window.NewRing(statsWindow)}
 }
 
 func (s *ruleStats) record(actuate, detect time.Duration) {
@@ -256,21 +264,16 @@ func (s *ruleStats) record(actuate, detect time.Duration) {
 	defer s.mu.Unlock()
 	s.firings++
 	s.last = actuate
-	if len(s.latency) < statsWindow {
-		s.latency = append(s.latency, actuate)
-		s.added = append(s.added, actuate-detect)
-	} else {
-		s.latency[s.pos], s.added[s.pos] = actuate, actuate-detect
-		s.pos = (s.pos + 1) % statsWindow
-	}
+	s.latency.Add(actuate)
+	s.added.Add(actuate - detect)
 }
 
 func (s *ruleStats) status(rs rules.Status) RuleStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := RuleStatus{Status: rs, Firings: s.firings, LastMS: ms(s.last)}
-	st.ActuateP50, st.ActuateP99 = percentiles(s.latency)
-	st.AddedP50, st.AddedP99 = percentiles(s.added)
+	st.ActuateP50, st.ActuateP99 = percentiles(s.latency.Values())
+	st.AddedP50, st.AddedP99 = percentiles(s.added.Values())
 	return st
 }
 

@@ -1,4 +1,8 @@
-package agent
+// Package stills keeps frames as JPEG images: a camera's live view for the status page
+// (Live), and frames kept on disk within a byte budget, oldest out first (Store): the
+// frames that made rules fire, with their matches drawn, and samples for retraining, as
+// captured, each with a JSON sidecar.
+package stills
 
 import (
 	"fmt"
@@ -16,12 +20,11 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 )
 
-// snapshotStore keeps the frames that made rules fire, as JPEG files in one directory,
-// within a byte budget: the oldest files go first. An event names its file, served at
-// GET /api/snapshots/<file>.
-type snapshotStore struct {
+// Store keeps frames as JPEG files in one directory, within a byte budget: the oldest
+// files go first. An event names its file; the agent serves it.
+type Store struct {
 	dir      string
-	maxBytes int64 // 0: snapshots are off
+	maxBytes int64 // 0: the store is off
 	// clean keeps frames as captured, without boxes (training samples).
 	clean  bool
 	logger *slog.Logger
@@ -40,13 +43,24 @@ type snapFile struct {
 	size int64
 }
 
-func newSnapshotStore(dir string, maxBytes int64, logger *slog.Logger) *snapshotStore {
-	return &snapshotStore{dir: dir, maxBytes: maxBytes, logger: logger.With("component", "snapshots"), saved: make(chan struct{}, 1)}
+// NewStore keeps frames in dir within maxBytes (0: nothing is kept). Frames are saved
+// with their matches drawn, or as captured when clean is set.
+func NewStore(dir string, maxBytes int64, clean bool, logger *slog.Logger) *Store {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Store{dir: dir, maxBytes: maxBytes, clean: clean, logger: logger.With("component", "stills", "dir", dir), saved: make(chan struct{}, 1)}
 }
 
-// list returns the stored files (NAME.jpg), oldest first, including what an earlier
+// Dir is the directory it keeps its files in.
+func (s *Store) Dir() string { return s.dir }
+
+// Saved receives a token when a file is saved (a token already waiting is enough).
+func (s *Store) Saved() <-chan struct{} { return s.saved }
+
+// List returns the stored files (NAME.jpg), oldest first, including what an earlier
 // run left.
-func (s *snapshotStore) list() []string {
+func (s *Store) List() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.maxBytes == 0 || s.loadLocked() != nil {
@@ -59,29 +73,29 @@ func (s *snapshotStore) list() []string {
 	return names
 }
 
-// usage is how many files are stored and their bytes (sidecars included).
-func (s *snapshotStore) usage() (files int, bytes int64) {
+// Usage is how many files are stored and their bytes (sidecars included).
+func (s *Store) Usage() (files int, bytes int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.files), s.bytes
 }
 
-// save writes the frame with the matches drawn and returns the file's name, or the
+// Save writes the frame with the matches drawn and returns the file's name, or the
 // reason it could not (a full disk must not stop the event).
-func (s *snapshotStore) save(camera string, f capture.Frame, matches []infer.Detection) (name, problem string) {
-	return s.saveWith(camera, f, matches, nil)
+func (s *Store) Save(camera string, f capture.Frame, matches []infer.Detection) (name, problem string) {
+	return s.SaveWith(camera, f, matches, nil)
 }
 
-// saveWith is save with a JSON sidecar (NAME.json beside NAME.jpg) when sidecar is set;
+// SaveWith is Save with a JSON sidecar (NAME.json beside NAME.jpg) when sidecar is set;
 // the pair counts against the budget and goes together.
-func (s *snapshotStore) saveWith(camera string, f capture.Frame, matches []infer.Detection, sidecar []byte) (name, problem string) {
+func (s *Store) SaveWith(camera string, f capture.Frame, matches []infer.Detection, sidecar []byte) (name, problem string) {
 	if s.maxBytes == 0 {
 		return "", ""
 	}
 	img := f.Mat.Clone() // the frame is drawn on again for the live snapshot
 	defer img.Close()
 	if !s.clean {
-		drawDetections(&img, matches)
+		Draw(&img, matches)
 	}
 	buf, err := gocv.IMEncodeWithParams(gocv.JPEGFileExt, img, []int{gocv.IMWriteJpegQuality, 85})
 	if err != nil {
@@ -102,7 +116,7 @@ func (s *snapshotStore) saveWith(camera string, f capture.Frame, matches []infer
 	tmp := filepath.Join(s.dir, "."+name+".tmp")
 	if err := os.WriteFile(tmp, data, 0o640); err != nil {
 		os.Remove(tmp)
-		s.logger.Error("snapshot not saved", "file", name, "err", err)
+		s.logger.Error("frame not saved", "file", name, "err", err)
 		return "", "write: " + err.Error()
 	}
 	size := int64(len(data))
@@ -124,7 +138,7 @@ func (s *snapshotStore) saveWith(camera string, f capture.Frame, matches []infer
 	for s.bytes > s.maxBytes && len(s.files) > 1 {
 		old := s.files[0]
 		if err := os.Remove(filepath.Join(s.dir, old.name)); err != nil && !os.IsNotExist(err) {
-			s.logger.Warn("old snapshot not removed", "file", old.name, "err", err)
+			s.logger.Warn("old frame not removed", "file", old.name, "err", err)
 		}
 		os.Remove(filepath.Join(s.dir, strings.TrimSuffix(old.name, ".jpg")+".json"))
 		s.files = s.files[1:]
@@ -138,7 +152,7 @@ func (s *snapshotStore) saveWith(camera string, f capture.Frame, matches []infer
 }
 
 // loadLocked creates the directory and lists what an earlier run left, once.
-func (s *snapshotStore) loadLocked() error {
+func (s *Store) loadLocked() error {
 	if s.init {
 		return nil
 	}
@@ -174,8 +188,8 @@ func (s *snapshotStore) loadLocked() error {
 	return nil
 }
 
-// path returns the file of a snapshot name (or of its .json sidecar), or "" when the name is not a snapshot.
-func (s *snapshotStore) path(name string) string {
+// Path returns the file of a stored name (or of its .json sidecar), or "" when the name is not a snapshot.
+func (s *Store) Path(name string) string {
 	if name != filepath.Base(name) || !(strings.HasSuffix(name, ".jpg") || strings.HasSuffix(name, ".json")) || strings.HasPrefix(name, ".") {
 		return ""
 	}

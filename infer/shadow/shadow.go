@@ -1,7 +1,11 @@
-package agent
+// Package shadow runs a candidate model beside the one a camera uses, on a sample of
+// its frames, and measures how far the two agree: the evidence for promoting a pushed
+// model (vigil model push --shadow, then --promote) or a models[].shadow bundle.
+package shadow
 
 import (
 	"context"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -11,9 +15,10 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/eval"
+	"github.com/vigil-edge/vigil/internal/window"
 )
 
-// shadow runs a candidate model (models[].shadow) on a sample of the frames its model
+// Shadow runs a candidate model (models[].shadow) on a sample of the frames its model
 // detects, on a goroutine of its own, and measures how far the two agree: the
 // candidate's detections are matched to the running model's by label and IoU >= 0.5.
 // The pipeline only hands it a copy of the frame when it is idle, after the frame's
@@ -21,12 +26,12 @@ import (
 //
 // The candidate comes from models[].shadow or from a shadow deployment (deployment set),
 // which replaces it until promoted or discarded.
-type shadow struct {
+type Shadow struct {
 	det        *detector.Detector
 	dir        string
 	deployment string // the push that installed it; "" for models[].shadow
 	every      int
-	jobs       chan shadowJob
+	jobs       chan job
 
 	mu     sync.Mutex         // guards the fields below
 	stop   context.CancelFunc // set by start
@@ -36,12 +41,14 @@ type shadow struct {
 	frames int  // frames run
 	errs   int
 	perCls map[string]*agreement
-	cand   []time.Duration // recent inference times, candidate
-	active []time.Duration // the same frames, running model
-	pos    int
+	cand   *window.Ring // recent inference times, candidate
+	active *window.Ring // the same frames, running model
 }
 
-type shadowJob struct {
+// recent is how many recent frames the latencies are taken over.
+const recent = 256
+
+type job struct {
 	frame  gocv.Mat
 	dets   []infer.Detection
 	active time.Duration
@@ -49,8 +56,8 @@ type shadowJob struct {
 
 type agreement struct{ tp, fp, fn int }
 
-// ShadowStatus is what the status page shows of a shadow model.
-type ShadowStatus struct {
+// Status is what the status page shows of a shadow model.
+type Status struct {
 	Bundle  string `json:"bundle"`
 	Version string `json:"version"`
 	// Deployment is the shadow deployment that installed it; "" for models[].shadow.
@@ -67,41 +74,49 @@ type ShadowStatus struct {
 	ShadowingModel string             `json:"of"`
 }
 
-func newShadow(det *detector.Detector, dir string, every int) *shadow {
+// New makes the shadow of a model: det, loaded from the bundle in dir, runs on one
+// detected frame in every (10 when 0); deployment names the push that installed it
+// ("" for models[].shadow). Run runs it; Shutdown closes det.
+func New(det *detector.Detector, dir string, every int, deployment string) *Shadow {
 	if every <= 0 {
 		every = 10
 	}
-	return &shadow{det: det, dir: dir, every: every, jobs: make(chan shadowJob, 1), perCls: map[string]*agreement{}}
+	return &Shadow{det: det, dir: dir, every: every, deployment: deployment, jobs: make(chan job, 1), perCls: map[string]*agreement{},
+		cand: window.NewRing(recent), active: window.NewRing(recent)}
 }
 
-// offer hands a frame (copied) and the running model's detections to the shadow if it
+// Deployment is the push that installed the candidate; "" for models[].shadow.
+func (s *Shadow) Deployment() string { return s.deployment }
+
+// Offer hands a frame (copied) and the running model's detections to the shadow if it
 // is idle and the frame is one of the sample.
-func (s *shadow) offer(frame gocv.Mat, dets []infer.Detection, active time.Duration) {
+func (s *Shadow) Offer(frame gocv.Mat, dets []infer.Detection, active time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.n++
 	if s.closed || s.n%s.every != 0 || len(s.jobs) > 0 {
 		return
 	}
-	job := shadowJob{frame: frame.Clone(), dets: slices.Clone(dets), active: active}
+	j := job{frame: frame.Clone(), dets: slices.Clone(dets), active: active}
 	select {
-	case s.jobs <- job:
+	case s.jobs <- j:
 	default:
-		job.frame.Close()
+		j.frame.Close()
 	}
 }
 
-// start records how to stop the goroutine that runs the shadow (Agent.spawn's result).
-func (s *shadow) start(stop context.CancelFunc, done chan struct{}) {
+// Started records how to stop the goroutine that runs the shadow's Run: stop ends it,
+// done is closed when it has returned.
+func (s *Shadow) Started(stop context.CancelFunc, done chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stop, s.done = stop, done
 }
 
-// shutdown stops the shadow's goroutine, if it runs, closes the candidate and frees
+// Shutdown stops the shadow's goroutine, if it runs, closes the candidate and frees
 // the frame still waiting, if any. A pipeline may hold the shadow a moment longer: its
 // offers are refused.
-func (s *shadow) shutdown() {
+func (s *Shadow) Shutdown() {
 	s.mu.Lock()
 	s.closed = true
 	stop, done := s.stop, s.done
@@ -122,7 +137,7 @@ func (s *shadow) shutdown() {
 }
 
 // Run runs the candidate on the offered frames until ctx ends.
-func (s *shadow) Run(ctx context.Context) error {
+func (s *Shadow) Run(ctx context.Context) error {
 	defer func() {
 		for {
 			select {
@@ -148,7 +163,7 @@ func (s *shadow) Run(ctx context.Context) error {
 	}
 }
 
-func (s *shadow) record(j shadowJob, cand []infer.Detection, took time.Duration, err error) {
+func (s *Shadow) record(j job, cand []infer.Detection, took time.Duration, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -194,12 +209,8 @@ func (s *shadow) record(j shadowJob, cand []infer.Detection, took time.Duration,
 		}
 		a.tp, a.fp, a.fn = a.tp+r.TP, a.fp+r.FP, a.fn+r.FN
 	}
-	if len(s.cand) < statsWindow {
-		s.cand, s.active = append(s.cand, took), append(s.active, j.active)
-	} else {
-		s.cand[s.pos], s.active[s.pos] = took, j.active
-		s.pos = (s.pos + 1) % statsWindow
-	}
+	s.cand.Add(took)
+	s.active.Add(j.active)
 }
 
 func f1(a agreement) float64 {
@@ -209,21 +220,28 @@ func f1(a agreement) float64 {
 	return 2 * float64(a.tp) / float64(2*a.tp+a.fp+a.fn)
 }
 
-func (s *shadow) status(of string) *ShadowStatus {
+// Status is the candidate's figures; of names the model it shadows.
+func (s *Shadow) Status(of string) *Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	man := s.det.Manifest()
-	st := &ShadowStatus{Bundle: man.Name, Version: man.Version, Deployment: s.deployment, Frames: s.frames, Errors: s.errs, PerClass: map[string]float64{}, ShadowingModel: of}
+	st := &Status{Bundle: man.Name, Version: man.Version, Deployment: s.deployment, Frames: s.frames, Errors: s.errs, PerClass: map[string]float64{}, ShadowingModel: of}
 	var all agreement
 	for l, a := range s.perCls {
 		st.PerClass[l] = round(f1(*a), 3)
 		all.tp, all.fp, all.fn = all.tp+a.tp, all.fp+a.fp, all.fn+a.fn
 	}
 	st.Agreement = round(f1(all), 3)
-	st.LatencyP50, _ = percentiles(s.cand)
-	st.ActiveP50, _ = percentiles(s.active)
+	st.LatencyP50 = ms(window.Quantile(s.cand.Values(), 0.5))
+	st.ActiveP50 = ms(window.Quantile(s.active.Values(), 0.5))
 	if st.ActiveP50 > 0 {
 		st.LatencyRatio = round(st.LatencyP50/st.ActiveP50, 2)
 	}
 	return st
 }
+
+// round3 rounds to three decimals, for JSON.
+func round(v float64, _ int) float64 { return math.Round(v*1000) / 1000 }
+
+// ms is d in milliseconds to two decimals, as the status page shows times.
+func ms(d time.Duration) float64 { return math.Round(float64(d.Microseconds())/10) / 100 }
