@@ -21,7 +21,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/agent/web"
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
@@ -55,22 +58,21 @@ type Agent struct {
 	logger  *slog.Logger
 	started time.Time
 
-	outbox     *outbox.Outbox
-	store      *deploy.Store // models installed by deployments
-	backends   *infer.Registry
-	bundled    string        // where the embedded files were extracted
-	snapshots  *stills.Store // frames that made rules fire, matches drawn
-	samples    *stills.Store // frames kept for retraining, as captured (samples.go)
-	uploader   *sampleUploader
-	events     *eventLog
-	metrics    *metrics
-	listener   net.Listener
-	http       *http.Server
-	closeOnce  sync.Once
-	hangAfter  time.Duration
-	fatal      chan error    // a panic outside Run's goroutines (an MQTT handler), to stop Run
-	running    chan struct{} // closed once Run has started the parts
-	inferSlots chan struct{} // POST /api/infer requests running
+	outbox    *outbox.Outbox
+	store     *deploy.Store // models installed by deployments
+	backends  *infer.Registry
+	bundled   string        // where the embedded files were extracted
+	snapshots *stills.Store // frames that made rules fire, matches drawn
+	samples   *stills.Store // frames kept for retraining, as captured (samples.go)
+	uploader  *sampleUploader
+	events    *web.Events
+	metrics   *metrics
+	listener  net.Listener
+	http      *http.Server
+	closeOnce sync.Once
+	hangAfter time.Duration
+	fatal     chan error    // a panic outside Run's goroutines (an MQTT handler), to stop Run
+	running   chan struct{} // closed once Run has started the parts
 
 	// Run's group, for the parts a reload starts; runMu serialises reloads with Run's
 	// start and guards these.
@@ -103,7 +105,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	a = &Agent{fatal: make(chan error, 1), running: make(chan struct{}), version: opts.Version, logger: logger.With("component", "agent"), started: time.Now(),
-		events: newEventLog(100)}
+		events: web.NewEvents(100)}
 	a.cur.Store(&parts{cfg: cfg}) // until provision has built them; Close needs some
 	defer func() {
 		if err != nil {
@@ -127,7 +129,7 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	a.outbox, err = outbox.Open(outbox.Options{
 		Path: filepath.Join(state, "outbox"), Device: cfg.Device.ID, MaxBytes: int64(cfg.Outbox.MaxBytes),
 		Fsync: outbox.Fsync(cfg.Outbox.Fsync), FsyncInterval: cfg.Outbox.FsyncInterval,
-		Logger: logger, OnFault: a.events.add,
+		Logger: logger, OnFault: a.events.Add,
 	})
 	if err != nil {
 		return a, err
@@ -153,7 +155,6 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 	a.restoreLatches(p)
 	a.uploader = a.newUploader()
 
-	a.inferSlots = make(chan struct{}, cfg.HTTP.InferConcurrency)
 	a.hangAfter = opts.HangAfter
 	if a.hangAfter <= 0 {
 		a.hangAfter = DefaultHangAfter
@@ -165,7 +166,10 @@ func New(cfg *config.Config, opts Options) (a *Agent, err error) {
 			return a, fmt.Errorf("http.listen %s: %w", cfg.HTTP.Listen, err)
 		}
 	}
-	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	a.http = &http.Server{
+		Handler:           web.New(device{a}, a.events, promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}), cfg.HTTP.InferConcurrency),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
 	return a, nil
 }
 
@@ -190,7 +194,7 @@ func (a *Agent) recordEvent(ctx context.Context, kind string, body any) outbox.E
 		a.logger.Error("event not committed", "kind", kind, "seq", env.Seq, "err", err)
 	}
 	if env.Seq != 0 {
-		a.events.add(env)
+		a.events.Add(env)
 	}
 	return env
 }

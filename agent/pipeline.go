@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/agent/rules"
+	"github.com/vigil-edge/vigil/agent/web"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
@@ -355,22 +356,10 @@ func (s *detectStats) fail(err error) bool {
 	return isNew
 }
 
-// detectStatus is the detection part of a camera's status.
-type detectStatus struct {
-	Frames       uint64  `json:"frames"`
-	Skipped      uint64  `json:"skipped"` // left out to keep to detect_fps
-	FPS          float64 `json:"fps"`
-	InferenceP50 float64 `json:"inference_ms_p50"`
-	InferenceP99 float64 `json:"inference_ms_p99"`
-	LatencyP50   float64 `json:"latency_ms_p50"`
-	LatencyP99   float64 `json:"latency_ms_p99"`
-	LastError    string  `json:"last_error,omitempty"`
-}
-
-func (s *detectStats) status() detectStatus {
+func (s *detectStats) status() web.DetectStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := detectStatus{Frames: s.frames, Skipped: s.skipped, LastError: s.lastErr}
+	st := web.DetectStatus{Frames: s.frames, Skipped: s.skipped, LastError: s.lastErr}
 	if time.Since(s.rate.Last()) < 5*time.Second {
 		st.FPS = round(s.rate.PerSecond(), 2)
 	}

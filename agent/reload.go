@@ -14,18 +14,6 @@ import (
 	"github.com/vigil-edge/vigil/agent/config"
 )
 
-// ReloadResult says what a reload did.
-type ReloadResult struct {
-	At string `json:"at"`
-	OK bool   `json:"ok"`
-	// Errors are why the new config was refused (the old one keeps running).
-	Errors []string `json:"errors,omitempty"`
-	// Changed lists what was started again, added or removed ("camera door", ...).
-	Changed []string `json:"changed,omitempty"`
-	// AtRestart lists settings that changed but apply only when the agent restarts.
-	AtRestart []string `json:"at_restart,omitempty"`
-}
-
 // errNotRunning is Reload's error before Run has started the agent.
 var errNotRunning = errors.New("reload: the agent is not running")
 

@@ -160,14 +160,6 @@ func (p linkPublisher) Publish(ctx context.Context, suffix string, payload []byt
 	return link.Publish(ctx, suffix, payload, qos)
 }
 
-// SamplesStatus is what /api/status shows of the samples kept for retraining.
-type SamplesStatus struct {
-	Stored int    `json:"stored"` // samples on disk
-	Bytes  int64  `json:"bytes"`  // their bytes, sidecars included
-	Upload string `json:"upload"` // samples.upload.via: off | http | mqtt
-	upload.Stats
-}
-
 func (a *Agent) samplesStatus() SamplesStatus {
 	st := SamplesStatus{Upload: a.parts().cfg.Samples.Upload.Via}
 	if a.samples != nil {

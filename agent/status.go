@@ -1,106 +1,16 @@
 package agent
 
 import (
-	"encoding/json"
 	"sync"
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/rules"
-	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/hal"
-	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer/drift"
-	"github.com/vigil-edge/vigil/infer/shadow"
 	"github.com/vigil-edge/vigil/internal/redact"
 	"github.com/vigil-edge/vigil/internal/window"
-	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
-	"github.com/vigil-edge/vigil/sync/outbox"
 )
-
-// Status is /api/status. Its shape is a contract (DESIGN.md, HTTP): tools read it.
-// Fields are added, never renamed.
-type Status struct {
-	Device    string           `json:"device"`
-	Version   string           `json:"version"`
-	UptimeS   int64            `json:"uptime_s"`
-	Ready     bool             `json:"ready"`
-	Cameras   []CameraStatus   `json:"cameras"`
-	Models    []ModelStatus    `json:"models"`
-	Actuators []ActuatorStatus `json:"actuators"`
-	Rules     []RuleStatus     `json:"rules"`
-	Inputs    []hal.InputState `json:"inputs"`
-	// Reload is the last config reload's result (nil until one happens).
-	Reload *ReloadResult `json:"reload,omitempty"`
-	// Deployment is the last model deployment's state (nil until one arrives).
-	Deployment *deploy.State     `json:"deployment,omitempty"`
-	Outbox     OutboxStatus      `json:"outbox"`
-	Samples    SamplesStatus     `json:"samples"`
-	MQTT       mqttlink.State    `json:"mqtt"`
-	Events     []outbox.Envelope `json:"events"`
-}
-
-// CameraStatus is one camera: capture state and counters, and its detection figures.
-type CameraStatus struct {
-	capture.Status
-	URL    string       `json:"url"` // password redacted
-	Model  string       `json:"model"`
-	Detect detectStatus `json:"detect"`
-	// Drift is how far what the camera sees is from its model's baseline (nil when off).
-	Drift *drift.Status `json:"drift,omitempty"`
-}
-
-// ModelStatus is one configured model.
-type ModelStatus struct {
-	Name    string `json:"name"`
-	Model   string `json:"model"`
-	Version string `json:"version"`
-	Backend string `json:"backend"`
-	Input   string `json:"input,omitempty"`
-	State   string `json:"state"` // loaded | failed
-	// Shadow is the candidate model run beside it (models[].shadow), and how they agree.
-	Shadow *ShadowStatus `json:"shadow,omitempty"`
-	// Deployment is the push that installed the running bundle ("" for the configured one).
-	Deployment string `json:"deployment,omitempty"`
-	Error      string `json:"error,omitempty"`
-}
-
-// ActuatorStatus is one actuator, with its recent transitions when simulated.
-type ActuatorStatus struct {
-	hal.State
-	History []sim.Transition `json:"history,omitempty"`
-}
-
-// RuleStatus is one rule: whether it holds or latches its actuator, how often it fired
-// and how long from the frame's capture to its actuator command.
-type RuleStatus struct {
-	rules.Status
-	Firings    uint64  `json:"firings"`
-	ActuateP50 float64 `json:"actuate_ms_p50"`
-	ActuateP99 float64 `json:"actuate_ms_p99"`
-	LastMS     float64 `json:"actuate_ms_last"`
-	// AddedP50/P99: what the rule and the actuator command add after the frame's
-	// detections are ready (the actuate latency minus the same frame's detect latency).
-	AddedP50 float64 `json:"added_ms_p50"`
-	AddedP99 float64 `json:"added_ms_p99"`
-}
-
-// OutboxStatus is the durable queue.
-type OutboxStatus struct {
-	Depth   int    `json:"depth"`
-	Bytes   int64  `json:"bytes"`
-	Dropped uint64 `json:"dropped"`
-	Pending int    `json:"pending"`
-	NextSeq uint64 `json:"next_seq"`
-	// Evicted counts telemetry removed to stay within outbox.max_bytes; Dropped the
-	// events (only when events alone fill the budget).
-	Evicted   uint64 `json:"evicted_telemetry"`
-	DiskBytes int64  `json:"disk_bytes"`
-	LastError string `json:"last_error,omitempty"`
-}
-
-// ShadowStatus is what the status shows of a model's shadow (infer/shadow).
-type ShadowStatus = shadow.Status
 
 // Status assembles the agent's status. withHistory adds the sim actuators' transitions.
 func (a *Agent) Status(withHistory bool) Status {
@@ -108,7 +18,7 @@ func (a *Agent) Status(withHistory bool) Status {
 	st := Status{
 		Device: p.cfg.Device.ID, Version: a.version, UptimeS: int64(time.Since(a.started).Seconds()),
 		Cameras: []CameraStatus{}, Models: []ModelStatus{}, Actuators: []ActuatorStatus{}, Rules: []RuleStatus{}, Inputs: []hal.InputState{},
-		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.recent(20), Samples: a.samplesStatus(),
+		MQTT: mqttlink.State{State: "disabled"}, Events: a.events.Recent(20), Samples: a.samplesStatus(),
 	}
 	if p.link != nil {
 		st.MQTT = p.link.State()
@@ -184,66 +94,6 @@ func (p *parts) readiness() (bool, []string) {
 		}
 	}
 	return len(missing) == 0, missing
-}
-
-// eventLog keeps the newest events for the status page and fans them out to
-// server-sent-event subscribers.
-type eventLog struct {
-	mu     sync.Mutex // guards the fields below
-	limit  int
-	events []outbox.Envelope
-	subs   map[chan outbox.Envelope]struct{}
-}
-
-func newEventLog(limit int) *eventLog {
-	return &eventLog{limit: limit, subs: map[chan outbox.Envelope]struct{}{}}
-}
-
-func (l *eventLog) add(e outbox.Envelope) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.events) == l.limit {
-		l.events = append(l.events[:0], l.events[1:]...)
-	}
-	l.events = append(l.events, e)
-	for ch := range l.subs {
-		select {
-		case ch <- e:
-		default: // a slow browser misses live events; /api/events still has them
-		}
-	}
-}
-
-// recent returns up to n events, newest first.
-func (l *eventLog) recent(n int) []outbox.Envelope {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]outbox.Envelope, 0, min(n, len(l.events)))
-	for i := len(l.events) - 1; i >= 0 && len(out) < n; i-- {
-		out = append(out, l.events[i])
-	}
-	return out
-}
-
-func (l *eventLog) subscribe() (chan outbox.Envelope, func()) {
-	ch := make(chan outbox.Envelope, 16)
-	l.mu.Lock()
-	l.subs[ch] = struct{}{}
-	l.mu.Unlock()
-	return ch, func() {
-		l.mu.Lock()
-		delete(l.subs, ch)
-		l.mu.Unlock()
-	}
-}
-
-// mustJSON is for values that always encode.
-func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return b
 }
 
 // ruleStats counts a rule's firings and keeps its recent capture-to-actuator latencies.

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vigil-edge/vigil/agent/web"
 	"github.com/vigil-edge/vigil/infer/drift"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -41,7 +42,7 @@ type cameraTelemetry struct {
 	Frames     uint64            `json:"frames"`
 	Dropped    uint64            `json:"dropped"`
 	Reconnects uint64            `json:"reconnects"`
-	Detect     detectStatus      `json:"detect"`
+	Detect     web.DetectStatus  `json:"detect"`
 	Detections map[string]uint64 `json:"detections"` // by label, since start
 	Drift      *drift.Status     `json:"drift,omitempty"`
 }
