@@ -28,8 +28,9 @@ import (
 	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
-	"github.com/vigil-edge/vigil/hal/gpio"
+	"github.com/vigil-edge/vigil/hal/drivers"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/sdnotify"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
@@ -206,21 +207,14 @@ func DriveSafe(cfg *config.Config, report func(actuator, driver, result string))
 	var errs []error
 	for _, ac := range cfg.Actuators {
 		safe, _ := hal.ParseLevel(ac.Safe)
-		var err error
-		if ac.Driver == "sim" {
-			err = nil // nothing outlives the process that drove it
-		} else if line, oerr := gpio.OpenOutput(ac.Chip, ac.Line, ac.ActiveLow); oerr != nil {
-			err = oerr
-		} else {
-			err = errors.Join(line.Out(safe), line.Close())
-		}
+		held, err := drivers.DriveSafe(drivers.Line{Driver: ac.Driver, Chip: ac.Chip, Line: ac.Line, ActiveLow: ac.ActiveLow}, safe)
 		if err != nil {
 			report(ac.Name, ac.Driver, "FAILED: "+err.Error())
 			errs = append(errs, fmt.Errorf("actuator %s: %w", ac.Name, err))
 			continue
 		}
 		result := "safe (" + safe.String() + ")"
-		if ac.Driver == "sim" {
+		if !held {
 			result += "; a simulated line holds no state between processes"
 		}
 		report(ac.Name, ac.Driver, result)
@@ -264,8 +258,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 		return nil
 	})
-	sm := newServiceManager(a)
-	g.Go(a.guard("systemd", func() error { return sm.Run(ctx) }))
+	// Under systemd: ready now, then watchdog pings while no frame hangs in a pipeline.
+	g.Go(a.guard("systemd", func() error { return sdnotify.Run(ctx, a.hungPipeline, a.logger) }))
 	g.Go(func() error {
 		select {
 		case err := <-a.fatal:

@@ -14,8 +14,7 @@ import (
 	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/capture/stills"
 	"github.com/vigil-edge/vigil/hal"
-	"github.com/vigil-edge/vigil/hal/gpio"
-	"github.com/vigil-edge/vigil/hal/sim"
+	"github.com/vigil-edge/vigil/hal/drivers"
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/backends"
 	"github.com/vigil-edge/vigil/infer/detector"
@@ -185,31 +184,6 @@ func sameCapture(a, b config.Camera) bool {
 	return a == b
 }
 
-// openLine gives an actuator's output line for its driver. simLine is set for the sim
-// driver, whose history the status page shows. A gpio line is opened on first use and
-// reopened (at most once a second) while that fails, so an output whose chip is missing
-// is in fault, not fatal, and works once the chip is there.
-func openLine(ac config.Actuator) (line hal.Line, simLine *sim.Line) {
-	if ac.Driver == "sim" {
-		simLine = sim.New(nil)
-		return simLine, simLine
-	}
-	return hal.Retrying(gpio.Driver, func() (hal.Line, error) {
-		return gpio.OpenOutput(ac.Chip, ac.Line, ac.ActiveLow)
-	}), nil
-}
-
-// openInputLine is openLine for inputs.
-func openInputLine(ic config.Input) (line hal.InputLine, simIn *sim.Input) {
-	if ic.Driver == "sim" {
-		simIn = sim.NewInput()
-		return simIn, simIn
-	}
-	return hal.RetryingInput(gpio.Driver, func() (hal.InputLine, error) {
-		return gpio.OpenInput(ic.Chip, ic.Line, ic.ActiveLow, gpio.PullNoChange)
-	}), nil
-}
-
 // loadAtStart loads the bundle a deployment last made active for the model, or else the
 // configured one. A pushed bundle that no longer loads falls back to the configured one.
 func (a *Agent) loadAtStart(reg *infer.Registry, m *model) (*loaded, error) {
@@ -285,7 +259,7 @@ func (a *Agent) newActuator(ac config.Actuator) (*actuator, map[string]string) {
 	if ac.Initial != "" {
 		normal, _ = hal.ParseLevel(ac.Initial)
 	}
-	line, simLine := openLine(ac)
+	line, simLine := drivers.Output(drivers.Line{Driver: ac.Driver, Chip: ac.Chip, Line: ac.Line, ActiveLow: ac.ActiveLow})
 	out, err := hal.NewOutput(ac.Name, line, hal.OutputOptions{Safe: safe, Normal: &normal, Logger: a.logBase})
 	var fault map[string]string
 	if err != nil {
@@ -297,7 +271,7 @@ func (a *Agent) newActuator(ac config.Actuator) (*actuator, map[string]string) {
 
 // newInput opens an input's line; Run's group runs it (startInput).
 func (a *Agent) newInput(ic config.Input) *input {
-	line, simIn := openInputLine(ic)
+	line, simIn := drivers.Input(drivers.Line{Driver: ic.Driver, Chip: ic.Chip, Line: ic.Line, ActiveLow: ic.ActiveLow})
 	in := &input{sim: simIn, cfg: ic}
 	in.Input = hal.NewInput(ic.Name, line, hal.InputOptions{Debounce: ic.Debounce, Logger: a.logBase, OnChange: a.inputChanged})
 	return in
