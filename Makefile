@@ -40,7 +40,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 40x ./infer/onnxrt ./infer/tflite ./infer/detector ./capture
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./infer
 	$(GO) test -run '^$$' -bench 'RuleToActuator' -benchtime 20000x ./agent
-	$(GO) test -run '^$$' -bench 'Pipeline|FourRTSP|CaptureToActuator|DeploySwap' -benchtime 1x ./agent
+	$(GO) test -run '^$$' -bench 'CaptureToActuator|DeploySwap' -benchtime 1x ./agent
+	$(GO) test -run '^$$' -bench 'Pipeline|FourRTSP' -benchtime 1x ./cmd/vigil
 
 ## bench-compare: `vigil bench` and the plain Python + OpenCV-DNN loop a user would write
 ## (scripts/bench-python-opencv) on the same clip and model, BENCH_SECONDS per stage; prints

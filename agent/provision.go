@@ -208,29 +208,10 @@ func newBackends(rt config.Runtimes) *infer.Registry {
 	return backends.New(backends.Libraries{ONNXRuntime: rt.ONNXRuntime, TFLite: rt.TFLite, OpenVINO: rt.OpenVINO})
 }
 
-// loadModel picks the backend (the config's choice over the bundle's preference) and
-// loads the bundle with it.
+// loadModel loads a bundle with a model's runtime settings (backends.Load picks the
+// backend: the config's choice over the bundle's preference).
 func loadModel(reg *infer.Registry, dir string, mc config.Model) (*detector.Detector, string, error) {
-	m, err := infer.LoadManifest(dir)
-	if err != nil {
-		return nil, "", err
-	}
-	name := mc.Backend
-	if name == "" {
-		name = m.Backend
-	}
-	if name == "" {
-		name = reg.Names()[0]
-	}
-	backend, err := reg.Get(name)
-	if err != nil {
-		return nil, name, err
-	}
-	if err := backend.Available(); err != nil {
-		return nil, name, err
-	}
-	d, err := detector.Load(backend, dir, infer.LoadOptions{Device: mc.Device, Threads: mc.Threads, Optimization: mc.Optimization})
-	return d, name, err
+	return backends.Load(reg, dir, mc.Backend, infer.LoadOptions{Device: mc.Device, Threads: mc.Threads, Optimization: mc.Optimization})
 }
 
 // cameraSpec is what capture opens for a camera.

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/vigil-edge/vigil/agent"
 )
 
 // benchGoal is the pipeline_ratio the pipeline should reach: decoding and inference
@@ -56,7 +54,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := agent.Bench(ctx, cfg, agent.BenchOptions{
+	rep, err := runBench(ctx, cfg, benchOptions{
 		Camera:     *camera,
 		Duration:   time.Duration(*seconds * float64(time.Second)),
 		Logger:     newLogger(cfg.Log, stderr),
@@ -67,7 +65,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil bench: %v\n", err)
-		if errors.Is(err, agent.ErrUnknownCamera) {
+		if errors.Is(err, errUnknownCamera) {
 			return exitUsage
 		}
 		return exitFailed
@@ -86,7 +84,7 @@ func bench(args []string, stdout, stderr io.Writer) int {
 }
 
 // printBench prints the report as a table for people.
-func printBench(w io.Writer, r agent.BenchReport) {
+func printBench(w io.Writer, r benchReport) {
 	fmt.Fprintf(w, "camera %s: %s (%dx%d)\nmodel %s: %s on %s\n%g s per stage\n\n",
 		r.Camera, r.Source, r.FrameWidth, r.FrameHeight, r.Model, r.Bundle, r.Backend, r.Seconds)
 	row := func(cols ...any) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/ocvdnn"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
 	"github.com/vigil-edge/vigil/infer/openvino"
@@ -56,3 +57,29 @@ func (m missing) Available() error {
 }
 
 func (m missing) Load(string, infer.LoadOptions) (infer.Engine, error) { return nil, m.Available() }
+
+// Load loads the bundle in dir on the backend named, or, for "", the one its model.yaml
+// prefers, else the registry's first. It returns the backend's name even when loading
+// fails, for the error's reader.
+func Load(reg *infer.Registry, dir, backend string, opts infer.LoadOptions) (*detector.Detector, string, error) {
+	m, err := infer.LoadManifest(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	name := backend
+	if name == "" {
+		name = m.Backend
+	}
+	if name == "" {
+		name = reg.Names()[0]
+	}
+	b, err := reg.Get(name)
+	if err != nil {
+		return nil, name, err
+	}
+	if err := b.Available(); err != nil {
+		return nil, name, err
+	}
+	d, err := detector.Load(b, dir, opts)
+	return d, name, err
+}

@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -26,5 +27,26 @@ func TestEveryNameHasABackend(t *testing.T) {
 func TestMissingSaysWhy(t *testing.T) {
 	if _, err := newBackend("coreml", Libraries{}).Load("model.mlmodel", infer.LoadOptions{}); err == nil {
 		t.Error("a backend with no constructor loaded a model")
+	}
+}
+
+// Load takes the backend asked for, else the bundle's preference, and names the backend
+// it tried when the load fails.
+func TestLoad(t *testing.T) {
+	bundle := filepath.Join("..", "..", "assets", "models", "yolox-nano")
+	reg := New(Libraries{})
+	d, name, err := Load(reg, bundle, "", infer.LoadOptions{})
+	if err != nil {
+		t.Fatalf("the bundled model on its preferred backend: %v", err)
+	}
+	d.Close()
+	if name != "onnxruntime" {
+		t.Errorf("backend %q, want the bundle's preference onnxruntime", name)
+	}
+	if _, name, err := Load(reg, bundle, "nope", infer.LoadOptions{}); err == nil || name != "nope" {
+		t.Errorf("an unknown backend: name %q, err %v; want nope and an error", name, err)
+	}
+	if _, _, err := Load(reg, t.TempDir(), "", infer.LoadOptions{}); err == nil {
+		t.Error("a directory without model.yaml loaded")
 	}
 }

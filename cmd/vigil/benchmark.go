@@ -1,4 +1,11 @@
-package agent
+package main
+
+// The benchmark harness behind `vigil bench` (bench.go is the command: flags and
+// output). It sits beside the command that runs it, as Prometheus keeps its benchmarks
+// in cmd/promtool, and measures the agent from outside: the decode and inference
+// stages need no agent (capture opens the source, infer/backends loads the model as
+// the agent would), and the pipeline stage runs a private agent through its public
+// API (New, Run, and the measuring views of agent/measure.go).
 
 import (
 	"bufio"
@@ -17,20 +24,23 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"github.com/vigil-edge/vigil/agent"
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/assets"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/capture/camurl"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/backends"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/internal/redact"
 )
 
-// ErrUnknownCamera is returned by Bench when BenchOptions.Camera names no camera of
-// the config.
-var ErrUnknownCamera = errors.New("no such camera")
+// errUnknownCamera is returned by runBench when benchOptions.Camera names no camera of
+// the config: a usage error.
+var errUnknownCamera = errors.New("no such camera")
 
-// BenchOptions say what Bench measures.
-type BenchOptions struct {
+// benchOptions say what runBench measures.
+type benchOptions struct {
 	// Camera is the camera to measure; "" is the config's first.
 	Camera string
 	// Duration is how long each stage is measured; 0 means 10 s.
@@ -47,9 +57,9 @@ type BenchOptions struct {
 	Monitoring bool
 }
 
-// BenchMonitoring compares the pipeline with the monitoring the config asks for
+// benchMonitoring compares the pipeline with the monitoring the config asks for
 // (drift, samples, a shadow model) and without any.
-type BenchMonitoring struct {
+type benchMonitoring struct {
 	// OnFPS and OffFPS are the means of the runs with and without monitoring.
 	OnFPS  float64   `json:"on_fps"`
 	OffFPS float64   `json:"off_fps"`
@@ -62,10 +72,10 @@ type BenchMonitoring struct {
 	Monitors []string `json:"monitors"`
 }
 
-// BenchReport is what `vigil bench --json` prints. Its field names are a contract
+// benchReport is what `vigil bench --json` prints. Its field names are a contract
 // (docs/benchmarks.md): scripts read them. Rates are frames per second, times are
 // milliseconds.
-type BenchReport struct {
+type benchReport struct {
 	Camera      string  `json:"camera"`
 	Source      string  `json:"source"` // the camera's URL in the config, password redacted
 	FrameWidth  int     `json:"frame_width"`
@@ -75,9 +85,9 @@ type BenchReport struct {
 	Backend     string  `json:"backend"` // inference backend
 	Seconds     float64 `json:"seconds"` // measured per stage
 
-	Decode    BenchDecode    `json:"decode"`
-	Inference BenchInference `json:"inference"`
-	Pipeline  BenchPipeline  `json:"pipeline"`
+	Decode    benchDecodeStage    `json:"decode"`
+	Inference benchInferenceStage `json:"inference"`
+	Pipeline  benchPipelineStage  `json:"pipeline"`
 
 	// LimitFPS is min(decode.fps, inference.fps): what a pipeline that overlaps
 	// decoding and inference perfectly would reach.
@@ -86,20 +96,20 @@ type BenchReport struct {
 	PipelineRatio float64 `json:"pipeline_ratio"`
 	// PeakRSSBytes is the process's peak resident set size (VmHWM) at the end.
 	PeakRSSBytes int64 `json:"peak_rss_bytes"`
-	// Monitoring is set with BenchOptions.Monitoring.
-	Monitoring *BenchMonitoring `json:"monitoring,omitempty"`
+	// Monitoring is set with benchOptions.Monitoring.
+	Monitoring *benchMonitoring `json:"monitoring,omitempty"`
 }
 
-// BenchDecode is the source read as fast as it decodes, with nothing else running.
-type BenchDecode struct {
+// benchDecodeStage is the source read as fast as it decodes, with nothing else running.
+type benchDecodeStage struct {
 	Frames int     `json:"frames"`
 	FPS    float64 `json:"fps"`
 }
 
-// BenchInference is the detector run in a loop on one frame read before: FPS and
+// benchInferenceStage is the detector run in a loop on one frame read before: FPS and
 // latency include pre-processing and output decoding; the engine_ fields are the
 // runtime's Run alone.
-type BenchInference struct {
+type benchInferenceStage struct {
 	Runs       int     `json:"runs"`
 	FPS        float64 `json:"fps"`
 	LatencyP50 float64 `json:"latency_ms_p50"`
@@ -111,9 +121,9 @@ type BenchInference struct {
 	PostP50    float64 `json:"postprocess_ms_p50"`
 }
 
-// BenchPipeline is the agent's own pipeline (capture goroutine, latest-frame slot,
+// benchPipelineStage is the agent's own pipeline (capture goroutine, latest-frame slot,
 // detect loop) with no detect_fps limit, measured after its first detection.
-type BenchPipeline struct {
+type benchPipelineStage struct {
 	// Frames were detected in the window; Captured were read from the source.
 	Frames   uint64  `json:"frames"`
 	Captured uint64  `json:"captured"`
@@ -132,14 +142,16 @@ type BenchPipeline struct {
 // firstDetectionWait bounds the wait for the pipeline's first detection.
 const firstDetectionWait = time.Minute
 
-// Bench measures one camera of cfg with its model, in sequence: the source alone, the
-// detector alone, then the agent's whole pipeline, each for opts.Duration. It runs a
-// private agent: a temporary state directory (so a running daemon's outbox and state
-// are untouched), only the chosen camera and its model, no actuators, rules or MQTT,
-// HTTP on a loopback port. A file camera is read in a loop as fast as it decodes, so
-// the pipeline is bounded by decoding and inference, not by the file's frame rate.
-func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchReport, error) {
-	var rep BenchReport
+// runBench measures one camera of cfg with its model, in sequence: the source alone,
+// the detector alone, then the agent's whole pipeline, each for opts.Duration. Nothing
+// it runs touches cfg's state directory: the bundled files are extracted into a
+// temporary one, where the private agent keeps its state (so a running daemon's outbox
+// and state are untouched); that agent has only the chosen camera and its model, no
+// actuators, rules or MQTT, and HTTP on a loopback port. A file camera is read in a loop
+// as fast as it decodes, so the pipeline is bounded by decoding and inference, not by
+// the file's frame rate.
+func runBench(ctx context.Context, cfg *config.Config, opts benchOptions) (benchReport, error) {
+	var rep benchReport
 	if opts.Duration <= 0 {
 		opts.Duration = 10 * time.Second
 	}
@@ -147,22 +159,10 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 	if progress == nil {
 		progress = func(string, time.Duration) {}
 	}
-	if len(cfg.Cameras) == 0 {
-		return rep, fmt.Errorf("%w: the config has no cameras", ErrUnknownCamera)
+	cc, err := benchCamera(cfg, opts.Camera)
+	if err != nil {
+		return rep, err
 	}
-	cc := cfg.Cameras[0]
-	if opts.Camera != "" {
-		i := slices.IndexFunc(cfg.Cameras, func(c config.Camera) bool { return c.Name == opts.Camera })
-		if i < 0 {
-			names := make([]string, len(cfg.Cameras))
-			for j, c := range cfg.Cameras {
-				names[j] = c.Name
-			}
-			return rep, fmt.Errorf("%w: camera %q is not in the config (it has %s)", ErrUnknownCamera, opts.Camera, strings.Join(names, ", "))
-		}
-		cc = cfg.Cameras[i]
-	}
-
 	rep.Camera, rep.Source, rep.Model, rep.Seconds = cc.Name, redact.URL(cc.URL), cc.Model, opts.Duration.Seconds()
 
 	state, err := os.MkdirTemp("", "vigil-bench-")
@@ -175,53 +175,47 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 		return rep, err
 	}
 	cc = bc.Cameras[0]
-	spec, err := cameraSpec(cc)
+	u, err := camurl.Parse(cc.URL)
+	if err != nil {
+		return rep, fmt.Errorf("camera %s: %w", cc.Name, err)
+	}
+	spec := capture.SpecFor(u, cc.RTSPTransport, cc.StallTimeout)
+	// Extracted once for every agent of the run, and before the decode stage, which may
+	// play the bundled clip.
+	bundled, err := assets.Extract(filepath.Join(state, "bundled"))
 	if err != nil {
 		return rep, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	agentOpts := agent.Options{Version: "bench", Logger: opts.Logger, Bundled: bundled}
+
+	det, backend, err := benchModel(bc, cc, bundled)
 	if err != nil {
-		return rep, fmt.Errorf("bench: listen on loopback: %w", err)
+		return rep, err
 	}
-	a, err := New(bc, Options{Version: "bench", Logger: opts.Logger, Listener: ln})
-	if err != nil {
-		return rep, err // New has closed what it opened
-	}
-	ran := false
-	defer func() {
-		if !ran {
-			a.Close()
-		}
-	}()
-	cam := a.parts().cameras[0]
-	if cam.model() == nil {
-		return rep, fmt.Errorf("camera %s has no model to measure (cameras[].model)", cc.Name)
-	}
-	if cam.model().err != nil {
-		return rep, fmt.Errorf("model %s did not load: %w", cam.model().name, cam.model().err)
-	}
-	run := cam.model().running.Load()
-	man := run.detector.Manifest()
-	rep.Bundle, rep.Backend = man.Name+" "+man.Version, run.backend
+	man := det.Manifest()
+	rep.Bundle, rep.Backend = man.Name+" "+man.Version, backend
 
 	progress("decode-only", opts.Duration)
 	frame, err := benchDecode(ctx, spec, opts.Duration, &rep.Decode)
 	if err != nil {
+		det.Close()
 		return rep, fmt.Errorf("camera %s: %w", cc.Name, err)
 	}
 	rep.FrameWidth, rep.FrameHeight = frame.Cols(), frame.Rows()
 
 	progress("inference-only", opts.Duration)
-	err = benchInference(ctx, cam, frame, opts.Duration, &rep.Inference)
+	err = benchInference(ctx, det, cc.Model, frame, opts.Duration, &rep.Inference)
 	frame.Close()
+	// Freed before the pipeline's agent loads its own copy: the two would compete for
+	// memory and the peak RSS would count both.
+	det.Close()
 	if err != nil {
 		return rep, err
 	}
 
 	progress("pipeline", opts.Duration)
-	ran = true // Run closes the agent
 	rep.Pipeline.Lossless = spec.Kind == "file"
-	if err := benchPipeline(ctx, a, opts.Duration, &rep.Pipeline); err != nil {
+	if err := benchPipeline(ctx, bc, agentOpts, opts.Duration, &rep.Pipeline); err != nil {
 		return rep, err
 	}
 
@@ -230,7 +224,7 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 		rep.PipelineRatio = round(rep.Pipeline.FPS/rep.LimitFPS, 3)
 	}
 	if opts.Monitoring {
-		if rep.Monitoring, err = benchMonitoring(ctx, bc, opts, progress); err != nil {
+		if rep.Monitoring, err = benchMonitor(ctx, bc, agentOpts, opts.Duration, progress); err != nil {
 			return rep, err
 		}
 	}
@@ -238,10 +232,50 @@ func Bench(ctx context.Context, cfg *config.Config, opts BenchOptions) (BenchRep
 	return rep, err
 }
 
-// benchMonitoring runs the pipeline of bc without monitoring, with it twice, and
-// without it again, each on a new private agent.
-func benchMonitoring(ctx context.Context, bc *config.Config, opts BenchOptions, progress func(string, time.Duration)) (*BenchMonitoring, error) {
-	r := &BenchMonitoring{}
+// benchCamera is the camera of cfg named name, or its first for "".
+func benchCamera(cfg *config.Config, name string) (config.Camera, error) {
+	if len(cfg.Cameras) == 0 {
+		return config.Camera{}, fmt.Errorf("%w: the config has no cameras", errUnknownCamera)
+	}
+	if name == "" {
+		return cfg.Cameras[0], nil
+	}
+	i := slices.IndexFunc(cfg.Cameras, func(c config.Camera) bool { return c.Name == name })
+	if i < 0 {
+		names := make([]string, len(cfg.Cameras))
+		for j, c := range cfg.Cameras {
+			names[j] = c.Name
+		}
+		return config.Camera{}, fmt.Errorf("%w: camera %q is not in the config (it has %s)", errUnknownCamera, name, strings.Join(names, ", "))
+	}
+	return cfg.Cameras[i], nil
+}
+
+// benchModel loads camera cc's model of bc as the private agent will: its bundle (the
+// bundled one, extracted under bundled, for ""), on the backend infer/backends picks
+// with the config's runtime settings. The caller closes the detector.
+func benchModel(bc *config.Config, cc config.Camera, bundled string) (*detector.Detector, string, error) {
+	mc := bc.ModelNamed(cc.Model)
+	if mc == nil {
+		return nil, "", fmt.Errorf("camera %s has no model to measure (cameras[].model)", cc.Name)
+	}
+	dir := mc.Bundle
+	if dir == "" {
+		dir = filepath.Join(bundled, assets.DefaultBundleDir)
+	}
+	rt := bc.Runtimes
+	reg := backends.New(backends.Libraries{ONNXRuntime: rt.ONNXRuntime, TFLite: rt.TFLite, OpenVINO: rt.OpenVINO})
+	det, backend, err := backends.Load(reg, dir, mc.Backend, infer.LoadOptions{Device: mc.Device, Threads: mc.Threads, Optimization: mc.Optimization})
+	if err != nil {
+		return nil, "", fmt.Errorf("model %s did not load: %w", mc.Name, err)
+	}
+	return det, backend, nil
+}
+
+// benchMonitor runs the pipeline of bc without monitoring, with it twice, and without
+// it again, each on a new private agent.
+func benchMonitor(ctx context.Context, bc *config.Config, opts agent.Options, d time.Duration, progress func(string, time.Duration)) (*benchMonitoring, error) {
+	r := &benchMonitoring{}
 	if bc.Drift.Enabled {
 		r.Monitors = append(r.Monitors, "drift")
 	}
@@ -263,17 +297,9 @@ func benchMonitoring(ctx context.Context, bc *config.Config, opts BenchOptions, 
 		if monitored {
 			cfg, stage = bc, "pipeline with monitoring"
 		}
-		progress(fmt.Sprintf("%s (%d of 4)", stage, i+1), opts.Duration)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("bench: listen on loopback: %w", err)
-		}
-		a, err := New(cfg, Options{Version: "bench", Logger: opts.Logger, Listener: ln})
-		if err != nil {
-			return nil, err
-		}
-		var p BenchPipeline
-		if err := benchPipeline(ctx, a, opts.Duration, &p); err != nil {
+		progress(fmt.Sprintf("%s (%d of 4)", stage, i+1), d)
+		var p benchPipelineStage
+		if err := benchPipeline(ctx, cfg, opts, d, &p); err != nil {
 			return nil, err
 		}
 		if monitored {
@@ -334,7 +360,7 @@ func benchConfig(cfg *config.Config, cc config.Camera, dir string) (*config.Conf
 
 // benchDecode reads the source as fast as it delivers for d and returns its first
 // frame, which is not counted (it pays for opening the source).
-func benchDecode(ctx context.Context, spec capture.Spec, d time.Duration, r *BenchDecode) (gocv.Mat, error) {
+func benchDecode(ctx context.Context, spec capture.Spec, d time.Duration, r *benchDecodeStage) (gocv.Mat, error) {
 	src, err := capture.Open(ctx, spec)
 	if err != nil {
 		return gocv.Mat{}, fmt.Errorf("open: %w", err)
@@ -362,14 +388,13 @@ func benchDecode(ctx context.Context, spec capture.Spec, d time.Duration, r *Ben
 // allocate and tune.
 const benchWarmup = 3
 
-// benchInference runs the camera's detector on frame for d.
-func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Duration, r *BenchInference) error {
-	det := cam.model().detector()
+// benchInference runs det (model, as the config names it) on frame for d.
+func benchInference(ctx context.Context, det *detector.Detector, model string, frame gocv.Mat, d time.Duration, r *benchInferenceStage) error {
 	var dets []infer.Detection // reused, as the pipeline does
 	var err error
 	for range benchWarmup {
 		if dets, _, err = det.Detect(frame, dets[:0]); err != nil {
-			return fmt.Errorf("model %s: detect: %w", cam.model().name, err)
+			return fmt.Errorf("model %s: detect: %w", model, err)
 		}
 	}
 	var calls, engine, pre, post []time.Duration
@@ -380,7 +405,7 @@ func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Dur
 		var timing detector.Timing
 		dets, timing, err = det.Detect(frame, dets[:0])
 		if err != nil {
-			return fmt.Errorf("model %s: detect: %w", cam.model().name, err)
+			return fmt.Errorf("model %s: detect: %w", model, err)
 		}
 		calls = append(calls, time.Since(t0))
 		engine, pre, post = append(engine, timing.Infer), append(pre, timing.Pre), append(post, timing.Post)
@@ -401,16 +426,31 @@ func benchInference(ctx context.Context, cam *camera, frame gocv.Mat, d time.Dur
 	return nil
 }
 
-// benchPoll is how often the pipeline's figures are read.
+// benchPoll is how often the pipeline's figures are read: often enough that no
+// detection leaves the agent's ring of recent latencies unread (agent.DetectLatencies).
 const benchPoll = 50 * time.Millisecond
 
-// benchPipeline runs the agent, waits for its first detection, then measures its one
-// camera for d. It returns once the agent has stopped.
-func benchPipeline(ctx context.Context, a *Agent, d time.Duration, r *BenchPipeline) (err error) {
-	cam := a.parts().cameras[0]
+// benchPipeline runs a private agent of bc, waits for its first detection, then
+// measures its one camera for d. It returns once the agent has stopped.
+func benchPipeline(ctx context.Context, bc *config.Config, opts agent.Options, d time.Duration, r *benchPipelineStage) (err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("bench: listen on loopback: %w", err)
+	}
+	opts.Listener = ln
+	a, err := agent.New(bc, opts)
+	if err != nil {
+		return err // New has closed what it opened, the listener too
+	}
+	name := bc.Cameras[0].Name
+	counters := func() agent.CameraCounters {
+		c, _ := a.CameraCounters(name) // the agent's one camera, from bc
+		return c
+	}
+
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
+	go func() { done <- a.Run(runCtx) }() // Run closes the agent
 	stopped := false
 	defer func() {
 		cancel()
@@ -436,71 +476,96 @@ func benchPipeline(ctx context.Context, a *Agent, d time.Duration, r *BenchPipel
 		}
 	}
 	deadline := time.Now().Add(firstDetectionWait)
-	for cam.stats.status().Frames == 0 {
+	for counters().Detected == 0 {
 		if time.Now().After(deadline) {
-			st, ds := cam.cap.Status(), cam.stats.status()
-			return fmt.Errorf("pipeline: no detection within %v (camera %s: %s %s; detection: %s)",
-				firstDetectionWait, cam.cfg().Name, st.State, st.LastError, ds.LastError)
+			return fmt.Errorf("pipeline: no detection within %v (%s)", firstDetectionWait, cameraState(a, name))
 		}
 		if err := wait(); err != nil {
 			return err
 		}
 	}
 
-	cap0, dropped0, st0 := cam.cap.Status(), cam.cap.Slot().Dropped(), cam.stats.status()
+	c0 := counters()
 	var latencies []time.Duration
-	seen := st0.Frames
+	seen := c0.Detected
 	start := time.Now()
 	for time.Since(start) < d {
 		if err := wait(); err != nil {
 			return err
 		}
-		seen = cam.stats.collect(seen, &latencies)
+		latencies, seen = a.DetectLatencies(name, seen, latencies)
 	}
 	elapsed := time.Since(start)
-	r.Frames = cam.stats.collect(seen, &latencies) - st0.Frames
-	r.Captured = cam.cap.Status().Frames - cap0.Frames
-	r.Dropped = cam.cap.Slot().Dropped() - dropped0 + cam.stats.status().Skipped - st0.Skipped
+	latencies, seen = a.DetectLatencies(name, seen, latencies)
+	c1 := counters()
+	r.Frames = seen - c0.Detected
+	r.Captured = c1.Captured - c0.Captured
+	r.Dropped = c1.Dropped - c0.Dropped + c1.Skipped - c0.Skipped
 	r.FPS = round(float64(r.Frames)/elapsed.Seconds(), 2)
 	r.LatencyP50, r.LatencyP99 = percentiles(latencies)
 	return nil
 }
 
-// collect appends to out the capture-to-detection latencies of the detections after
-// the first `seen` and returns how many detections there are now. Detections that
-// have already left the ring are missed; polling every benchPoll keeps that from
-// happening below statsWindow / benchPoll detections a second.
-func (s *detectStats) collect(seen uint64, out *[]time.Duration) uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := int(min(s.frames-seen, uint64(len(s.latency))))
-	// The newest entry is just before pos once the ring is full, else the last one.
-	end := len(s.latency)
-	if len(s.latency) == statsWindow {
-		end = s.pos
+// cameraState says why a camera may not be detecting: its capture state and last
+// errors, from the agent's status (read once, when the wait for a detection gives up).
+func cameraState(a *agent.Agent, name string) string {
+	for _, c := range a.Status(false).Cameras {
+		if c.Name == name {
+			return fmt.Sprintf("camera %s: %s %s; detection: %s", name, c.State, c.LastError, c.Detect.LastError)
+		}
 	}
-	for i := n; i > 0; i-- {
-		*out = append(*out, s.latency[(end-i+statsWindow)%statsWindow])
-	}
-	return s.frames
+	return "camera " + name + " is not running"
 }
 
-// peakRSS is the process's peak resident set size, VmHWM in /proc/self/status.
+// percentiles are the p50 and p99 of ds in milliseconds, rounded to 0.01 ms: the same
+// definition (the sorted sample at q*(n-1)) as the agent's status page, so a bench
+// figure and a status figure of the same frames agree.
+func percentiles(ds []time.Duration) (p50, p99 float64) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	at := func(q float64) float64 {
+		return round(float64(s[int(q*float64(len(s)-1))].Microseconds())/1000, 2)
+	}
+	return at(0.5), at(0.99)
+}
+
+// round rounds v (>= 0) to digits decimals, as the agent's figures are.
+func round(v float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	return float64(int64(v*p+0.5)) / p
+}
+
+// peakRSS is the process's peak resident set size.
 func peakRSS() (int64, error) {
-	f, err := os.Open("/proc/self/status")
+	n, err := procStatusBytes("VmHWM")
 	if err != nil {
 		return 0, fmt.Errorf("peak RSS: %w", err)
+	}
+	return n, nil
+}
+
+// procStatusBytes reads a size field of /proc/self/status (VmHWM, VmRSS) in bytes.
+func procStatusBytes(field string) (int64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("peak RSS: VmHWM %q: %w", rest, err)
+				return 0, fmt.Errorf("%s %q: %w", field, rest, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, errors.New("peak RSS: no VmHWM in /proc/self/status")
+	return 0, fmt.Errorf("no %s in /proc/self/status", field)
 }

@@ -1,13 +1,19 @@
-package agent
+package main
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/agent"
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture"
 	"github.com/vigil-edge/vigil/capture/camurl"
@@ -15,7 +21,85 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
+
+var clip, _ = filepath.Abs(filepath.Join("..", "..", "assets", "footage", "people.mp4"))
+
+// benchAgentConfig writes a config with one camera, door, on the bundled clip, and a sim
+// actuator but no rules, and loads it.
+func benchAgentConfig(b *testing.B, url string, detectFPS float64) *config.Config {
+	b.Helper()
+	yaml := fmt.Sprintf(`
+device: {id: test-01, state_dir: %q}
+log: {level: warn}
+cameras:
+  - {name: door, url: %q, detect_fps: %g}
+actuators:
+  - {name: line-stop, driver: sim, safe: low}
+outbox: {fsync: always}
+mqtt:
+  telemetry_interval: 1h
+`, b.TempDir(), url, detectFPS)
+	p := filepath.Join(b.TempDir(), "vigil.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		b.Fatalf("test config rejected:\n%v", err)
+	}
+	return cfg
+}
+
+// startAgent runs an agent of cfg with HTTP on a loopback port, its warnings in the
+// benchmark's log; the returned stop (also run at cleanup) ends it and waits.
+func startAgent(b *testing.B, cfg *config.Config) (*agent.Agent, func()) {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(benchLog{b}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a, err := agent.New(cfg, agent.Options{Version: "test", Logger: logger, Listener: ln})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				b.Errorf("agent: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			b.Fatal("agent did not stop within 10s of cancellation")
+		}
+	}
+	b.Cleanup(stop)
+	return a, stop
+}
+
+type benchLog struct{ b *testing.B }
+
+func (w benchLog) Write(p []byte) (int, error) {
+	w.b.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// detected is how many frames camera door of a has detected.
+func detected(a *agent.Agent) uint64 {
+	c, _ := a.CameraCounters("door")
+	return c.Detected
+}
 
 // BenchmarkPipeline measures, in one run, the three rates that bound the default
 // pipeline on this machine: decoding the clip alone, inference alone (pre-processing,
@@ -43,7 +127,7 @@ func BenchmarkPipeline(b *testing.B) {
 		return frames / time.Since(start).Seconds()
 	}
 
-	d, err := detector.Load(onnxrt.New(""), filepath.Join("..", "assets", "models", "yolox-nano"), infer.LoadOptions{})
+	d, err := detector.Load(onnxrt.New(""), filepath.Join("..", "..", "assets", "models", "yolox-nano"), infer.LoadOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,19 +150,13 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 
 	pipelineFPS := func() float64 {
-		cfg := testConfig(b, b.TempDir(), "")
-		cfg.Cameras[0].URL = "file://" + clip + "?realtime=false"
-		cfg.Cameras[0].DetectFPS = 10000
-		cfg.Rules = nil
-		cfg.Log.Level = "warn"
-		r := start(b, cfg)
-		cam := r.agent.parts().cameras[0]
-		waitFor(b, time.Minute, "the first detection", func() bool { return cam.stats.status().Frames > 0 })
-		first := cam.stats.status().Frames
+		a, stop := startAgent(b, benchAgentConfig(b, "file://"+clip+"?realtime=false", 10000))
+		testkit.WaitFor(b, time.Minute, "the first detection", func() bool { return detected(a) > 0 })
+		first := detected(a)
 		startT := time.Now()
-		waitFor(b, 5*time.Minute, "the pipeline to detect enough frames", func() bool { return cam.stats.status().Frames >= first+frames })
-		fps := float64(cam.stats.status().Frames-first) / time.Since(startT).Seconds()
-		r.stop()
+		testkit.WaitFor(b, 5*time.Minute, "the pipeline to detect enough frames", func() bool { return detected(a) >= first+frames })
+		fps := float64(detected(a)-first) / time.Since(startT).Seconds()
+		stop()
 		return fps
 	}
 
@@ -97,31 +175,35 @@ func BenchmarkPipeline(b *testing.B) {
 // CPU per camera and the RSS each extra camera adds.
 func BenchmarkFourRTSPCameras(b *testing.B) {
 	srv := rtsptest.Start(b, rtsptest.Options{Width: 768, FPS: 25})
-	run := func(n int) (st Status, cpuPct, rss float64) {
-		cfg := testConfig(b, b.TempDir(), "")
+	run := func(n int) (st agent.Status, cpuPct, rss float64) {
+		cfg := benchAgentConfig(b, srv.URL("stream"), 5)
 		cam := cfg.Cameras[0]
-		cfg.Cameras, cfg.Rules = nil, nil
+		cfg.Cameras = nil
 		for i := range n {
 			c := cam
-			c.Name, c.URL, c.DetectFPS = fmt.Sprintf("cam%d", i), srv.URL("stream"), 5
+			c.Name = fmt.Sprintf("cam%d", i)
 			cfg.Cameras = append(cfg.Cameras, c)
 		}
-		cfg.Log.Level = "warn"
-		r := start(b, cfg)
-		waitFor(b, time.Minute, "every camera detecting", func() bool {
-			for _, c := range r.status(b).Cameras {
+		a, stop := startAgent(b, cfg)
+		testkit.WaitFor(b, time.Minute, "every camera detecting", func() bool {
+			for _, c := range a.Status(false).Cameras {
 				if c.Detect.Frames < 5 {
 					return false
 				}
 			}
 			return true
 		})
-		cpu := newCPUMeter()
+		cpu0, wall0 := cpuTime(), time.Now()
 		deadline := time.Now().Add(5 * time.Second)
-		waitFor(b, time.Minute, "a 5 s measurement", func() bool { return time.Now().After(deadline) })
-		cpuPct, st, rss = cpu.percent(), r.status(b), float64(rssBytes())
-		r.stop()
-		return st, cpuPct, rss
+		testkit.WaitFor(b, time.Minute, "a 5 s measurement", func() bool { return time.Now().After(deadline) })
+		cpuPct = 100 * float64(cpuTime()-cpu0) / float64(time.Since(wall0))
+		st = a.Status(false)
+		vmRSS, err := procStatusBytes("VmRSS")
+		if err != nil {
+			b.Fatal(err)
+		}
+		stop()
+		return st, cpuPct, float64(vmRSS)
 	}
 	for b.Loop() {
 		_, cpu1, rss1 := run(1)
@@ -139,6 +221,15 @@ func BenchmarkFourRTSPCameras(b *testing.B) {
 		b.ReportMetric((cpu4-cpu1)/3, "cpu-%/extra-camera")
 		b.ReportMetric((rss4-rss1)/3/(1<<20), "MiB/extra-camera")
 	}
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // The bench's private config keeps only the chosen camera and its model, drops every
@@ -185,31 +276,5 @@ func TestBenchConfig(t *testing.T) {
 	}
 	if len(cfg.Cameras) != 3 || cfg.Cameras[1].DetectFPS != 10 || cfg.Device.StateDir != "var" || !cfg.MQTT.Enabled {
 		t.Errorf("benchConfig changed the caller's config: %+v", cfg)
-	}
-}
-
-// collect returns each detection's latency once, in order, across the ring's wrap.
-func TestCollectLatencies(t *testing.T) {
-	s := newDetectStats()
-	now := time.Now()
-	recordN := func(from, to int) {
-		for i := from; i < to; i++ {
-			s.record(0, time.Duration(i), now, nil)
-		}
-	}
-	var got []time.Duration
-	recordN(0, 10)
-	seen := s.collect(4, &got) // the window opened after the 4th detection
-	for _, step := range []int{100, statsWindow - 7, statsWindow, 1, 3} {
-		recordN(int(seen), int(seen)+step)
-		seen = s.collect(seen, &got)
-	}
-	if seen != s.frames || len(got) != int(seen)-4 {
-		t.Fatalf("collected %d latencies up to %d, want %d", len(got), seen, seen-4)
-	}
-	for i, d := range got {
-		if d != time.Duration(i+4) {
-			t.Fatalf("latency %d is %v, want %v", i, d, time.Duration(i+4))
-		}
 	}
 }
