@@ -65,17 +65,5 @@ func (p *parts) camera(name string) *camera {
 func (s *detectStats) collect(since uint64, out []time.Duration) ([]time.Duration, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if since >= s.frames {
-		return out, s.frames
-	}
-	n := int(min(s.frames-since, uint64(len(s.latency))))
-	// The newest entry is just before pos once the ring is full, else the last one.
-	end := len(s.latency)
-	if len(s.latency) == statsWindow {
-		end = s.pos
-	}
-	for i := n; i > 0; i-- {
-		out = append(out, s.latency[(end-i+statsWindow)%statsWindow])
-	}
-	return out, s.frames
+	return s.latency.Since(since, out), s.frames
 }

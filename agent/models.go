@@ -9,8 +9,6 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/vigil-edge/vigil/agent/config"
-	"github.com/vigil-edge/vigil/infer"
-	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/eval"
 	"github.com/vigil-edge/vigil/infer/shadow"
 	"github.com/vigil-edge/vigil/internal/window"
@@ -131,17 +129,7 @@ func (l *loaded) WarmUp(context.Context) error {
 
 // Check runs the bundle's golden images or eval minimums (infer/eval).
 func (l *loaded) Check() error {
-	return eval.CheckBundle(detectFiles(l.detector), l.dir, l.detector.Manifest())
-}
-
-// detectFiles runs det on image files, for infer/eval.
-func detectFiles(det *detector.Detector) eval.DetectFunc {
-	var dets []infer.Detection
-	return func(path string) ([]infer.Detection, error) {
-		var err error
-		dets, err = det.DetectFile(path, dets[:0])
-		return dets, err
-	}
+	return eval.CheckBundle(l.detector.FileDetector(), l.dir, l.detector.Manifest())
 }
 
 func (l *loaded) Stats() deployer.Stats {

@@ -297,22 +297,19 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 type detectStats struct {
 	mu      sync.Mutex // guards the fields below
 	frames  uint64
-	rate    rate.Meter      // detections
-	infer   []time.Duration // ring of recent inference times
-	latency []time.Duration // ring of recent capture-to-detection times
-	pos     int
+	rate    rate.Meter        // detections
+	infer   *window.Ring      // recent inference times
+	latency *window.Ring      // recent capture-to-detection times
 	skipped uint64            // frames left out to keep to detect_fps
 	byLabel map[string]uint64 // detections since start
 	lastErr string
 }
 
+// statsWindow is how many recent frames (or firings) the figures are taken over.
 const statsWindow = 256
 
 func newDetectStats() *detectStats {
-	return &detectStats{
-		infer: make([]time.Duration, 0, statsWindow), latency: make([]time.Duration, 0, statsWindow),
-		byLabel: map[string]uint64{},
-	}
+	return &detectStats{infer: window.NewRing(statsWindow), latency: window.NewRing(statsWindow), byLabel: map[string]uint64{}}
 }
 
 func (s *detectStats) record(inferTime, latency time.Duration, at time.Time, dets []infer.Detection) {
@@ -323,13 +320,8 @@ func (s *detectStats) record(inferTime, latency time.Duration, at time.Time, det
 		s.byLabel[d.Label]++
 	}
 	s.rate.Tick(at)
-	if len(s.infer) < statsWindow {
-		s.infer = append(s.infer, inferTime)
-		s.latency = append(s.latency, latency)
-	} else {
-		s.infer[s.pos], s.latency[s.pos] = inferTime, latency
-		s.pos = (s.pos + 1) % statsWindow
-	}
+	s.infer.Add(inferTime)
+	s.latency.Add(latency)
 	s.lastErr = ""
 }
 
@@ -363,16 +355,9 @@ func (s *detectStats) status() web.DetectStatus {
 	if time.Since(s.rate.Last()) < 5*time.Second {
 		st.FPS = round(s.rate.PerSecond(), 2)
 	}
-	st.InferenceP50, st.InferenceP99 = percentiles(s.infer)
-	st.LatencyP50, st.LatencyP99 = percentiles(s.latency)
+	st.InferenceP50, st.InferenceP99 = window.MillisP50P99(s.infer.Values())
+	st.LatencyP50, st.LatencyP99 = window.MillisP50P99(s.latency.Values())
 	return st
-}
-
-// percentiles are the median and 99th percentile of ds, in milliseconds to two
-// decimals, as the status page shows them.
-func percentiles(ds []time.Duration) (p50, p99 float64) {
-	q := window.Quantiles(ds, 0.5, 0.99)
-	return round(ms(q[0]), 2), round(ms(q[1]), 2)
 }
 
 func round(v float64, digits int) float64 {

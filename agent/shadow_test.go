@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/internal/sysstat"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
@@ -75,7 +76,7 @@ func TestShadowDeployment(t *testing.T) {
 	if sh.Version != "0.3.0" || sh.Deployment != res.Deployment || sh.Agreement != 1 || sh.Errors != 0 {
 		t.Errorf("shadow status %+v", sh)
 	}
-	if tel := r.agent.telemetry(newCPUMeter()); tel["shadows"] == nil {
+	if tel := r.agent.telemetry(sysstat.NewCPUMeter()); tel["shadows"] == nil {
 		t.Errorf("telemetry carries no shadow: %v", tel)
 	}
 

@@ -122,8 +122,8 @@ func (s *ruleStats) status(rs rules.Status) RuleStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := RuleStatus{Status: rs, Firings: s.firings, LastMS: ms(s.last)}
-	st.ActuateP50, st.ActuateP99 = percentiles(s.latency.Values())
-	st.AddedP50, st.AddedP99 = percentiles(s.added.Values())
+	st.ActuateP50, st.ActuateP99 = window.MillisP50P99(s.latency.Values())
+	st.AddedP50, st.AddedP99 = window.MillisP50P99(s.added.Values())
 	return st
 }
 

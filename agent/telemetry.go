@@ -2,15 +2,11 @@ package agent
 
 import (
 	"context"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/web"
 	"github.com/vigil-edge/vigil/infer/drift"
+	"github.com/vigil-edge/vigil/internal/sysstat"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -20,7 +16,7 @@ import (
 func (a *Agent) telemetryLoop(ctx context.Context) error {
 	t := time.NewTicker(a.parts().cfg.MQTT.TelemetryInterval)
 	defer t.Stop()
-	cpu := newCPUMeter()
+	cpu := sysstat.NewCPUMeter()
 	var status statusRefresher
 	for {
 		select {
@@ -48,7 +44,7 @@ type cameraTelemetry struct {
 }
 
 // telemetry is the body of one telemetry message.
-func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
+func (a *Agent) telemetry(cpu *sysstat.CPUMeter) map[string]any {
 	st := a.Status(false)
 	byName := map[string]*camera{}
 	for _, cam := range a.parts().cameras {
@@ -71,9 +67,9 @@ func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
 	}
 	body := map[string]any{
 		"uptime_s": st.UptimeS, "cameras": cams, "actuators": acts, "outbox": st.Outbox, "mqtt": st.MQTT,
-		"cpu_percent": cpu.percent(), "rss_bytes": rssBytes(),
+		"cpu_percent": cpu.Percent(), "rss_bytes": sysstat.RSSBytes(),
 	}
-	if c, ok := temperatureC(); ok {
+	if c, ok := sysstat.TemperatureC(); ok {
 		body["temperature_c"] = c
 	}
 	// A candidate in shadow is judged from afar: its agreement travels with telemetry.
@@ -87,66 +83,4 @@ func (a *Agent) telemetry(cpu *cpuMeter) map[string]any {
 		body["shadows"] = shadows
 	}
 	return body
-}
-
-// cpuMeter turns the process's CPU time into a percentage of one core since the last
-// reading.
-type cpuMeter struct {
-	last    time.Time
-	lastCPU time.Duration
-}
-
-func newCPUMeter() *cpuMeter { return &cpuMeter{last: time.Now(), lastCPU: cpuTime()} }
-
-func (m *cpuMeter) percent() float64 {
-	now, c := time.Now(), cpuTime()
-	wall := now.Sub(m.last)
-	p := 0.0
-	if wall > 0 {
-		p = round(100*float64(c-m.lastCPU)/float64(wall), 1)
-	}
-	m.last, m.lastCPU = now, c
-	return p
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// rssBytes is the resident set size from /proc/self/statm.
-func rssBytes() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	return pages * int64(os.Getpagesize())
-}
-
-// temperatureC is the hottest thermal zone the board reports, if any.
-func temperatureC() (float64, bool) {
-	zones, _ := filepath.Glob("/sys/class/thermal/thermal_zone*/temp")
-	best, ok := 0.0, false
-	for _, z := range zones {
-		b, err := os.ReadFile(z)
-		if err != nil {
-			continue
-		}
-		milli, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-		if err != nil {
-			continue
-		}
-		if c := milli / 1000; !ok || c > best {
-			best, ok = c, true
-		}
-	}
-	return best, ok
 }

@@ -8,7 +8,6 @@ package main
 // API (New, Run, and the measuring views of agent/measure.go).
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +31,8 @@ import (
 	"github.com/vigil-edge/vigil/infer/backends"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/internal/redact"
+	"github.com/vigil-edge/vigil/internal/sysstat"
+	"github.com/vigil-edge/vigil/internal/window"
 )
 
 // errUnknownCamera is returned by runBench when benchOptions.Camera names no camera of
@@ -228,7 +228,7 @@ func runBench(ctx context.Context, cfg *config.Config, opts benchOptions) (bench
 			return rep, err
 		}
 	}
-	rep.PeakRSSBytes, err = peakRSS()
+	rep.PeakRSSBytes, err = sysstat.PeakRSSBytes()
 	return rep, err
 }
 
@@ -419,10 +419,10 @@ func benchInference(ctx context.Context, det *detector.Detector, model string, f
 	if engineSum > 0 {
 		r.EngineFPS = round(float64(r.Runs)/engineSum.Seconds(), 2)
 	}
-	r.LatencyP50, r.LatencyP99 = percentiles(calls)
-	r.EngineP50, r.EngineP99 = percentiles(engine)
-	r.PreP50, _ = percentiles(pre)
-	r.PostP50, _ = percentiles(post)
+	r.LatencyP50, r.LatencyP99 = window.MillisP50P99(calls)
+	r.EngineP50, r.EngineP99 = window.MillisP50P99(engine)
+	r.PreP50, _ = window.MillisP50P99(pre)
+	r.PostP50, _ = window.MillisP50P99(post)
 	return nil
 }
 
@@ -502,7 +502,7 @@ func benchPipeline(ctx context.Context, bc *config.Config, opts agent.Options, d
 	r.Captured = c1.Captured - c0.Captured
 	r.Dropped = c1.Dropped - c0.Dropped + c1.Skipped - c0.Skipped
 	r.FPS = round(float64(r.Frames)/elapsed.Seconds(), 2)
-	r.LatencyP50, r.LatencyP99 = percentiles(latencies)
+	r.LatencyP50, r.LatencyP99 = window.MillisP50P99(latencies)
 	return nil
 }
 
@@ -517,21 +517,6 @@ func cameraState(a *agent.Agent, name string) string {
 	return "camera " + name + " is not running"
 }
 
-// percentiles are the p50 and p99 of ds in milliseconds, rounded to 0.01 ms: the same
-// definition (the sorted sample at q*(n-1)) as the agent's status page, so a bench
-// figure and a status figure of the same frames agree.
-func percentiles(ds []time.Duration) (p50, p99 float64) {
-	if len(ds) == 0 {
-		return 0, 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	at := func(q float64) float64 {
-		return round(float64(s[int(q*float64(len(s)-1))].Microseconds())/1000, 2)
-	}
-	return at(0.5), at(0.99)
-}
-
 // round rounds v (>= 0) to digits decimals, as the agent's figures are.
 func round(v float64, digits int) float64 {
 	p := 1.0
@@ -539,33 +524,4 @@ func round(v float64, digits int) float64 {
 		p *= 10
 	}
 	return float64(int64(v*p+0.5)) / p
-}
-
-// peakRSS is the process's peak resident set size.
-func peakRSS() (int64, error) {
-	n, err := procStatusBytes("VmHWM")
-	if err != nil {
-		return 0, fmt.Errorf("peak RSS: %w", err)
-	}
-	return n, nil
-}
-
-// procStatusBytes reads a size field of /proc/self/status (VmHWM, VmRSS) in bytes.
-func procStatusBytes(field string) (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s %q: %w", field, rest, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/self/status", field)
 }

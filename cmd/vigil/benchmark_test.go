@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/vigil-edge/vigil/infer"
 	"github.com/vigil-edge/vigil/infer/detector"
 	"github.com/vigil-edge/vigil/infer/onnxrt"
+	"github.com/vigil-edge/vigil/internal/sysstat"
 	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
@@ -193,15 +193,12 @@ func BenchmarkFourRTSPCameras(b *testing.B) {
 			}
 			return true
 		})
-		cpu0, wall0 := cpuTime(), time.Now()
+		cpu := sysstat.NewCPUMeter()
 		deadline := time.Now().Add(5 * time.Second)
 		testkit.WaitFor(b, time.Minute, "a 5 s measurement", func() bool { return time.Now().After(deadline) })
-		cpuPct = 100 * float64(cpuTime()-cpu0) / float64(time.Since(wall0))
+		cpuPct = cpu.Percent()
 		st = a.Status(false)
-		vmRSS, err := procStatusBytes("VmRSS")
-		if err != nil {
-			b.Fatal(err)
-		}
+		vmRSS := sysstat.RSSBytes()
 		stop()
 		return st, cpuPct, float64(vmRSS)
 	}
@@ -221,15 +218,6 @@ func BenchmarkFourRTSPCameras(b *testing.B) {
 		b.ReportMetric((cpu4-cpu1)/3, "cpu-%/extra-camera")
 		b.ReportMetric((rss4-rss1)/3/(1<<20), "MiB/extra-camera")
 	}
-}
-
-// cpuTime is the CPU time the process has used, user and system.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // The bench's private config keeps only the chosen camera and its model, drops every

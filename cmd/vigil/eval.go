@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/vigil-edge/vigil/agent"
-	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/infer/backends"
+	"github.com/vigil-edge/vigil/infer/eval"
 )
 
 const evalUsage = `Usage: vigil model eval BUNDLE_DIR [--images DIR] [--backend NAME] [--json]
@@ -49,7 +51,7 @@ func evalModel(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return exitUsage
 	}
-	res, err := agent.EvalBundle(dirs[0], *images, config.Model{Name: "eval", Backend: *backend}, config.Runtimes{})
+	res, err := evalBundle(dirs[0], *images, *backend)
 	if err != nil {
 		fmt.Fprintf(stderr, "vigil model eval: %v\n", err)
 		return exitFailed
@@ -70,4 +72,23 @@ func evalModel(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "AP@0.5    %s\n", strings.Join(parts, ", "))
 	return exitOK
+}
+
+// evalBundle runs a bundle's model, on backend ("" for the bundle's choice), on a
+// labelled image set (default the bundle's own golden/ images; infer/eval has the
+// format) and measures it.
+func evalBundle(bundleDir, imagesDir, backend string) (eval.Result, error) {
+	if imagesDir == "" {
+		imagesDir = filepath.Join(bundleDir, eval.GoldenDir)
+	}
+	specs := eval.Labelled(imagesDir)
+	if len(specs) == 0 {
+		return eval.Result{}, fmt.Errorf("no labelled images (NAME.json beside NAME.jpg) in %s", imagesDir)
+	}
+	det, _, err := backends.Load(backends.New(backends.Libraries{}), bundleDir, backend, infer.LoadOptions{})
+	if err != nil {
+		return eval.Result{}, err
+	}
+	defer det.Close()
+	return eval.Measure(det.FileDetector(), specs, det.Manifest().Thresholds.Score)
 }

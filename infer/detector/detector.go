@@ -289,3 +289,14 @@ func (d *Detector) DetectFile(path string, dst []infer.Detection) ([]infer.Detec
 	dets, _, err := d.Detect(img, dst)
 	return dets, err
 }
+
+// FileDetector is DetectFile as the function labelled-image checks take (infer/eval),
+// reusing one detections slice: what it returns is valid until its next call.
+func (d *Detector) FileDetector() func(path string) ([]infer.Detection, error) {
+	var dets []infer.Detection
+	return func(path string) ([]infer.Detection, error) {
+		var err error
+		dets, err = d.DetectFile(path, dets[:0])
+		return dets, err
+	}
+}

@@ -76,3 +76,13 @@ func (r *Ring) Since(seen uint64, dst []time.Duration) []time.Duration {
 
 // Quantiles are the q-quantiles of the values it holds (Quantiles).
 func (r *Ring) Quantiles(qs ...float64) []time.Duration { return Quantiles(r.buf, qs...) }
+
+// MillisP50P99 are the median and the 99th percentile of ds in milliseconds, to 0.01
+// ms: how the status page, telemetry and `vigil bench` all report times, so a figure of
+// the same frames agrees wherever it is read.
+func MillisP50P99(ds []time.Duration) (p50, p99 float64) {
+	q := Quantiles(ds, 0.5, 0.99)
+	return millis(q[0]), millis(q[1])
+}
+
+func millis(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }

@@ -74,3 +74,13 @@ func TestRingKeepsTheLastValues(t *testing.T) {
 		t.Errorf("Since(Total) = %v, want nothing", s)
 	}
 }
+
+func TestMillisP50P99(t *testing.T) {
+	ds := []time.Duration{1234567 * time.Nanosecond, 2 * time.Millisecond, 3 * time.Millisecond}
+	if p50, p99 := MillisP50P99(ds); p50 != 2 || p99 != 3 {
+		t.Errorf("p50 %v p99 %v, want 2 and 3", p50, p99)
+	}
+	if p50, _ := MillisP50P99(ds[:1]); p50 != 1.23 {
+		t.Errorf("1.234567 ms reported as %v, want 1.23", p50)
+	}
+}
