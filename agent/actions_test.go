@@ -10,24 +10,12 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 func (r *running) post(t testing.TB, path, token, body string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", r.base+path, strings.NewReader(body))
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	n, _ := resp.Body.Read(buf)
-	b.Write(buf[:n])
-	return resp.StatusCode, b.String()
+	return testkit.Request(t, http.MethodPost, r.base+path, token, []byte(body))
 }
 
 func levelsOf(st Status, actuator string) []string {
@@ -52,7 +40,7 @@ func TestLatchUntilAcknowledge(t *testing.T) {
 	r := start(t, cfg)
 
 	var st Status
-	waitFor(t, 30*time.Second, "the rule to latch the output high", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the rule to latch the output high", func() bool {
 		st = r.status(t)
 		return len(st.Rules) == 1 && st.Rules[0].Latched && eventOfKind(st.Events, "detection") != nil
 	})
@@ -113,7 +101,7 @@ func TestInitialLevelAfterStartSafeAtStop(t *testing.T) {
 	cfg.Actuators[0].Safe, cfg.Actuators[0].Initial = "high", "low"
 	cfg.Rules = nil
 	r := start(t, cfg)
-	waitFor(t, 10*time.Second, "the initial level", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the initial level", func() bool {
 		return r.agent.parts().actuators["line-stop"].State().State == "low"
 	})
 	if err := r.stop(); err != nil {
@@ -156,7 +144,7 @@ func TestEventOnlyRule(t *testing.T) {
 	cfg.Rules[0].Action = config.Action{}
 	r := start(t, cfg)
 	var st Status
-	waitFor(t, 30*time.Second, "a detection event", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a detection event", func() bool {
 		st = r.status(t)
 		return eventOfKind(st.Events, "detection") != nil
 	})
@@ -183,7 +171,7 @@ inputs:
 	r := start(t, cfg)
 
 	// People are in view, but the robot is not running: the rule stays disarmed.
-	waitFor(t, 30*time.Second, "detections with people", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "detections with people", func() bool {
 		return r.status(t).Cameras[0].Detect.Frames > 20
 	})
 	if st := r.status(t); st.Rules[0].Firings != 0 || r.agent.parts().actuators["line-stop"].State().State != "low" {
@@ -192,14 +180,14 @@ inputs:
 	if code, msg := r.post(t, "/api/inputs/robot-running", "s3cret", `{"state":"high"}`); code != http.StatusOK {
 		t.Fatalf("set robot-running: %d %s", code, msg)
 	}
-	waitFor(t, 30*time.Second, "the rule to latch once the robot runs", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the rule to latch once the robot runs", func() bool {
 		return r.status(t).Rules[0].Latched
 	})
 
 	if code, msg := r.post(t, "/api/inputs/ack-button", "s3cret", `{"state":"high"}`); code != http.StatusOK {
 		t.Fatalf("press: %d %s", code, msg)
 	}
-	waitFor(t, 10*time.Second, "the button to release the latch", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the button to release the latch", func() bool {
 		return r.agent.parts().actuators["line-stop"].State().State == "low"
 	})
 	st := r.status(t)
@@ -235,7 +223,7 @@ inputs:
 	cfg.Actuators = append(cfg.Actuators, config.Actuator{Name: "weld-pause", Driver: "gpio", Chip: "gpiochip7", Line: "GPIO17", Safe: "low"})
 	r := start(t, cfg)
 	var st Status
-	waitFor(t, 30*time.Second, "the sim relay to pulse", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the sim relay to pulse", func() bool {
 		st = r.status(t)
 		return st.Actuators[0].Transitions >= 1
 	})
@@ -270,7 +258,7 @@ func TestLatchSurvivesARestart(t *testing.T) {
 		return cfg
 	}
 	r := start(t, weld())
-	waitFor(t, 30*time.Second, "the pause to latch", func() bool { return r.status(t).Rules[0].Latched })
+	testkit.WaitFor(t, 30*time.Second, "the pause to latch", func() bool { return r.status(t).Rules[0].Latched })
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +267,7 @@ func TestLatchSurvivesARestart(t *testing.T) {
 	if st := r.status(t).Rules[0]; !st.Latched {
 		t.Fatalf("after the restart the rule is not latched: %+v", st)
 	}
-	waitFor(t, 30*time.Second, "detection after the restart", func() bool { return r.status(t).Cameras[0].Detect.Frames > 3 })
+	testkit.WaitFor(t, 30*time.Second, "detection after the restart", func() bool { return r.status(t).Cameras[0].Detect.Frames > 3 })
 	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" {
 		t.Fatalf("the robot resumed without an acknowledge: %+v", s)
 	}

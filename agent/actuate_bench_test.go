@@ -10,6 +10,7 @@ import (
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/hal/sim"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // BenchmarkRuleToActuator is what a rule adds after detection: evaluating a frame's
@@ -84,7 +85,7 @@ func BenchmarkCaptureToActuator(b *testing.B) {
 		cfg.Outbox.Fsync = "interval"
 		cfg.Log.Level = "warn"
 		r := start(b, cfg)
-		waitFor(b, 2*time.Minute, "100 firings", func() bool {
+		testkit.WaitFor(b, 2*time.Minute, "100 firings", func() bool {
 			return r.agent.Status(false).Rules[0].Firings >= 100
 		})
 		st := r.agent.Status(false)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/capture/rtsptest"
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/outbox"
@@ -29,17 +30,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var clip, _ = filepath.Abs(filepath.Join("..", "assets", "footage", "people.mp4"))
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // testConfig writes a config for the bundled clip and model into a temp dir and loads it.
 func testConfig(t testing.TB, stateDir, extra string) *config.Config {
@@ -154,7 +144,7 @@ func TestEndToEnd(t *testing.T) {
 	r := start(t, testConfig(t, state, ""))
 
 	var st Status
-	waitFor(t, 30*time.Second, "a detection event and the end of the relay pulse", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a detection event and the end of the relay pulse", func() bool {
 		st = r.status(t)
 		return eventOfKind(st.Events, "detection") != nil && len(st.Actuators) == 1 && st.Actuators[0].Transitions >= 2
 	})
@@ -295,7 +285,7 @@ func metricValue(t *testing.T, exposition []byte, prefix string) float64 {
 func TestRestartKeepsEventsAndSeq(t *testing.T) {
 	state := t.TempDir()
 	first := start(t, testConfig(t, state, ""))
-	waitFor(t, 30*time.Second, "the first event", func() bool { return len(first.status(t).Events) > 0 })
+	testkit.WaitFor(t, 30*time.Second, "the first event", func() bool { return len(first.status(t).Events) > 0 })
 	if err := first.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +299,7 @@ func TestRestartKeepsEventsAndSeq(t *testing.T) {
 
 	second := start(t, testConfig(t, state, ""))
 	var st Status
-	waitFor(t, 30*time.Second, "an event after the restart", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "an event after the restart", func() bool {
 		st = second.status(t)
 		return len(st.Events) > 0
 	})
@@ -324,16 +314,8 @@ func TestRestartKeepsEventsAndSeq(t *testing.T) {
 func TestActuatorAPI(t *testing.T) {
 	r := start(t, testConfig(t, t.TempDir(), ""))
 	post := func(token, body string) int {
-		req, _ := http.NewRequest("POST", r.base+"/api/actuators/line-stop", strings.NewReader(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := r.post(t, "/api/actuators/line-stop", token, body)
+		return code
 	}
 	for name, tc := range map[string]struct {
 		token, body string
@@ -417,7 +399,7 @@ func TestDeadCameraIsReportedAndRetried(t *testing.T) {
 	cfg.Cameras[0].Backoff = config.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	r := start(t, cfg)
 	var cam CameraStatus
-	waitFor(t, 10*time.Second, "reconnect attempts", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "reconnect attempts", func() bool {
 		cam = r.status(t).Cameras[0]
 		return cam.Reconnects >= 3
 	})
@@ -476,7 +458,7 @@ func TestBackendWithoutRuntimeIsReported(t *testing.T) {
 	if m := st.Models[0]; m.State != "failed" || m.Backend != "openvino" || !strings.Contains(m.Error, "libopenvino_c.so") {
 		t.Errorf("model status: %+v", m)
 	}
-	waitFor(t, 10*time.Second, "the camera to stream without detection", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the camera to stream without detection", func() bool {
 		return r.status(t).Cameras[0].Frames > 0
 	})
 	if s := r.agent.parts().actuators["line-stop"].State(); s.State != "low" || s.Transitions != 0 {
@@ -492,7 +474,7 @@ func TestEventsReachTheBroker(t *testing.T) {
 	cfg := testConfig(t, t.TempDir(), fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  backoff: {min: 50ms, max: 500ms}\n", b.URL))
 	r := start(t, cfg)
 	var ev outbox.Envelope
-	waitFor(t, 30*time.Second, "a detection event at the broker", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a detection event at the broker", func() bool {
 		for _, m := range sub.Messages() {
 			if m.Topic == "vigil/test-01/events" && json.Unmarshal(m.Payload, &ev) == nil && ev.Kind == "detection" {
 				return true
@@ -510,7 +492,7 @@ func TestEventsReachTheBroker(t *testing.T) {
 	if online["state"] != "online" || online["version"] != "test" || !strings.Contains(fmt.Sprint(online["models"]), "yolox-nano") {
 		t.Errorf("retained status %v", online)
 	}
-	waitFor(t, 10*time.Second, "the outbox to drain", func() bool { return r.status(t).Outbox.Depth == 0 })
+	testkit.WaitFor(t, 10*time.Second, "the outbox to drain", func() bool { return r.status(t).Outbox.Depth == 0 })
 	st := r.status(t)
 	if st.MQTT.State != "connected" || st.MQTT.Broker != b.URL || st.MQTT.Acked == 0 {
 		t.Errorf("mqtt status %+v", st.MQTT)
@@ -548,7 +530,7 @@ func TestOutboxBudgetEvictsTelemetryFirst(t *testing.T) {
 	cfg.Outbox.Fsync = "interval"
 	r := start(t, cfg)
 	var st Status
-	waitFor(t, 60*time.Second, "telemetry eviction and a detection event", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "telemetry eviction and a detection event", func() bool {
 		st = r.status(t)
 		if st.Outbox.DiskBytes > 1<<20 {
 			t.Fatalf("outbox uses %d bytes on disk, budget 1MiB", st.Outbox.DiskBytes)
@@ -596,14 +578,14 @@ func TestMQTTWithClientCertificate(t *testing.T) {
 	extra := fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  ca_file: %q\n  cert_file: %q\n  key_file: %q\n  server_name: localhost\n",
 		strings.Replace(b.URL, "localhost", "127.0.0.1", 1), b.CAFile, b.ClientCertFile, b.ClientKeyFile)
 	r := start(t, testConfig(t, t.TempDir(), extra))
-	waitFor(t, 20*time.Second, "a TLS connection with a client certificate", func() bool { return r.status(t).MQTT.State == "connected" })
+	testkit.WaitFor(t, 20*time.Second, "a TLS connection with a client certificate", func() bool { return r.status(t).MQTT.State == "connected" })
 
 	// Without the client certificate the broker refuses, and the status says why.
 	noCert := testConfig(t, t.TempDir(), fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  ca_file: %q\n  backoff: {min: 50ms, max: 200ms}\n", b.URL, b.CAFile))
 	noCert.Device.ID = "test-02"
 	r2 := start(t, noCert)
 	var mq mqttlink.State
-	waitFor(t, 20*time.Second, "the refusal", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the refusal", func() bool {
 		mq = r2.status(t).MQTT
 		return mq.LastError != ""
 	})
@@ -627,7 +609,7 @@ func TestFourCamerasOneBroken(t *testing.T) {
 	cfg.Rules = nil
 	r := start(t, cfg)
 	var st Status
-	waitFor(t, 30*time.Second, "30 detected frames on each working camera", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "30 detected frames on each working camera", func() bool {
 		st = r.status(t)
 		for _, c := range st.Cameras[:3] {
 			if c.Detect.Frames < 30 {
@@ -664,19 +646,21 @@ func TestStallDrivesRuleActuatorsSafe(t *testing.T) {
 	cfg.Rules[0].Action = config.Action{Actuator: "line-stop", State: "high", Until: "ack"} // held until the stall
 	cfg.Rules[0].OnStall = "safe"
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "the rule to set the output high", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the rule to set the output high", func() bool {
 		return r.agent.parts().actuators["line-stop"].State().State == "high"
 	})
 	srv.Pause()
-	waitFor(t, 10*time.Second, "the stall to drive the output safe", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the stall to drive the output safe", func() bool {
 		return r.agent.parts().actuators["line-stop"].State().State == "low"
 	})
 	st := r.agent.parts().actuators["line-stop"].State()
 	if !strings.Contains(st.LastReason, "camera door stalled") {
 		t.Errorf("reason %q", st.LastReason)
 	}
-	if ev := eventOfKind(r.status(t).Events, "failsafe"); ev == nil || bodyField(*ev, "actuator") != "line-stop" {
-		t.Errorf("no failsafe event: %+v", r.status(t).Events)
+	// The output moves first; its event is recorded right after.
+	testkit.WaitFor(t, 10*time.Second, "the failsafe event", func() bool { return eventOfKind(r.status(t).Events, "failsafe") != nil })
+	if ev := eventOfKind(r.status(t).Events, "failsafe"); bodyField(*ev, "actuator") != "line-stop" {
+		t.Errorf("failsafe event for another actuator: %+v", ev)
 	}
 	srv.Resume()
 }
@@ -688,7 +672,7 @@ func TestTFLiteModel(t *testing.T) {
 	bundle, _ := filepath.Abs(filepath.Join("..", "infer", "testdata", "models", "yolox-nano-float16"))
 	cfg.Models[0].Bundle = bundle
 	r := start(t, cfg)
-	waitFor(t, 60*time.Second, "a detection event from the tflite model", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "a detection event from the tflite model", func() bool {
 		return eventOfKind(r.status(t).Events, "detection") != nil
 	})
 	if m := r.status(t).Models[0]; m.Backend != "tflite" || m.State != "loaded" {

@@ -18,6 +18,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
@@ -171,7 +172,7 @@ func deployConfig(t *testing.T, state, url string, pub ed25519.PublicKey) *confi
 func waitPhase(t *testing.T, r *running, id string) deploy.State {
 	t.Helper()
 	var st *deploy.State
-	waitFor(t, 60*time.Second, "deployment "+id+" to end", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "deployment "+id+" to end", func() bool {
 		st = r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == id && st.Phase.Final()
 	})
@@ -190,7 +191,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 	pub, priv, _ := deploy.GenerateKey()
 	state := t.TempDir()
 	r := start(t, deployConfig(t, state, b.URL, pub))
-	waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
+	testkit.WaitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
 
 	p := newPusher(t, b.URL)
 	target := deploy.Target{Device: "test-01"}
@@ -209,7 +210,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 	if v := runningVersion(r); v != "0.2.0" {
 		t.Errorf("running version %s", v)
 	}
-	waitFor(t, 10*time.Second, "detections on the new model", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "detections on the new model", func() bool {
 		return r.agent.parts().cameras[0].stats.status().Frames > before+5
 	})
 	status := r.status(t)
@@ -217,7 +218,7 @@ func TestDeployGoesLiveAndRollsBack(t *testing.T) {
 		t.Errorf("status: %+v %+v", ms, status.Deployment)
 	}
 	state1 := b.Subscribe(t, "cloud", "vigil/test-01/models/state")
-	waitFor(t, 10*time.Second, "the retained state", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the retained state", func() bool {
 		msgs := state1.Messages()
 		return len(msgs) > 0 && strings.Contains(string(msgs[len(msgs)-1].Payload), `"phase":"active"`)
 	})
@@ -300,11 +301,11 @@ func TestDeployRejections(t *testing.T) {
 	}
 	// A manifest that does not parse is rejected by name.
 	p.publish(target.DeployTopic("vigil"), []byte(`{"deployment":"d-junk","action":"deploy","model":"default"}`))
-	waitFor(t, 10*time.Second, "the junk manifest's rejection", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the junk manifest's rejection", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-junk" && st.Phase == deploy.PhaseRejected
 	})
-	waitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 0 })
+	testkit.WaitFor(t, 10*time.Second, "detection to go on", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 0 })
 }
 
 // A model slower than deploy.warmup_budget never goes live.
@@ -340,13 +341,13 @@ func TestDeployQueueAndSizeLimit(t *testing.T) {
 	second.Issued = first.Issued.Add(time.Second)
 	p.chunks(target, first, a1, 0, 1)
 	p.send(target, first)
-	waitFor(t, 30*time.Second, "the first deployment downloading", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the first deployment downloading", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-first" && st.Phase == deploy.PhaseDownloading
 	})
 	p.chunks(target, second, a2, 0, second.Transfer.Chunks)
 	p.send(target, second)
-	waitFor(t, 30*time.Second, "the second deployment queued", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the second deployment queued", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-second" && st.Phase == deploy.PhaseReceived && strings.Contains(st.Error, "queued behind deployment d-first")
 	})
@@ -362,7 +363,7 @@ func TestDeployQueueAndSizeLimit(t *testing.T) {
 	big.Issued = time.Now().UTC()
 	p.chunks(target, big, a3, 0, 1)
 	p.send(target, big)
-	waitFor(t, 30*time.Second, "the oversized deployment's rejection", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the oversized deployment's rejection", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-big" && st.Phase == deploy.PhaseRejected && strings.Contains(st.Error, "size")
 	})
@@ -383,7 +384,7 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	half := m.Transfer.Chunks / 2
 	p.chunks(target, m, archive, 0, half)
 	p.send(target, m)
-	waitFor(t, 30*time.Second, "half the chunks", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "half the chunks", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-outage" && st.Progress > 0.3
 	})
@@ -399,7 +400,7 @@ func TestDeployResumesAfterOutageAndRestart(t *testing.T) {
 	m2, archive2 := p.manifest(testBundle(t, "0.5.0", priv, nil), "d-restart")
 	p.chunks(target, m2, archive2, 0, 1)
 	p.send(target, m2)
-	waitFor(t, 30*time.Second, "the first chunk", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the first chunk", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-restart" && st.Progress > 0
 	})
@@ -457,7 +458,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 		cfg.Log.Level = "warn"
 		r := start(b, cfg)
 		frames := func() uint64 { return r.agent.parts().cameras[0].stats.status().Frames }
-		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return frames() > 30 })
+		testkit.WaitFor(b, 30*time.Second, "detection at full rate", func() bool { return frames() > 30 })
 
 		p := newPusher(b, broker.URL)
 		m, archive := p.manifest(testBundle(b, "0.9.0", priv, nil), fmt.Sprintf("d-bench-%d", i))
@@ -469,7 +470,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 		p.chunks(target, m, archive, 0, m.Transfer.Chunks)
 		p.send(target, m)
 		var st *deploy.State
-		waitFor(b, 2*time.Minute, "active", func() bool {
+		testkit.WaitFor(b, 2*time.Minute, "active", func() bool {
 			st = r.agent.parts().deployer.LastState()
 			return st != nil && st.Deployment == m.Deployment && st.Phase.Final()
 		})
@@ -484,7 +485,7 @@ func BenchmarkDeploySwap(b *testing.B) {
 
 		// Baseline: a fresh agent, no push, the same window.
 		r2 := start(b, cfg)
-		waitFor(b, 30*time.Second, "detection at full rate", func() bool { return r2.agent.parts().cameras[0].stats.status().Frames > 30 })
+		testkit.WaitFor(b, 30*time.Second, "detection at full rate", func() bool { return r2.agent.parts().cameras[0].stats.status().Frames > 30 })
 		g0 := r2.agent.parts().cameras[0].stats.status().Frames
 		time.Sleep(window)
 		baseline := r2.agent.parts().cameras[0].stats.status().Frames - g0
@@ -505,7 +506,7 @@ func TestPushToolAgainstRunningAgents(t *testing.T) {
 	agents := startGroup(t, b.URL, pub, "gate", "gates", 2)
 	// Both announce themselves (retained status with their group) before the push.
 	status := b.Subscribe(t, "cloud", "vigil/+/status")
-	waitFor(t, 30*time.Second, "both agents online", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "both agents online", func() bool {
 		online := map[string]bool{}
 		for _, m := range status.Messages() {
 			online[m.Topic] = strings.Contains(string(m.Payload), `"online"`)
@@ -559,7 +560,7 @@ func TestDeployWatchRollsBack(t *testing.T) {
 			cfg := deployConfig(t, t.TempDir(), b.URL, pub)
 			cfg.Deploy.Watch = 3 * time.Second
 			r := start(t, cfg)
-			waitFor(t, 30*time.Second, "detections on the first model", func() bool {
+			testkit.WaitFor(t, 30*time.Second, "detections on the first model", func() bool {
 				_, n := r.agent.parts().models["default"].running.Load().stats.p50()
 				return n > 3
 			})
@@ -575,7 +576,7 @@ func TestDeployWatchRollsBack(t *testing.T) {
 			// What the live pipeline would record on a bad model, recorded on the new one.
 			tc.harm(&r.agent.parts().models["default"].running.Load().stats)
 			var st *deploy.State
-			waitFor(t, 30*time.Second, "the rollback", func() bool {
+			testkit.WaitFor(t, 30*time.Second, "the rollback", func() bool {
 				st = r.agent.parts().deployer.LastState()
 				return st != nil && st.Phase == deploy.PhaseRolledBack
 			})
@@ -635,7 +636,7 @@ func TestDeployWithdrawnAndStalled(t *testing.T) {
 	m, archive := p.manifest(testBundle(t, "4.0.0", priv, nil), "d-withdrawn")
 	p.chunks(device, m, archive, 0, 1)
 	p.send(device, m)
-	waitFor(t, 30*time.Second, "the transfer under way", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the transfer under way", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == "d-withdrawn" && st.Progress > 0
 	})
@@ -682,7 +683,7 @@ func TestDeployURLWithdrawnMidDownload(t *testing.T) {
 	target := deploy.Target{Device: "test-01"}
 	m.Transfer = &deploy.TransferSpec{Via: deploy.ViaURL, URL: srv.URL + "/bundle.tar"}
 	p.send(target, m)
-	waitFor(t, 30*time.Second, "the download under way", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the download under way", func() bool {
 		st := r.agent.parts().deployer.LastState()
 		return st != nil && st.Deployment == m.Deployment && st.Phase == deploy.PhaseDownloading
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 )
@@ -51,7 +52,7 @@ func TestFleetRetainedStatus(t *testing.T) {
 		}
 		return st
 	}
-	waitFor(t, 30*time.Second, "an online status with the door camera streaming", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "an online status with the door camera streaming", func() bool {
 		st := last()
 		return st.State == "online" && len(st.Cameras) == 1 && st.Cameras[0].Name == "door" && st.Cameras[0].State == "streaming"
 	})
@@ -65,16 +66,16 @@ func TestFleetRetainedStatus(t *testing.T) {
 	p := newPusher(t, b.URL)
 	p.send(deploy.Target{Device: "test-01"}, &deploy.Manifest{Deployment: "d-fleet", Action: deploy.ActionRollback, Model: "default", Issued: time.Now().UTC()})
 	final := waitPhase(t, r, "d-fleet")
-	waitFor(t, 10*time.Second, "the deployment in the retained status", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the deployment in the retained status", func() bool {
 		st := last()
 		return st.State == "online" && st.Deployment != nil && st.Deployment.ID == "d-fleet" && st.Deployment.Phase == string(final.Phase)
 	})
 	// Unchanged, it is not published again and again: the telemetry interval is 50ms,
 	// so a refresh every tick would show here.
 	n := len(sub.Messages())
-	waitFor(t, 10*time.Second, "ten more telemetry messages", func() bool { return r.status(t).Outbox.NextSeq > 20 })
+	testkit.WaitFor(t, 10*time.Second, "ten more telemetry messages", func() bool { return r.status(t).Outbox.NextSeq > 20 })
 	before := r.status(t).Outbox.NextSeq
-	waitFor(t, 10*time.Second, "ten more telemetry messages", func() bool { return r.status(t).Outbox.NextSeq >= before+10 })
+	testkit.WaitFor(t, 10*time.Second, "ten more telemetry messages", func() bool { return r.status(t).Outbox.NextSeq >= before+10 })
 	extra := len(sub.Messages()) - n
 	t.Logf("%d status messages over ten telemetry intervals", extra)
 	if extra > 5 {
@@ -84,7 +85,7 @@ func TestFleetRetainedStatus(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the offline status", func() bool { return last().State == "offline" })
+	testkit.WaitFor(t, 10*time.Second, "the offline status", func() bool { return last().State == "offline" })
 	if st := last(); st.Device != "test-01" || st.Group != "line-a" || st.Version != "test" || st.Reason != "stopped" || st.Since == "" {
 		t.Errorf("offline status %+v", st)
 	}

@@ -3,6 +3,8 @@ package agent
 import (
 	"testing"
 	"time"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // collect returns each detection's latency once, in order, across the ring's wrap.
@@ -42,7 +44,7 @@ func TestMeasureViews(t *testing.T) {
 	cfg.Rules = nil
 	r := start(t, cfg)
 	var c CameraCounters
-	waitFor(t, 30*time.Second, "three detections", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "three detections", func() bool {
 		var ok bool
 		c, ok = r.agent.CameraCounters("door")
 		return ok && c.Detected >= 3

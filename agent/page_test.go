@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
 
 // The status page in a real browser (Debian's chromium, which scripts/install-deps
@@ -23,7 +25,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Fatal("chromium is needed for the status page test: scripts/install-deps installs it")
 	}
 	r := start(t, testConfig(t, t.TempDir(), ""))
-	waitFor(t, 30*time.Second, "a detection event", func() bool { return eventOfKind(r.status(t).Events, "detection") != nil })
+	testkit.WaitFor(t, 30*time.Second, "a detection event", func() bool { return eventOfKind(r.status(t).Events, "detection") != nil })
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Flag("disable-background-networking", true),
@@ -73,7 +75,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		document.querySelector('button[data-act="line-stop"][data-cmd="high"]').click()`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the relay set high from the page", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the relay set high from the page", func() bool {
 		return r.agent.parts().actuators["line-stop"].State().State == "high"
 	})
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/hal"
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 )
 
@@ -38,7 +39,7 @@ func TestReloadAppliesOnlyWhatChanged(t *testing.T) {
 	cfg := testConfig(t, t.TempDir(), "")
 	r := start(t, cfg)
 	door := r.agent.parts().cameras[0]
-	waitFor(t, 30*time.Second, "a detection event", func() bool { return eventOfKind(r.status(t).Events, "detection") != nil })
+	testkit.WaitFor(t, 30*time.Second, "a detection event", func() bool { return eventOfKind(r.status(t).Events, "detection") != nil })
 	framesBefore := door.stats.status().Frames
 	seqBefore := r.status(t).Outbox.NextSeq
 
@@ -61,7 +62,7 @@ func TestReloadAppliesOnlyWhatChanged(t *testing.T) {
 	if got := p.cfg.RuleNamed("stop-on-person").MinScore; got != 0.6 {
 		t.Errorf("rule min_score %v after the reload", got)
 	}
-	waitFor(t, 30*time.Second, "the new camera streaming and the old one still detecting", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the new camera streaming and the old one still detecting", func() bool {
 		st := r.status(t)
 		for _, c := range st.Cameras {
 			if c.Name == "yard" && c.State != "streaming" {
@@ -117,9 +118,9 @@ func TestConfigFileWatchReloads(t *testing.T) {
 	cfg := testConfig(t, t.TempDir(), "")
 	r := start(t, cfg)
 	// The watch starts with Run, long before the first detection.
-	waitFor(t, 30*time.Second, "the agent running", func() bool { return r.status(t).Cameras[0].Detect.Frames > 0 })
+	testkit.WaitFor(t, 30*time.Second, "the agent running", func() bool { return r.status(t).Cameras[0].Detect.Frames > 0 })
 	rewrite(t, cfg.Source, "cooldown: 1h", "cooldown: 2h")
-	waitFor(t, 30*time.Second, "the file change to be applied", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the file change to be applied", func() bool {
 		return r.agent.parts().cfg.RuleNamed("stop-on-person").Cooldown == 2*time.Hour
 	})
 	if st := r.status(t); st.Reload == nil || !st.Reload.OK || !slices.Contains(st.Reload.Changed, "rule stop-on-person") {
@@ -134,7 +135,7 @@ func TestReloadMQTTAndActuators(t *testing.T) {
 	sub := b.Subscribe(t, "cloud", "vigil/test-01/events")
 	cfg := testConfig(t, t.TempDir(), "")
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "a detection event in the outbox", func() bool { return r.status(t).Outbox.Depth > 1 })
+	testkit.WaitFor(t, 30*time.Second, "a detection event in the outbox", func() bool { return r.status(t).Outbox.Depth > 1 })
 	rewrite(t, cfg.Source, "mqtt:\n", fmt.Sprintf("mqtt:\n  enabled: true\n  brokers: [%q]\n", b.URL))
 	rewrite(t, cfg.Source, "actuators:\n", "actuators:\n  - {name: lamp, driver: sim, safe: high}\n")
 	relay := r.agent.parts().actuators["line-stop"]
@@ -148,7 +149,7 @@ func TestReloadMQTTAndActuators(t *testing.T) {
 	if s := r.agent.parts().actuators["lamp"].State(); s.State != "high" {
 		t.Errorf("the new actuator is not at its safe level: %+v", s)
 	}
-	waitFor(t, 30*time.Second, "the backlog at the broker", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the backlog at the broker", func() bool {
 		st := r.status(t)
 		return st.MQTT.State == "connected" && st.Outbox.Depth == 0 && len(sub.Messages()) > 1
 	})
@@ -189,7 +190,7 @@ func TestReloadRemovingAnActuatorWhileItsCameraStalls(t *testing.T) {
 	}
 	r := start(t, configs[true])
 	a := r.agent
-	waitFor(t, 30*time.Second, "the outputs at their operating level", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the outputs at their operating level", func() bool {
 		p := a.parts()
 		return p.actuators["guard"].State().State == "high" && p.actuators["weld-hold"].State().State == "high"
 	})
@@ -240,7 +241,7 @@ func TestReloadRetunesACameraInPlace(t *testing.T) {
 	r := start(t, cfg)
 	door := r.agent.parts().cameras[0]
 	first := door.model()
-	waitFor(t, 30*time.Second, "detections on the first model", func() bool { return door.stats.status().Frames > 3 })
+	testkit.WaitFor(t, 30*time.Second, "detections on the first model", func() bool { return door.stats.status().Frames > 3 })
 	reconnects := door.cap.Status().Reconnects
 
 	rewrite(t, cfg.Source, `detect_fps: 10}`, `detect_fps: 4, model: second}`)
@@ -257,7 +258,7 @@ func TestReloadRetunesACameraInPlace(t *testing.T) {
 	}
 	second := door.model().running.Load()
 	before := door.stats.status().Frames
-	waitFor(t, 30*time.Second, "detections on the second model", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "detections on the second model", func() bool {
 		_, n := second.stats.p50()
 		return n > 3 && door.stats.status().Frames > before+3
 	})

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/outbox"
 )
 
@@ -36,7 +37,7 @@ func TestSamplesForRetraining(t *testing.T) {
 	cfg := testConfig(t, state, "")
 	cfg.Samples.Near, cfg.Samples.Interval, cfg.Samples.MaxBytes = 1, 0, 100<<10 // every frame with a detection
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "more samples than the budget holds", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "more samples than the budget holds", func() bool {
 		return len(eventsOfKind(r.status(t).Events, "sample")) >= 8
 	})
 	r.stop()
@@ -61,12 +62,12 @@ func TestFlaggedSampleAndStoreFramesOff(t *testing.T) {
 	cfg := testConfig(t, state, "")
 	cfg.Samples.Near = 0 // nothing is "unsure": only flagged frames are kept
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "detection", func() bool { return r.status(t).Cameras[0].Detect.Frames > 0 })
+	testkit.WaitFor(t, 30*time.Second, "detection", func() bool { return r.status(t).Cameras[0].Detect.Frames > 0 })
 	if code, msg := r.post(t, "/api/cameras/door/sample", "s3cret", ""); code != http.StatusAccepted {
 		t.Fatalf("flag: %d %s", code, msg)
 	}
 	var ev *outbox.Envelope
-	waitFor(t, 30*time.Second, "the flagged sample", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the flagged sample", func() bool {
 		ev = eventOfKind(r.status(t).Events, "sample")
 		return ev != nil
 	})
@@ -84,7 +85,7 @@ func TestFlaggedSampleAndStoreFramesOff(t *testing.T) {
 	cfg.Cameras[0].StoreFrames = false
 	cfg.Samples.Near, cfg.Samples.Interval = 1, 0
 	r = start(t, cfg)
-	waitFor(t, 30*time.Second, "a few detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
+	testkit.WaitFor(t, 30*time.Second, "a few detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
 	if code, _ := r.post(t, "/api/cameras/door/sample", "s3cret", ""); code != http.StatusConflict {
 		t.Errorf("flag with store_frames off: %d, want 409", code)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/internal/sysstat"
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
@@ -25,7 +26,7 @@ func TestShadowModelAgreement(t *testing.T) {
 	cfg.Models[0].Shadow = config.Shadow{Bundle: twin, Every: 2}
 	r := start(t, cfg)
 	var sh *ShadowStatus
-	waitFor(t, 60*time.Second, "the shadow to run on 8 frames", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the shadow to run on 8 frames", func() bool {
 		sh = r.status(t).Models[0].Shadow
 		return sh != nil && sh.Frames >= 8
 	})
@@ -48,7 +49,7 @@ func TestShadowDeployment(t *testing.T) {
 	cfg := deployConfig(t, state, b.URL, pub)
 	cfg.Models[0].Shadow.Every = 2
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
+	testkit.WaitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
 	ctx := context.Background()
 	pushTo := func(bundle string, o push.Options) *push.Result {
 		t.Helper()
@@ -68,7 +69,7 @@ func TestShadowDeployment(t *testing.T) {
 		t.Errorf("a shadow push replaced the running model: %s runs", v)
 	}
 	var sh *ShadowStatus
-	waitFor(t, 60*time.Second, "the pushed shadow to run on 4 frames", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the pushed shadow to run on 4 frames", func() bool {
 		sh = r.status(t).Models[0].Shadow
 		return sh != nil && sh.Frames >= 4
 	})
@@ -143,7 +144,7 @@ func TestDeploymentDuringReloadChangesNothing(t *testing.T) {
 			cfg := deployConfig(t, t.TempDir(), b.URL, pub)
 			cfg.Deploy.WarmupRuns, cfg.Deploy.WarmupBudget = 150, 10*time.Second // warm-up outlasts the reload
 			r := start(t, cfg)
-			waitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
+			testkit.WaitFor(t, 30*time.Second, "detections", func() bool { return r.agent.parts().cameras[0].stats.status().Frames > 5 })
 			retired := r.agent.parts().models["default"]
 
 			next := *cfg

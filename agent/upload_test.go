@@ -3,67 +3,23 @@ package agent
 import (
 	"bytes"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/upload"
 )
 
-// sampleEndpoint is a real HTTP server that keeps what is PUT to it, refusing with 503
-// while down (the first `fail` requests, or all while fail < 0).
-type sampleEndpoint struct {
-	*httptest.Server
-	mu      sync.Mutex
-	fail    int
-	refused int
-	got     map[string][]byte // by path
-	times   map[string]int    // 2xx answers by path
-}
-
-func newSampleEndpoint(t *testing.T, fail int) *sampleEndpoint {
-	e := &sampleEndpoint{fail: fail, got: map[string][]byte{}, times: map[string]int{}}
-	e.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		switch {
-		case r.Method != http.MethodPut || err != nil || r.Header.Get("Authorization") != "Bearer t0k":
-			http.Error(w, "PUT with the token only", http.StatusForbidden)
-		case e.fail != 0:
-			e.fail--
-			e.refused++
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-		default:
-			e.got[r.URL.Path] = body
-			e.times[r.URL.Path]++
-			w.WriteHeader(http.StatusNoContent)
-		}
-	}))
-	t.Cleanup(e.Close)
-	return e
-}
-
-func (e *sampleEndpoint) setFail(n int) {
-	e.mu.Lock()
-	e.fail = n
-	e.mu.Unlock()
-}
-
 // check asserts that every sample the state file records arrived exactly once, byte for
 // byte (JPEG and sidecar), that nothing else arrived, and returns how many did.
-func (e *sampleEndpoint) check(t *testing.T, state string) int {
+func checkUploads(t *testing.T, e *testkit.PutServer, state string) int {
 	t.Helper()
 	dir := filepath.Join(state, "samples")
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	got := e.Received()
 	uploaded := uploadedNames(t, dir)
 	for _, name := range uploaded {
 		for _, f := range []string{name, strings.TrimSuffix(name, ".jpg") + ".json"} {
@@ -72,13 +28,13 @@ func (e *sampleEndpoint) check(t *testing.T, state string) int {
 			if err != nil {
 				t.Fatalf("uploaded sample not on disk (the budget is large): %v", err)
 			}
-			if !bytes.Equal(e.got[p], disk) || e.times[p] != 1 {
-				t.Errorf("%s: received %d times, %d bytes; %d on disk", p, e.times[p], len(e.got[p]), len(disk))
+			if !bytes.Equal(got.Bodies[p], disk) || got.Times[p] != 1 {
+				t.Errorf("%s: received %d times, %d bytes; %d on disk", p, got.Times[p], len(got.Bodies[p]), len(disk))
 			}
 		}
 	}
-	if len(e.got) != 2*len(uploaded) {
-		t.Errorf("%d files received for %d samples recorded as uploaded", len(e.got), len(uploaded))
+	if len(got.Bodies) != 2*len(uploaded) {
+		t.Errorf("%d files received for %d samples recorded as uploaded", len(got.Bodies), len(uploaded))
 	}
 	return len(uploaded)
 }
@@ -100,9 +56,9 @@ func uploadConfig(via, more string) string {
 // the bytes those on disk; status and metrics count them.
 func TestSamplesUploadOverHTTP(t *testing.T) {
 	state := t.TempDir()
-	e := newSampleEndpoint(t, 3)
+	e := testkit.NewPutServer(t, "t0k", 3)
 	r := start(t, testConfig(t, state, uploadConfig("http", fmt.Sprintf(", url: %q, token: t0k", e.URL+"/in"))))
-	waitFor(t, 60*time.Second, "three samples uploaded", func() bool { return r.status(t).Samples.Uploaded >= 3 })
+	testkit.WaitFor(t, 60*time.Second, "three samples uploaded", func() bool { return r.status(t).Samples.Uploaded >= 3 })
 	st := r.status(t).Samples
 	if st.Upload != "http" || st.Stored < 3 || st.Bytes <= 0 || st.Failed < 1 {
 		t.Errorf("status samples %+v: want upload http, >= 3 stored, the failures counted", st)
@@ -115,11 +71,11 @@ func TestSamplesUploadOverHTTP(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.check(t, state); n < 3 {
+	if n := checkUploads(t, e, state); n < 3 {
 		t.Errorf("%d samples recorded as uploaded", n)
 	}
-	if e.refused != 3 {
-		t.Errorf("%d requests refused, want 3", e.refused)
+	if e.Received().Refused != 3 {
+		t.Errorf("%d requests refused, want 3", e.Received().Refused)
 	}
 }
 
@@ -127,10 +83,10 @@ func TestSamplesUploadOverHTTP(t *testing.T) {
 // each once; with store_frames: false that run keeps (and uploads) nothing new.
 func TestSamplesUploadAfterRestart(t *testing.T) {
 	state := t.TempDir()
-	e := newSampleEndpoint(t, -1) // down
+	e := testkit.NewPutServer(t, "t0k", -1) // down
 	more := fmt.Sprintf(", url: %q, token: t0k", e.URL+"/in")
 	r := start(t, testConfig(t, state, uploadConfig("http", more)))
-	waitFor(t, 60*time.Second, "samples waiting for the endpoint", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "samples waiting for the endpoint", func() bool {
 		st := r.status(t).Samples
 		return st.Pending >= 3 && st.Failed > 0 && strings.Contains(st.LastError, "503")
 	})
@@ -139,19 +95,19 @@ func TestSamplesUploadAfterRestart(t *testing.T) {
 	}
 	jpgs, _, _ := sampleFiles(t, state)
 
-	e.setFail(0) // up again
+	e.SetFail(0) // up again
 	cfg := testConfig(t, state, uploadConfig("http", more))
 	cfg.Cameras[0].StoreFrames = false
 	r = start(t, cfg)
-	waitFor(t, 30*time.Second, "every kept sample uploaded", func() bool { return r.status(t).Samples.Uploaded == uint64(jpgs) })
-	waitFor(t, 30*time.Second, "a few more detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
+	testkit.WaitFor(t, 30*time.Second, "every kept sample uploaded", func() bool { return r.status(t).Samples.Uploaded == uint64(jpgs) })
+	testkit.WaitFor(t, 30*time.Second, "a few more detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
 	if st := r.status(t).Samples; st.Pending != 0 || st.Stored != jpgs || st.Uploaded != uint64(jpgs) {
 		t.Errorf("status samples %+v, want %d stored and uploaded", st, jpgs)
 	}
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.check(t, state); n != jpgs {
+	if n := checkUploads(t, e, state); n != jpgs {
 		t.Errorf("%d of %d samples uploaded", n, jpgs)
 	}
 }
@@ -159,17 +115,15 @@ func TestSamplesUploadAfterRestart(t *testing.T) {
 // A camera with store_frames: false keeps nothing, so nothing is uploaded.
 func TestSamplesUploadNothingWithStoreFramesOff(t *testing.T) {
 	state := t.TempDir()
-	e := newSampleEndpoint(t, 0)
+	e := testkit.NewPutServer(t, "t0k", 0)
 	cfg := testConfig(t, state, uploadConfig("http", fmt.Sprintf(", url: %q, token: t0k", e.URL+"/in")))
 	cfg.Cameras[0].StoreFrames = false
 	r := start(t, cfg)
-	waitFor(t, 30*time.Second, "a few detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
+	testkit.WaitFor(t, 30*time.Second, "a few detections", func() bool { return r.status(t).Cameras[0].Detect.Frames > 10 })
 	st := r.status(t).Samples
 	r.stop()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.got) != 0 || st.Stored != 0 || st.Uploaded != 0 || st.Pending != 0 {
-		t.Errorf("store_frames: false: %d files received, status %+v", len(e.got), st)
+	if len(e.Received().Bodies) != 0 || st.Stored != 0 || st.Uploaded != 0 || st.Pending != 0 {
+		t.Errorf("store_frames: false: %d files received, status %+v", len(e.Received().Bodies), st)
 	}
 }
 
@@ -182,7 +136,7 @@ func TestSamplesUploadOverMQTT(t *testing.T) {
 	cfg := testConfig(t, state, fmt.Sprintf("  enabled: true\n  brokers: [%q]\n  backoff: {min: 50ms, max: 500ms}\n", b.URL)+
 		uploadConfig("mqtt", ", chunk_size: 16KiB"))
 	r := start(t, cfg)
-	waitFor(t, 60*time.Second, "two samples uploaded", func() bool { return r.status(t).Samples.Uploaded >= 2 })
+	testkit.WaitFor(t, 60*time.Second, "two samples uploaded", func() bool { return r.status(t).Samples.Uploaded >= 2 })
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +148,7 @@ func TestSamplesUploadOverMQTT(t *testing.T) {
 	for _, name := range names {
 		for _, f := range []string{name, strings.TrimSuffix(name, ".jpg") + ".json"} {
 			var got *upload.File
-			waitFor(t, 10*time.Second, "all of "+f, func() bool {
+			testkit.WaitFor(t, 10*time.Second, "all of "+f, func() bool {
 				r, err := upload.NewReceiver("vigil", upload.ReceiverOptions{})
 				if err != nil {
 					t.Fatal(err)

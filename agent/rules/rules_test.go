@@ -7,12 +7,8 @@ import (
 
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/infer"
+	"github.com/vigil-edge/vigil/internal/testkit"
 )
-
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time          { return c.t }
-func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func person(score float32, box [4]float32) infer.Detection {
 	return infer.Detection{Label: "person", Score: score, Box: box}
@@ -149,19 +145,19 @@ func TestWindowForgetsOldFrames(t *testing.T) {
 }
 
 func TestCooldown(t *testing.T) {
-	c := &clock{t: time.Unix(1000, 0)}
+	c := testkit.NewClock(time.Unix(1000, 0))
 	r := baseRule()
 	r.Cooldown = 5 * time.Second
-	e := New([]config.Rule{r}, Options{Now: c.now})
+	e := New([]config.Rule{r}, Options{Now: c.Now})
 	seen := frame(person(0.9, centre))
 	if len(e.Evaluate(seen)) != 1 {
 		t.Fatal("first match did not fire")
 	}
-	c.advance(4 * time.Second)
+	c.Advance(4 * time.Second)
 	if len(e.Evaluate(seen)) != 0 {
 		t.Fatal("fired inside the cooldown")
 	}
-	c.advance(time.Second)
+	c.Advance(time.Second)
 	if len(e.Evaluate(seen)) != 1 {
 		t.Fatal("did not fire once the cooldown passed")
 	}
@@ -205,10 +201,10 @@ func kinds(fs []Firing) string {
 }
 
 func TestHoldKeepsTheStateAfterTheLastMatch(t *testing.T) {
-	c := &clock{t: time.Unix(1000, 0)}
-	e := New([]config.Rule{stateRule(2*time.Second, "")}, Options{Now: c.now})
+	c := testkit.NewClock(time.Unix(1000, 0))
+	e := New([]config.Rule{stateRule(2*time.Second, "")}, Options{Now: c.Now})
 	seen, empty := frame(person(0.9, centre)), frame()
-	step := func(f Frame, d time.Duration) string { c.advance(d); return kinds(e.Evaluate(f)) }
+	step := func(f Frame, d time.Duration) string { c.Advance(d); return kinds(e.Evaluate(f)) }
 	got := []string{
 		step(seen, 0),                   // fire
 		step(seen, time.Second),         // still seen: nothing new
@@ -304,14 +300,14 @@ func TestInterlock(t *testing.T) {
 }
 
 func TestEventOnlyRuleFiresWithCooldown(t *testing.T) {
-	c := &clock{t: time.Unix(1000, 0)}
+	c := testkit.NewClock(time.Unix(1000, 0))
 	r := baseRule()
 	r.Action = config.Action{}
 	r.Cooldown = time.Second
-	e := New([]config.Rule{r}, Options{Now: c.now})
+	e := New([]config.Rule{r}, Options{Now: c.Now})
 	seen := frame(person(0.9, centre))
 	got := []string{kinds(e.Evaluate(seen)), kinds(e.Evaluate(seen))}
-	c.advance(time.Second)
+	c.Advance(time.Second)
 	got = append(got, kinds(e.Evaluate(seen)))
 	if want := []string{"fire", "-", "fire"}; !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)

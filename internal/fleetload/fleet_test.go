@@ -512,8 +512,8 @@ func (c *cloud) online() int {
 	return n
 }
 
-// window measures traffic and CPU between start and end.
-type window struct {
+// trafficWindow measures traffic and CPU between start and end.
+type trafficWindow struct {
 	sys         SysSample
 	agents, brk ProcStat
 	pid         int
@@ -522,14 +522,14 @@ type window struct {
 	at          time.Time
 }
 
-func startWindow(sys *SysMonitor, pid int, tracker *Tracker) *window {
-	w := &window{sys: sys.Sample(), pid: pid, tracker: tracker, envelopes: tracker.Counts().Distinct, at: time.Now()}
+func startWindow(sys *SysMonitor, pid int, tracker *Tracker) *trafficWindow {
+	w := &trafficWindow{sys: sys.Sample(), pid: pid, tracker: tracker, envelopes: tracker.Counts().Distinct, at: time.Now()}
 	w.agents, _ = ReadProc(0)
 	w.brk, _ = ReadProc(pid)
 	return w
 }
 
-func (w *window) end(t *testing.T, sys *SysMonitor) Traffic {
+func (w *trafficWindow) end(t *testing.T, sys *SysMonitor) Traffic {
 	// Wait for the broker's next $SYS publication, so the counters cover the window.
 	now := time.Now()
 	testkit.WaitFor(t, 10*time.Second, "the broker's $SYS counters", func() bool { return sys.Updated("messages/sent", now) })

@@ -6,6 +6,8 @@ import (
 	"io"
 	"slices"
 	"time"
+
+	"github.com/vigil-edge/vigil/internal/window"
 )
 
 // Report is what one fleet load run measured.
@@ -120,14 +122,9 @@ type Seq struct {
 	LatencyMaxS float64 `json:"latency_max_s"`
 }
 
-// Quantile is the q-quantile (0..1) of ds, in seconds; 0 for none.
+// Quantile is the q-quantile (0..1) of ds (internal/window's), in seconds; 0 for none.
 func Quantile(ds []time.Duration, q float64) float64 {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(q*float64(len(s))))].Seconds()
+	return window.Quantile(ds, q).Seconds()
 }
 
 // WriteText prints the report for people.
