@@ -31,7 +31,7 @@ func (a *Agent) provision(cfg *config.Config, old *parts) (np *parts, ch *change
 		old = &parts{cfg: &config.Config{}}
 	}
 	oc := old.cfg
-	np = &parts{cfg: cfg, actuators: map[string]*actuator{}, inputs: map[string]*input{}, models: map[string]*model{}, ruleStats: map[string]*ruleStats{}}
+	np = &parts{cfg: cfg, models: map[string]*model{}, ruleStats: map[string]*ruleStats{}}
 	ch = &change{}
 	defer func() {
 		if err != nil {
@@ -65,44 +65,10 @@ func (a *Agent) provision(cfg *config.Config, old *parts) (np *parts, ch *change
 
 	// Actuators and inputs: an unchanged one is kept; a changed or new one is opened by
 	// swap.
-	for _, ac := range cfg.Actuators {
-		np.actOrder = append(np.actOrder, ac.Name)
-		cur, ok := old.actuators[ac.Name]
-		if ok && reflect.DeepEqual(cur.cfg, ac) {
-			np.actuators[ac.Name] = cur
-			continue
-		}
-		ch.openActuators = append(ch.openActuators, ac)
-		if ok {
-			ch.oldActuators = append(ch.oldActuators, cur)
-		}
-		ch.changed = append(ch.changed, describeChange("actuator", ac.Name, ok))
-	}
-	for _, name := range old.actOrder {
-		if cfg.ActuatorNamed(name) == nil {
-			ch.oldActuators = append(ch.oldActuators, old.actuators[name])
-			ch.changed = append(ch.changed, "actuator "+name+" removed")
-		}
-	}
-	for _, ic := range cfg.Inputs {
-		np.inOrder = append(np.inOrder, ic.Name)
-		cur, ok := old.inputs[ic.Name]
-		if ok && reflect.DeepEqual(cur.cfg, ic) {
-			np.inputs[ic.Name] = cur
-			continue
-		}
-		ch.openInputs = append(ch.openInputs, ic)
-		if ok {
-			ch.oldInputs = append(ch.oldInputs, cur)
-		}
-		ch.changed = append(ch.changed, describeChange("input", ic.Name, ok))
-	}
-	for _, name := range old.inOrder {
-		if !slices.ContainsFunc(cfg.Inputs, func(ic config.Input) bool { return ic.Name == name }) {
-			ch.oldInputs = append(ch.oldInputs, old.inputs[name])
-			ch.changed = append(ch.changed, "input "+name+" removed")
-		}
-	}
+	np.actuators, np.actOrder, ch.openActuators, ch.oldActuators = sortParts(ch, "actuator", cfg.Actuators,
+		func(c config.Actuator) string { return c.Name }, old.actuators, old.actOrder, func(a *actuator) config.Actuator { return a.cfg })
+	np.inputs, np.inOrder, ch.openInputs, ch.oldInputs = sortParts(ch, "input", cfg.Inputs,
+		func(c config.Input) string { return c.Name }, old.inputs, old.inOrder, func(in *input) config.Input { return in.cfg })
 
 	// Models: an unchanged one keeps running, with what a deployment put in it.
 	for _, mc := range cfg.Models {
@@ -168,6 +134,35 @@ func (a *Agent) provision(cfg *config.Config, old *parts) (np *parts, ch *change
 		}
 	}
 	return np, ch, nil
+}
+
+// sortParts goes through the configured parts of one kind (actuators, inputs) against
+// the old ones, in config order: an unchanged one is kept, a new or changed one is to be
+// opened, and an old one changed or removed is to be let go. What changed is noted in ch.
+func sortParts[C comparable, P any](ch *change, kind string, cfgs []C, nameOf func(C) string, old map[string]P, oldOrder []string,
+	cfgOf func(P) C) (kept map[string]P, order []string, open []C, gone []P) {
+	kept = map[string]P{}
+	for _, c := range cfgs {
+		name := nameOf(c)
+		order = append(order, name)
+		cur, ok := old[name]
+		if ok && cfgOf(cur) == c {
+			kept[name] = cur
+			continue
+		}
+		open = append(open, c)
+		if ok {
+			gone = append(gone, cur)
+		}
+		ch.changed = append(ch.changed, describeChange(kind, name, ok))
+	}
+	for _, name := range oldOrder {
+		if !slices.Contains(order, name) {
+			gone = append(gone, old[name])
+			ch.changed = append(ch.changed, kind+" "+name+" removed")
+		}
+	}
+	return kept, order, open, gone
 }
 
 func describeChange(kind, name string, existed bool) string {
