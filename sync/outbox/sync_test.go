@@ -271,6 +271,13 @@ func TestRollWithoutFsync(t *testing.T) {
 		}
 	}()
 
+	// One write for the syncer to take up; from then on it is held in that fsync, and
+	// every Enqueue below (rolling segments too) must get by without it.
+	if _, err := o.Enqueue(context.Background(), "telemetry", ClassTelemetry, "first"); err != nil {
+		t.Fatalf("Enqueue: %v", err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the syncer to be held in an fsync", func() bool { return g.held.Load() > 0 })
+
 	results := make(chan enqueueResult, 1)
 	for i := 0; len(segFiles(t, opts.Path, "telemetry")) < 4; i++ {
 		go func() {
