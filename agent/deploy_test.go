@@ -18,6 +18,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
@@ -515,12 +516,12 @@ func TestPushToolAgainstRunningAgents(t *testing.T) {
 	})
 	bundle := testBundle(t, "1.0.0", priv, nil)
 	ctx := context.Background()
-	res, err := push.Push(ctx, bundle, push.Options{Broker: b.URL, Device: "gate-0", Timeout: time.Minute})
+	res, err := push.Push(ctx, bundle, push.Options{Broker: mqttdial.Broker{URL: b.URL}, Device: "gate-0", Timeout: time.Minute})
 	if err != nil || !res.OK() || runningVersion(agents[0]) != "1.0.0" || runningVersion(agents[1]) != "0.1.1" {
 		t.Fatalf("device push: %v %+v", err, res)
 	}
 	group := testBundle(t, "1.1.0", priv, nil)
-	res, err = push.Push(ctx, group, push.Options{Broker: b.URL, Group: "gates", Timeout: time.Minute})
+	res, err = push.Push(ctx, group, push.Options{Broker: mqttdial.Broker{URL: b.URL}, Group: "gates", Timeout: time.Minute})
 	var table strings.Builder
 	if res != nil {
 		res.WriteTable(&table)
@@ -533,7 +534,7 @@ func TestPushToolAgainstRunningAgents(t *testing.T) {
 			t.Errorf("agent %d runs %s after the group push", i, v)
 		}
 	}
-	res, err = push.Push(ctx, "", push.Options{Broker: b.URL, Device: "gate-0", Rollback: true, Timeout: time.Minute})
+	res, err = push.Push(ctx, "", push.Options{Broker: mqttdial.Broker{URL: b.URL}, Device: "gate-0", Rollback: true, Timeout: time.Minute})
 	if err != nil || !res.OK() || runningVersion(agents[0]) != "1.0.0" {
 		t.Fatalf("rollback push: %v %+v, running %s", err, res, runningVersion(agents[0]))
 	}

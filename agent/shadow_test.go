@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vigil-edge/vigil/agent/config"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/internal/sysstat"
 	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
@@ -53,7 +54,7 @@ func TestShadowDeployment(t *testing.T) {
 	ctx := context.Background()
 	pushTo := func(bundle string, o push.Options) *push.Result {
 		t.Helper()
-		o.Broker, o.Device, o.Timeout = b.URL, "test-01", time.Minute
+		o.Broker, o.Device, o.Timeout = mqttdial.Broker{URL: b.URL}, "test-01", time.Minute
 		res, err := push.Push(ctx, bundle, o)
 		if err != nil {
 			t.Fatalf("push %+v: %v", o, err)
@@ -153,7 +154,7 @@ func TestDeploymentDuringReloadChangesNothing(t *testing.T) {
 			reloaded := make(chan error, 1)
 			var once sync.Once
 			res, err := push.Push(context.Background(), testBundle(t, "0.3.0", priv, nil), push.Options{
-				Broker: b.URL, Device: "test-01", Timeout: time.Minute, Shadow: shadowPush,
+				Broker: mqttdial.Broker{URL: b.URL}, Device: "test-01", Timeout: time.Minute, Shadow: shadowPush,
 				OnState: func(_ string, st deploy.State) {
 					if st.Phase == deploy.PhaseWarming {
 						once.Do(func() { go func() { _, err := r.agent.Reload(&next); reloaded <- err }() })

@@ -220,7 +220,7 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return parseExit(err)
 	}
-	o.Broker, o.TopicPrefix = bf.broker.URL, bf.topicPrefix
+	o.TopicPrefix = bf.topicPrefix
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "vigil model push: "+format+"\n\n", a...)
 		fs.Usage()
@@ -234,7 +234,7 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--rollback, --promote and --discard-shadow take no BUNDLE_DIR")
 	case !noBundle && len(pos) != 1:
 		return usageErr("want one BUNDLE_DIR, got %d", len(pos))
-	case o.Broker == "":
+	case bf.broker.URL == "":
 		return usageErr("--broker is required")
 	case (o.Device == "") == (o.Group == ""):
 		return usageErr("give exactly one of --device and --group")
@@ -253,12 +253,10 @@ func pushModel(args []string, stdout, stderr io.Writer) int {
 	if err := o.CheckStaged(); err != nil {
 		return usageErr("%s", strings.TrimPrefix(err.Error(), "push: "))
 	}
-	broker, err := bf.resolve()
-	if err != nil {
+	if o.Broker, err = bf.resolve(); err != nil {
 		fmt.Fprintf(stderr, "vigil model push: %v\n", err)
 		return exitUsage
 	}
-	o.Username, o.Password, o.TLS = broker.Username, broker.Password, broker.TLS
 	bundle := ""
 	if len(pos) == 1 {
 		bundle = pos[0]

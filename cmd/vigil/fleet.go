@@ -66,8 +66,7 @@ func fleetStatus(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	opts := fleet.Options{
-		Broker: broker.URL, Username: broker.Username, Password: broker.Password, TLS: broker.TLS,
-		TopicPrefix: bf.topicPrefix, Group: *group, Interval: *interval,
+		Broker: broker, TopicPrefix: bf.topicPrefix, Group: *group, Interval: *interval,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

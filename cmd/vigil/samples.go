@@ -148,9 +148,9 @@ func samplesReceive(args []string, stdout, stderr io.Writer) int {
 		if st := r.Stats(); st.Pending > 0 {
 			say(stdout, "%d chunks of %d files taken from %s\n", st.Recovered, st.Pending, spool)
 		}
+		broker.ClientID = *clientID
 		opts := upload.SubscribeOptions{
-			Broker: broker.URL, ClientID: *clientID, Username: broker.Username, Password: broker.Password, TLS: broker.TLS,
-			Prefix: bf.topicPrefix, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+			Broker: broker, Prefix: bf.topicPrefix, Logger: slog.New(slog.NewTextHandler(stderr, nil)),
 			Subscribed: func(filter string) {
 				say(stdout, "subscribed to %s as %s (persistent session)\n", filter, *clientID)
 			},

@@ -23,6 +23,7 @@ import (
 	"github.com/vigil-edge/vigil/agent"
 	"github.com/vigil-edge/vigil/agent/config"
 	"github.com/vigil-edge/vigil/assets"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
@@ -232,7 +233,7 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 	var activeAfter []time.Duration
 	pushStart := time.Now()
 	res, err := push.Push(context.Background(), next, push.Options{
-		Broker: b.URL, Group: group, ChunkSize: o.chunk, Timeout: 3*time.Minute + time.Duration(n)*30*time.Millisecond,
+		Broker: mqttdial.Broker{URL: b.URL}, Group: group, ChunkSize: o.chunk, Timeout: 3*time.Minute + time.Duration(n)*30*time.Millisecond,
 		Canary: o.canary, Wave: o.wave,
 		OnState: func(_ string, st deploy.State) {
 			if st.Phase == deploy.PhaseActive {
@@ -307,7 +308,7 @@ func runFleet(t *testing.T, o fleetOptions) *Report {
 	// The operator's view: what `vigil fleet status --group` shows, from the retained
 	// messages alone.
 	fleetStart := time.Now()
-	view, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: b.URL, Group: group})
+	view, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: mqttdial.Broker{URL: b.URL}, Group: group})
 	rep.FleetStatus.Seconds = time.Since(fleetStart).Seconds()
 	if err != nil {
 		t.Errorf("fleet status: %v", err)

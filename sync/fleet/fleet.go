@@ -10,7 +10,6 @@ package fleet
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -31,11 +30,9 @@ import (
 
 // Options configure a view of the fleet.
 type Options struct {
-	Broker   string // tcp://, ssl://, ws://, wss://
-	Username string
-	Password string
-	TLS      *tls.Config // for ssl:// and wss://; nil means the system's roots
-	ClientID string      // default: vigil-fleet-<random>
+	// Broker is where the devices are; its ClientID defaults to vigil-fleet-<random>,
+	// its Timeout (a connect, each subscribe) to 30s.
+	Broker mqttdial.Broker
 
 	TopicPrefix string // default "vigil"
 	// Group, when set, keeps only the devices whose status says this group.
@@ -254,7 +251,7 @@ const (
 )
 
 func (o *Options) defaults() error {
-	if o.Broker == "" {
+	if o.Broker.URL == "" {
 		return errors.New("fleet: no broker URL")
 	}
 	if strings.ContainsAny(o.Group, "/+#") {
@@ -263,10 +260,13 @@ func (o *Options) defaults() error {
 	if o.TopicPrefix == "" {
 		o.TopicPrefix = "vigil"
 	}
-	if o.ClientID == "" {
+	if o.Broker.ClientID == "" {
 		b := make([]byte, 6)
 		rand.Read(b)
-		o.ClientID = "vigil-fleet-" + hex.EncodeToString(b)
+		o.Broker.ClientID = "vigil-fleet-" + hex.EncodeToString(b)
+	}
+	if o.Broker.Timeout <= 0 {
+		o.Broker.Timeout = opTimeout
 	}
 	if o.Interval <= 0 {
 		o.Interval = time.Second
@@ -289,7 +289,7 @@ type watcher struct {
 // session is clean), which brings every retained message again.
 func connect(ctx context.Context, opts Options, reconnect bool) (*watcher, error) {
 	w := &watcher{opts: opts, view: newView(opts.TopicPrefix, opts.Now)}
-	b := mqttdial.Broker{URL: opts.Broker, Username: opts.Username, Password: opts.Password, TLS: opts.TLS, ClientID: opts.ClientID, Timeout: opTimeout}
+	b := opts.Broker
 	var connected atomic.Bool
 	o := b.ClientOptions().SetCleanSession(true).
 		SetOrderMatters(true). // the barrier needs messages in order
@@ -306,7 +306,7 @@ func connect(ctx context.Context, opts Options, reconnect bool) (*watcher, error
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	w.client = c
-	barrier := opts.TopicPrefix + "/fleet/" + opts.ClientID + "/barrier"
+	barrier := opts.TopicPrefix + "/fleet/" + b.ClientID + "/barrier"
 	if err := mqttbarrier.Wait(ctx, w.client, barrier, barrierWait); err != nil {
 		w.client.Disconnect(0)
 		return nil, fmt.Errorf("fleet: %s: %w", b.Name(), err)

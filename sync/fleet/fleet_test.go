@@ -12,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/goleak"
 
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/internal/testkit"
 	"github.com/vigil-edge/vigil/sync/fleet"
 	"github.com/vigil-edge/vigil/sync/mqttlink"
@@ -82,7 +83,7 @@ func TestSnapshotAndGroupFilter(t *testing.T) {
 	want["dock"] = append(want["dock"], "legacy")
 
 	ctx := context.Background()
-	all, err := fleet.Snapshot(ctx, fleet.Options{Broker: b.URL})
+	all, err := fleet.Snapshot(ctx, fleet.Options{Broker: mqttdial.Broker{URL: b.URL}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,7 @@ func TestSnapshotAndGroupFilter(t *testing.T) {
 	}
 
 	for _, g := range groups {
-		got, err := fleet.Snapshot(ctx, fleet.Options{Broker: b.URL, Group: g})
+		got, err := fleet.Snapshot(ctx, fleet.Options{Broker: mqttdial.Broker{URL: b.URL}, Group: g})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +128,7 @@ func TestSnapshotAndGroupFilter(t *testing.T) {
 			t.Errorf("group %s: %s, want %s", g, names(got), strings.Join(want[g], " "))
 		}
 	}
-	if got, err := fleet.Snapshot(ctx, fleet.Options{Broker: b.URL, Group: "nobody"}); err != nil || len(got) != 0 {
+	if got, err := fleet.Snapshot(ctx, fleet.Options{Broker: mqttdial.Broker{URL: b.URL}, Group: "nobody"}); err != nil || len(got) != 0 {
 		t.Errorf("an empty group: %v %v", got, err)
 	}
 
@@ -150,11 +151,11 @@ func TestBadOptions(t *testing.T) {
 	if _, err := fleet.Snapshot(context.Background(), fleet.Options{}); err == nil || !strings.Contains(err.Error(), "no broker") {
 		t.Errorf("no broker: %v", err)
 	}
-	if _, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: "tcp://127.0.0.1:1", Group: "a/+"}); err == nil || !strings.Contains(err.Error(), "group") {
+	if _, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: mqttdial.Broker{URL: "tcp://127.0.0.1:1"}, Group: "a/+"}); err == nil || !strings.Contains(err.Error(), "group") {
 		t.Errorf("bad group: %v", err)
 	}
 	b := brokertest.Start(t, brokertest.Options{Users: map[string]string{"op": "right"}})
-	_, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: strings.Replace(b.URL, "tcp://", "tcp://op:wrong@", 1), Username: "op", Password: "wrong"})
+	_, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: mqttdial.Broker{URL: strings.Replace(b.URL, "tcp://", "tcp://op:wrong@", 1), Username: "op", Password: "wrong"}})
 	if err == nil || !strings.Contains(err.Error(), "not Authorized") || strings.Contains(err.Error(), "wrong") {
 		t.Errorf("wrong password: %v", err)
 	}
@@ -181,7 +182,7 @@ func TestWatch(t *testing.T) {
 	pub("vigil/other/status", `{"state":"online","device":"other","group":"line-b","version":"1.4.0"}`)
 	// gate-a online before the watch starts.
 	testkit.WaitFor(t, 20*time.Second, "gate-a online in a snapshot", func() bool {
-		d, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: b.URL, Group: "line-a"})
+		d, err := fleet.Snapshot(context.Background(), fleet.Options{Broker: mqttdial.Broker{URL: b.URL}, Group: "line-a"})
 		return err == nil && len(d) == 1 && d[0].State == "online"
 	})
 
@@ -190,7 +191,7 @@ func TestWatch(t *testing.T) {
 	var updates [][]fleet.Device
 	done := make(chan error, 1)
 	go func() {
-		done <- fleet.Watch(ctx, fleet.Options{Broker: b.URL, Group: "line-a", Interval: 20 * time.Millisecond}, func(d []fleet.Device) {
+		done <- fleet.Watch(ctx, fleet.Options{Broker: mqttdial.Broker{URL: b.URL}, Group: "line-a", Interval: 20 * time.Millisecond}, func(d []fleet.Device) {
 			mu.Lock()
 			updates = append(updates, d)
 			mu.Unlock()

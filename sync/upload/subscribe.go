@@ -2,7 +2,6 @@ package upload
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"sync/atomic"
@@ -26,12 +25,11 @@ const subscribeTimeout = 30 * time.Second
 
 // SubscribeOptions configure the MQTT receiving side.
 type SubscribeOptions struct {
-	Broker             string
-	ClientID           string // DefaultClientID when empty
-	Username, Password string
-	TLS                *tls.Config // nil: the system's roots for ssl:// and wss://
-	Prefix             string      // mqtt.topic_prefix of the devices; "vigil" when empty
-	Logger             *slog.Logger
+	// Broker is where the devices publish; its ClientID defaults to DefaultClientID,
+	// its Timeout (a connect, each subscribe) to 30s.
+	Broker mqttdial.Broker
+	Prefix string // mqtt.topic_prefix of the devices; "vigil" when empty
+	Logger *slog.Logger
 	// Subscribed, when set, is called once the first subscription is acknowledged:
 	// from then on the broker keeps the samples for this client id.
 	Subscribed func(filter string)
@@ -54,8 +52,11 @@ type SubscribeOptions struct {
 // It returns an error when the first connection or subscription fails; later losses
 // are reconnected (and logged) by themselves.
 func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func(*File, error) error) error {
-	if opts.ClientID == "" {
-		opts.ClientID = DefaultClientID
+	if opts.Broker.ClientID == "" {
+		opts.Broker.ClientID = DefaultClientID
+	}
+	if opts.Broker.Timeout <= 0 {
+		opts.Broker.Timeout = subscribeTimeout
 	}
 	if opts.Prefix == "" {
 		opts.Prefix = "vigil"
@@ -82,7 +83,7 @@ func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func
 				opts.Subscribed(filter)
 			}
 			if !first {
-				logger.Info("connected again to receive what was not stored", "broker", opts.broker().Name())
+				logger.Info("connected again to receive what was not stored", "broker", opts.Broker.Name())
 			}
 			select {
 			case <-ctx.Done():
@@ -132,7 +133,7 @@ func connectReceiver(ctx context.Context, opts SubscribeOptions, filter string, 
 		m.Ack()
 	}
 	var connected atomic.Bool
-	broker := opts.broker()
+	broker := opts.Broker
 	sub := mqttdial.Subscription{Filter: filter, Handler: handle}
 	o := broker.ClientOptions().SetCleanSession(false).
 		SetOrderMatters(true). // a file's chunks in order, and acknowledged after got
@@ -159,9 +160,4 @@ func connectReceiver(ctx context.Context, opts SubscribeOptions, filter string, 
 		return nil, err
 	}
 	return c, nil
-}
-
-// broker is where the receiver connects.
-func (o SubscribeOptions) broker() mqttdial.Broker {
-	return mqttdial.Broker{URL: o.Broker, Username: o.Username, Password: o.Password, TLS: o.TLS, ClientID: o.ClientID, Timeout: subscribeTimeout}
 }

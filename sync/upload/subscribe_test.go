@@ -11,6 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
 	"github.com/vigil-edge/vigil/sync/upload"
 )
@@ -34,7 +35,7 @@ func TestSubscribeReceiveSaveFailsThenRetried(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- upload.Subscribe(ctx, upload.SubscribeOptions{
-			Broker: b.URL, ClientID: "rx-retry", RetryDelay: 50 * time.Millisecond,
+			Broker: mqttdial.Broker{URL: b.URL, ClientID: "rx-retry"}, RetryDelay: 50 * time.Millisecond,
 			Subscribed: func(string) { close(subscribed) },
 		}, r, func(f *upload.File, err error) error {
 			mu.Lock()

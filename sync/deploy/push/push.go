@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -35,11 +34,9 @@ import (
 
 // Options configure one push.
 type Options struct {
-	Broker   string // tcp://, ssl://, ws://, wss://
-	Username string
-	Password string
-	TLS      *tls.Config // for ssl:// and wss://; nil means the system's roots
-	ClientID string      // default: vigil-push-<random>
+	// Broker is where the devices are; its ClientID defaults to vigil-push-<random>,
+	// its Timeout (a connect, each subscribe) to 30s.
+	Broker mqttdial.Broker
 
 	TopicPrefix string // default "vigil"
 	Device      string // exactly one of Device and Group
@@ -414,7 +411,7 @@ func (o *Options) defaults() error {
 	if n := countTrue(o.Rollback, o.Shadow, o.Promote, o.DiscardShadow); n > 1 {
 		return errors.New("push: rollback, shadow, promote and discard go one at a time")
 	}
-	if o.Broker == "" {
+	if o.Broker.URL == "" {
 		return errors.New("push: no broker URL")
 	}
 	for _, name := range []string{o.Device, o.Group} {
@@ -449,8 +446,11 @@ func (o *Options) defaults() error {
 	if !deploy.ValidDeploymentID(o.Deployment) {
 		return fmt.Errorf("push: %q is not a deployment id", o.Deployment)
 	}
-	if o.ClientID == "" {
-		o.ClientID = "vigil-push-" + randomHex(6)
+	if o.Broker.ClientID == "" {
+		o.Broker.ClientID = "vigil-push-" + randomHex(6)
+	}
+	if o.Broker.Timeout <= 0 {
+		o.Broker.Timeout = opTimeout
 	}
 	switch o.Via {
 	case deploy.ViaChunks:
@@ -602,12 +602,6 @@ func (s *session) subscriptions() []mqttdial.Subscription {
 	}
 }
 
-// broker is where the session connects.
-func (s *session) broker() mqttdial.Broker {
-	o := s.opts
-	return mqttdial.Broker{URL: o.Broker, Username: o.Username, Password: o.Password, TLS: o.TLS, ClientID: o.ClientID, Timeout: opTimeout}
-}
-
 // connect makes a new connection and subscribes, waiting for the broker's SUBACKs
 // (so the retained messages are on their way before discover's barrier).
 //
@@ -616,7 +610,7 @@ func (s *session) broker() mqttdial.Broker {
 // issue 703), and a fresh client loses nothing here since every publish is retried
 // until acknowledged.
 func (s *session) connect(ctx context.Context) error {
-	b := s.broker()
+	b := s.opts.Broker
 	o := b.ClientOptions().SetCleanSession(true).SetAutoReconnect(false).
 		SetConnectionLostHandler(func(paho.Client, error) {
 			select {
@@ -662,7 +656,7 @@ func (s *session) reconnect(ctx context.Context) error {
 // discover waits until the subscriptions made on connect have delivered their
 // retained messages, so a group's devices are known before anything is published.
 func (s *session) discover(ctx context.Context) error {
-	barrier := s.opts.TopicPrefix + "/push/" + s.opts.ClientID + "/barrier"
+	barrier := s.opts.TopicPrefix + "/push/" + s.opts.Broker.ClientID + "/barrier"
 	if err := mqttbarrier.Wait(ctx, s.client, barrier, barrierWait); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vigil-edge/vigil/infer/modelfile"
+	"github.com/vigil-edge/vigil/internal/mqttdial"
 	"github.com/vigil-edge/vigil/sync/deploy"
 	"github.com/vigil-edge/vigil/sync/deploy/push"
 	"github.com/vigil-edge/vigil/sync/mqttlink/brokertest"
@@ -89,7 +90,7 @@ func deploymentTopics(t testing.TB, b *brokertest.Broker) []string {
 }
 
 func opts(b *brokertest.Broker) push.Options {
-	return push.Options{Broker: b.URL, Timeout: time.Minute}
+	return push.Options{Broker: mqttdial.Broker{URL: b.URL}, Timeout: time.Minute}
 }
 
 func TestPushToDeviceGoesActive(t *testing.T) {
@@ -443,7 +444,7 @@ func TestPushRefusesBadBundles(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	o.Broker = "tcp://127.0.0.1:1"
+	o.Broker.URL = "tcp://127.0.0.1:1"
 	if _, err := push.Push(context.Background(), bundle, o); err == nil || !strings.Contains(err.Error(), "connect to tcp://127.0.0.1:1") {
 		t.Errorf("unreachable broker: %v", err)
 	}
