@@ -13,22 +13,28 @@ import (
 	"time"
 )
 
-// pollEvery is how often WaitFor checks its condition.
-const pollEvery = 2 * time.Millisecond
+// WaitFor's polling: the first checks come quickly, then the pause doubles up to
+// pollMax, so a condition that holds soon is seen soon, and a long wait on one that
+// asks a running agent for its whole status (an HTTP request) does not load the machine
+// the test is measuring.
+const (
+	pollFirst = time.Millisecond
+	pollMax   = 20 * time.Millisecond
+)
 
-// WaitFor checks cond every few milliseconds until it holds, and fails the test
-// ("timed out after 5s waiting for <what>") if it still does not once timeout has
-// passed. It is the only wait tests need: poll a condition, never sleep a guess.
+// WaitFor checks cond until it holds, and fails the test ("timed out after 5s waiting
+// for <what>") if it still does not once timeout has passed. It is the only wait tests
+// need: poll a condition, never sleep a guess.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
+	pause := pollFirst
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
-		<-tick.C
+		time.Sleep(pause)
+		pause = min(2*pause, pollMax)
 	}
 }
 
