@@ -72,10 +72,10 @@ check-config: build
 deb:
 	packaging/build-deb amd64
 
-## deb-arm64: build dist/vigil_<version>_arm64.deb from VIGIL_BIN, an arm64 binary
-## (packaging/README.md: built in an arm64 Debian root under qemu-user)
+## deb-arm64: build dist/vigil_<version>_arm64.deb from bin/vigil-arm64 (`make build-arm64` first),
+## or from VIGIL_BIN, an arm64 binary built elsewhere; Depends checked against the arm64 root
 deb-arm64:
-	packaging/build-deb arm64
+	VERSION="$(VERSION)" packaging/build-deb arm64
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
