@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --match 'v[0-9]*' --always --dirty 2>/dev
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG  ?=
 
-.PHONY: all deps build run test vmtest test-mats bench bench-compare check-config deb deb-arm64 fmt vet clean
+.PHONY: all deps build build-arm64 run test vmtest test-mats bench bench-compare check-config deb deb-arm64 fmt vet clean
 
 all: build
 
@@ -15,6 +15,13 @@ deps:
 ## build: build bin/vigil
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vigil ./cmd/vigil
+
+## build-arm64: cross-build bin/vigil-arm64 on an amd64 Debian 12 machine: cgo and gocv against
+## Debian's arm64 OpenCV, unpacked into a cached arm64 root (scripts/build-arm64, scripts/arm64-sysroot;
+## VIGIL_ARM64_CACHE, default ~/.cache/vigil-arm64; installs the cross gcc from apt when missing).
+## `scripts/arm64 ARGS...` runs it under qemu-aarch64-static.
+build-arm64:
+	VERSION="$(VERSION)" GO="$(GO)" scripts/build-arm64
 
 ## run: install what is missing, build, and run the agent (embedded defaults unless CONFIG=file)
 run: deps build
@@ -65,10 +72,10 @@ check-config: build
 deb:
 	packaging/build-deb amd64
 
-## deb-arm64: build dist/vigil_<version>_arm64.deb from VIGIL_BIN, an arm64 binary
-## (packaging/README.md: built in an arm64 Debian root under qemu-user)
+## deb-arm64: build dist/vigil_<version>_arm64.deb from bin/vigil-arm64 (`make build-arm64` first),
+## or from VIGIL_BIN, an arm64 binary built elsewhere; Depends checked against the arm64 root
 deb-arm64:
-	packaging/build-deb arm64
+	VERSION="$(VERSION)" packaging/build-deb arm64
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
