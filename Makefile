@@ -18,7 +18,7 @@ build:
 
 ## build-arm64: cross-build bin/vigil-arm64 on an amd64 Debian 12 machine: cgo and gocv against
 ## Debian's arm64 OpenCV, unpacked into a cached arm64 root (scripts/build-arm64, scripts/arm64-sysroot;
-## VIGIL_ARM64_CACHE, default ~/.cache/vigil-arm64; installs the cross gcc from apt when missing).
+## ARM64_CACHE, default ~/.cache/vigil-arm64; installs the cross gcc from apt when missing).
 ## `scripts/arm64 ARGS...` runs it under qemu-aarch64-static.
 build-arm64:
 	VERSION="$(VERSION)" GO="$(GO)" scripts/build-arm64

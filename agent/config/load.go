@@ -319,4 +319,4 @@ func unknownEnv(keys []string) Errors {
 }
 
 // nonConfigEnv are VIGIL_ variables with other meanings.
-var nonConfigEnv = []string{"VIGIL_CONFIG"}
+var nonConfigEnv = []string{"VIGIL_CONFIG", "VIGIL_BIN"} // VIGIL_BIN: the binary make deb-arm64 packages
