@@ -53,6 +53,12 @@ outbox: {fsync: always}
 mqtt:
   telemetry_interval: 1h
 %s`, stateDir, clip, extra)
+	return loadYAML(t, yaml)
+}
+
+// loadYAML writes a config file into a temp dir and loads it, as `vigil run` would.
+func loadYAML(t testing.TB, yaml string) *config.Config {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "vigil.yaml")
 	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)

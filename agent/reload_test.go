@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -178,15 +177,7 @@ func TestReloadRemovingAnActuatorWhileItsCameraStalls(t *testing.T) {
 		yaml := fmt.Sprintf("device: {id: test-01, state_dir: %q}\nhttp: {token: s3cret}\n"+
 			"cameras:\n  - {name: door, url: \"pattern://?width=64&height=48&fps=2\", detect_fps: 2}\n"+
 			"actuators:\n  - {name: guard, driver: sim, safe: low, initial: high}\n%srules:\n%s", state, weld, rules)
-		path := filepath.Join(t.TempDir(), "vigil.yaml")
-		if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := config.Load(path)
-		if err != nil {
-			t.Fatalf("config rejected:\n%v", err)
-		}
-		configs[withWeld] = cfg
+		configs[withWeld] = loadYAML(t, yaml)
 	}
 	r := start(t, configs[true])
 	a := r.agent
