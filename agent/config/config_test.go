@@ -175,7 +175,7 @@ var badConfigs = map[string][]string{
 	},
 	"bad-gpio-lines": {
 		"actuators[1].line: gpiochip0 line GPIO17 is already used by actuators[0]",
-		"actuators[2].chip: the gpio driver needs a chip, e.g. gpiochip0 or /dev/gpiochip0",
+		"actuators[2].chip: the gpio driver needs a chip: its label (pinctrl-rp1 on a Raspberry Pi 5, pinctrl-bcm2711 on a Pi 4), name (gpiochip0) or path (/dev/gpiochip0)",
 		"actuators[2].line: -3 is a negative offset; give a line name (GPIO17) or an offset from 0",
 		`inputs[0].line: "GPIO27 " has surrounding spaces`,
 		"inputs[1].line: the gpio driver needs a line name or offset, e.g. GPIO17 or 17",

@@ -248,7 +248,7 @@ func (v *validation) inputs(inputs []Input) {
 // both, and one line serves one actuator or input.
 func (v *validation) gpioLine(key, chip, line string) {
 	if chip == "" {
-		v.bad(key+".chip", "the gpio driver needs a chip, e.g. gpiochip0 or /dev/gpiochip0")
+		v.bad(key+".chip", "the gpio driver needs a chip: its label (pinctrl-rp1 on a Raspberry Pi 5, pinctrl-bcm2711 on a Pi 4), name (gpiochip0) or path (/dev/gpiochip0)")
 	} else if strings.TrimSpace(chip) != chip {
 		v.bad(key+".chip", "%q has surrounding spaces", chip)
 	}

@@ -313,7 +313,8 @@ func TestFindLine(t *testing.T) {
 		{"gpiochip0", "GPIO17", nil, nil,
 			`no GPIO chip "gpiochip0": this machine has no GPIO character device (nothing matches /dev/gpiochip*); plug in the GPIO adapter, or use a kernel with CONFIG_GPIO_CDEV`},
 		{"gpiochip3", "GPIO17", chips, append(devices, "/dev/gpiochip2"),
-			`no GPIO chip "gpiochip3"; chips found: gpiochip0 (/dev/gpiochip0, "pinctrl-bcm2711", 18 lines), gpiochip1 (/dev/gpiochip1, "ftdi-cbus", 4 lines), /dev/gpiochip2 (could not be opened)`},
+			`no GPIO chip "gpiochip3"; chips found: gpiochip0 (/dev/gpiochip0, "pinctrl-bcm2711", 18 lines), gpiochip1 (/dev/gpiochip1, "ftdi-cbus", 4 lines), /dev/gpiochip2 (could not be opened); ` +
+				"if you meant the Raspberry Pi 4's header GPIOs, they are gpiochip0 here: use chip: pinctrl-bcm2711, a label that stays the same whatever number the kernel gives the chip"},
 		{"gpiochip0", "GPIO99", chips, devices,
 			`no line "GPIO99" on GPIO chip gpiochip0 (18 lines, offsets 0..17; lines named ID_SDA, ID_SCL, GPIO2, GPIO3, GPIO4, GPIO5, GPIO6, GPIO7 and 10 more)`},
 		{"gpiochip0", "gpio17", chips, devices,
@@ -329,6 +330,86 @@ func TestFindLine(t *testing.T) {
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%s %s:\n got %v\nwant %s", tc.chip, tc.line, err, tc.want)
 		}
+	}
+}
+
+// The chips gpiodetect lists on Raspberry Pi boards, as reported by their users: a Pi 5
+// before kernel 6.6.45, after it, and a Pi 4.
+func pi5OldKernel() []ioChip {
+	return []ioChip{
+		newFakeChip("gpiochip0", "gpio-brcmstb@107d508500", "", ""),
+		newFakeChip("gpiochip4", "pinctrl-rp1", "ID_SD", "ID_SC", "GPIO2", "GPIO3", "GPIO4"),
+	}
+}
+
+func pi5() []ioChip {
+	return []ioChip{
+		newFakeChip("gpiochip0", "pinctrl-rp1", "ID_SD", "ID_SC", "GPIO2", "GPIO3", "GPIO4"),
+		newFakeChip("gpiochip10", "gpio-brcmstb@107d508500", "", ""),
+	}
+}
+
+func pi4() []ioChip {
+	return []ioChip{
+		newFakeChip("gpiochip0", "pinctrl-bcm2711", "ID_SDA", "ID_SCL", "GPIO2", "GPIO3", "GPIO4"),
+		newFakeChip("gpiochip1", "raspberrypi-exp-gpio", "BT_ON", "WL_ON"),
+	}
+}
+
+func devicesOf(chips []ioChip) []string {
+	var d []string
+	for _, c := range chips {
+		d = append(d, c.Path())
+	}
+	return d
+}
+
+// A label selects the chip whatever its number; a chip that is not there is an error
+// that lists the chips present and, on a Raspberry Pi, names the label to write.
+func TestFindChipByBoardLabel(t *testing.T) {
+	for _, chips := range [][]ioChip{pi5OldKernel(), pi5()} {
+		l, where, err := findLine(chips, devicesOf(chips), "pinctrl-rp1", "GPIO4")
+		if err != nil || l.Name() != "GPIO4" {
+			t.Fatalf("pinctrl-rp1 GPIO4: %v", err)
+		}
+		var rp1 string
+		for _, c := range chips {
+			if c.Label() == "pinctrl-rp1" {
+				rp1 = c.Name()
+			}
+		}
+		if want := rp1 + " line GPIO4"; where != want {
+			t.Errorf("named %q, want %q", where, want)
+		}
+	}
+
+	for _, tc := range []struct {
+		name  string
+		chips []ioChip
+		chip  string
+		want  string
+	}{
+		{"a Pi 4 config on a Pi 5", pi5(), "pinctrl-bcm2711",
+			`no GPIO chip "pinctrl-bcm2711"; chips found: gpiochip0 (/dev/gpiochip0, "pinctrl-rp1", 5 lines), gpiochip10 (/dev/gpiochip10, "gpio-brcmstb@107d508500", 2 lines); ` +
+				"pinctrl-bcm2711 is the Raspberry Pi 4's GPIO chip; this board has pinctrl-rp1 (Raspberry Pi 5, gpiochip0 here): use chip: pinctrl-rp1"},
+		{"a Pi 5 config on a Pi 4", pi4(), "pinctrl-rp1",
+			`no GPIO chip "pinctrl-rp1"; chips found: gpiochip0 (/dev/gpiochip0, "pinctrl-bcm2711", 5 lines), gpiochip1 (/dev/gpiochip1, "raspberrypi-exp-gpio", 2 lines); ` +
+				"pinctrl-rp1 is the Raspberry Pi 5's GPIO chip; this board has pinctrl-bcm2711 (Raspberry Pi 4, gpiochip0 here): use chip: pinctrl-bcm2711"},
+		{"an old Pi 5 number on a newer kernel", pi5(), "gpiochip4",
+			`no GPIO chip "gpiochip4"; chips found: gpiochip0 (/dev/gpiochip0, "pinctrl-rp1", 5 lines), gpiochip10 (/dev/gpiochip10, "gpio-brcmstb@107d508500", 2 lines); ` +
+				"if you meant the Raspberry Pi 5's header GPIOs, they are gpiochip0 here: use chip: pinctrl-rp1, a label that stays the same whatever number the kernel gives the chip"},
+		{"a Pi label on a machine with no Pi chip", []ioChip{newFakeChip("gpiochip0", "vigil-loop", "OUT0", "IN0")}, "pinctrl-bcm2711",
+			`no GPIO chip "pinctrl-bcm2711"; chips found: gpiochip0 (/dev/gpiochip0, "vigil-loop", 2 lines); ` +
+				"pinctrl-bcm2711 is the Raspberry Pi 4's GPIO chip and this machine has no Raspberry Pi GPIO chip: use one of the chips found"},
+		{"nothing to add off a Pi", []ioChip{newFakeChip("gpiochip0", "ftdi-cbus", "")}, "gpiochip3",
+			`no GPIO chip "gpiochip3"; chips found: gpiochip0 (/dev/gpiochip0, "ftdi-cbus", 1 lines)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := findLine(tc.chips, devicesOf(tc.chips), tc.chip, "GPIO17")
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("\n got %v\nwant %s", err, tc.want)
+			}
+		})
 	}
 }
 

@@ -121,8 +121,9 @@ func initPeriph(devicesExist bool) error {
 	return periph.err
 }
 
-// findLine picks the chip and line among chips; devices are the /dev/gpiochip* paths
-// present, for the errors. It returns the line and how to name it in messages.
+// findLine picks the chip and line among chips, by name, device path or label (a label,
+// pinctrl-rp1 say, selects the chip whatever number the kernel gave it); devices are
+// the /dev/gpiochip* paths present, for the errors. It returns the line and how to name it in messages.
 func findLine(chips []ioChip, devices []string, chip, line string) (ioLine, string, error) {
 	var c ioChip
 	for _, cand := range chips {
@@ -198,7 +199,11 @@ func noSuchChip(chips []ioChip, devices []string, chip string) error {
 			found = append(found, d+" (could not be opened)")
 		}
 	}
-	return fmt.Errorf("no GPIO chip %q; chips found: %s", chip, strings.Join(found, ", "))
+	msg := fmt.Sprintf("no GPIO chip %q; chips found: %s", chip, strings.Join(found, ", "))
+	if hint := boardHint(chips, chip); hint != "" {
+		msg += "; " + hint
+	}
+	return errors.New(msg)
 }
 
 // deviceError explains why a chip's device could not be opened.

@@ -9,9 +9,13 @@ package gpio
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"periph.io/x/host/v3/gpioioctl"
 
 	"github.com/vigil-edge/vigil/hal"
 	"github.com/vigil-edge/vigil/internal/testkit"
@@ -156,5 +160,68 @@ func TestVMPulseAndDebounceThroughInput(t *testing.T) {
 	}
 	if st := in.State(); st.State != "low" || st.Changes != 2 || st.Driver != "gpio" {
 		t.Errorf("input state %+v", st)
+	}
+}
+
+// A chip is found by its label whatever number the kernel gave it, and by that number;
+// a Raspberry Pi 4's label on this machine (a config written for another board) is an
+// error that names the chip that is here, and the output that asked for it stays in
+// fault while another output on the real chip works.
+func TestVMChipByLabel(t *testing.T) {
+	l, err := OpenOutput(loopChip, "OUT3", false) // initialises periph if no test did
+	if err != nil {
+		t.Fatalf("open %s OUT3: %v", loopChip, err)
+	}
+	l.Close()
+	var name string
+	for _, c := range gpioioctl.Chips {
+		if c.Label() == loopChip {
+			name = c.Name()
+		}
+	}
+	if name == "" {
+		t.Fatalf("no chip labelled %s among periph's chips", loopChip)
+	}
+	for _, chip := range []string{name, "/dev/" + name} {
+		l, err := OpenOutput(chip, "OUT3", false)
+		if err != nil {
+			t.Fatalf("open %s OUT3: %v", chip, err)
+		}
+		l.Close()
+	}
+
+	_, err = OpenOutput("pinctrl-bcm2711", "GPIO17", false)
+	for _, want := range []string{
+		`no GPIO chip "pinctrl-bcm2711"; chips found: `,
+		fmt.Sprintf(`%s (/dev/%s, "vigil-loop", 8 lines)`, name, name),
+		"pinctrl-bcm2711 is the Raspberry Pi 4's GPIO chip and this machine has no Raspberry Pi GPIO chip: use one of the chips found",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %v, want it to contain %q", err, want)
+		}
+	}
+
+	wrong, err := hal.NewOutput("pi4-relay", hal.Retrying(Driver, func() (hal.Line, error) {
+		return OpenOutput("pinctrl-bcm2711", "GPIO17", false)
+	}), hal.OutputOptions{Safe: hal.Low})
+	if err == nil || wrong == nil {
+		t.Fatalf("NewOutput on a missing chip: %v", err)
+	}
+	defer wrong.Close()
+	if st := wrong.State(); st.State != hal.StateFault || !strings.Contains(st.LastError, "vigil-loop") {
+		t.Fatalf("pi4-relay state %+v, want fault naming vigil-loop", st)
+	}
+	line, in := openLoop(t, "OUT3", "IN3", false)
+	defer in.Close()
+	o, err := hal.NewOutput("relay", line, hal.OutputOptions{Safe: hal.Low})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if err := o.Set(hal.High, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if !in.WaitForEdge(5*time.Second) || read(t, in) != hal.High {
+		t.Fatal("the relay on vigil-loop must work beside the one in fault")
 	}
 }
