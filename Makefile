@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --match 'v[0-9]*' --always --dirty 2>/dev
 LDFLAGS := -X main.version=$(VERSION)
 CONFIG  ?=
 
-.PHONY: all deps build build-arm64 run test vmtest test-mats bench bench-compare check-config deb deb-arm64 fmt vet clean
+.PHONY: all deps build build-arm64 run test test-arm64 vmtest test-mats bench bench-compare check-config deb deb-arm64 fmt vet clean
 
 all: build
 
@@ -30,6 +30,12 @@ run: deps build
 ## test: install what is missing and run every test (real ONNX Runtime, OpenCV, files)
 test:
 	scripts/test
+
+## test-arm64: the tests as arm64 code on an amd64 machine: every package's test binary cross-compiled
+## (`go test -c`, as build-arm64) and run under qemu-aarch64-static against the arm64 root, with the arm64
+## ONNX Runtime; one line per package, then "N passed, N failed" (scripts/test-arm64; slow: emulated)
+test-arm64:
+	GO="$(GO)" scripts/test-arm64
 
 ## vmtest: hardware in the loop: the V4L2 and GPIO tests (-tags vmtest) inside a QEMU VM with
 ## the kernel's vivid camera and a looped-back GPIO chip (scripts/vmtest; needs root or sudo for apt)

@@ -71,6 +71,8 @@ func TestDetectorMatchesReference(t *testing.T) {
 			for _, det := range dets {
 				if det.Score >= 0.3 {
 					got = append(got, det)
+					// Logged so that runs on other CPUs (scripts/test-arm64) can be compared.
+					t.Logf("%s %.4f [%.1f %.1f %.1f %.1f]", det.Label, det.Score, det.Box[0], det.Box[1], det.Box[2], det.Box[3])
 				}
 			}
 			if len(got) != len(want) {
