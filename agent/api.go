@@ -38,10 +38,8 @@ func (d device) Ready() (bool, []string)                     { return d.a.parts(
 func (d device) Reload(trigger string) (ReloadResult, error) { return d.a.ReloadFromFile(trigger) }
 
 func (d device) camera(name string) (*camera, error) {
-	for _, cam := range d.a.parts().cameras {
-		if cam.cfg().Name == name {
-			return cam, nil
-		}
+	if cam := d.a.parts().camera(name); cam != nil {
+		return cam, nil
 	}
 	return nil, web.Errorf(http.StatusNotFound, "no camera named %q", name)
 }

@@ -49,16 +49,6 @@ func (a *Agent) DetectLatencies(name string, since uint64, out []time.Duration) 
 	return cam.stats.collect(since, out)
 }
 
-// camera returns the camera named, or nil.
-func (p *parts) camera(name string) *camera {
-	for _, cam := range p.cameras {
-		if cam.cfg().Name == name {
-			return cam
-		}
-	}
-	return nil
-}
-
 // collect appends to out the capture-to-detection latencies of the detections after the
 // first since, and returns it with how many detections there are now. Detections that
 // have already left the ring (statsWindow) are missed.

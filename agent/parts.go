@@ -54,6 +54,16 @@ type parts struct {
 // replace them meanwhile.
 func (a *Agent) parts() *parts { return a.cur.Load() }
 
+// camera returns the camera named, or nil.
+func (p *parts) camera(name string) *camera {
+	for _, cam := range p.cameras {
+		if cam.cfg().Name == name {
+			return cam
+		}
+	}
+	return nil
+}
+
 // inputHigh reports an input's debounced level, for rule interlocks.
 func (p *parts) inputHigh(name string) bool {
 	in, ok := p.inputs[name]

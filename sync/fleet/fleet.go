@@ -243,12 +243,9 @@ func (v *view) devices(group string) []Device {
 	return out
 }
 
-// opTimeout bounds one broker operation; barrierWait the echo after the retained
-// messages.
-const (
-	opTimeout   = 30 * time.Second
-	barrierWait = 5 * time.Second
-)
+// barrierWait bounds the echo after the retained messages. A connect and each
+// subscribe are bounded by the broker's Timeout (mqttdial.DefaultTimeout when 0).
+const barrierWait = 5 * time.Second
 
 func (o *Options) defaults() error {
 	if o.Broker.URL == "" {
@@ -264,9 +261,6 @@ func (o *Options) defaults() error {
 		b := make([]byte, 6)
 		rand.Read(b)
 		o.Broker.ClientID = "vigil-fleet-" + hex.EncodeToString(b)
-	}
-	if o.Broker.Timeout <= 0 {
-		o.Broker.Timeout = opTimeout
 	}
 	if o.Interval <= 0 {
 		o.Interval = time.Second

@@ -20,9 +20,6 @@ const DefaultClientID = "vigil-samples-receiver"
 // stored, before it connects again to have it sent again.
 const DefaultRetryDelay = 10 * time.Second
 
-// subscribeTimeout bounds a connect or a subscribe.
-const subscribeTimeout = 30 * time.Second
-
 // SubscribeOptions configure the MQTT receiving side.
 type SubscribeOptions struct {
 	// Broker is where the devices publish; its ClientID defaults to DefaultClientID,
@@ -54,9 +51,6 @@ type SubscribeOptions struct {
 func Subscribe(ctx context.Context, opts SubscribeOptions, r *Receiver, got func(*File, error) error) error {
 	if opts.Broker.ClientID == "" {
 		opts.Broker.ClientID = DefaultClientID
-	}
-	if opts.Broker.Timeout <= 0 {
-		opts.Broker.Timeout = subscribeTimeout
 	}
 	if opts.Prefix == "" {
 		opts.Prefix = "vigil"
